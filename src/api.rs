@@ -1,0 +1,370 @@
+//! The JSON API: request and response types of every route, exactly the names of
+//! `docs/api-contract.md`. Unknown request fields are rejected so a typo never silently changes
+//! an experiment.
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::NucleusRule;
+
+/// `POST /rollouts` body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRequest {
+    /// The prompts; each becomes one group.
+    pub prompts: Vec<PromptSpec>,
+    /// Samples per prompt (G); the server default if absent.
+    #[serde(default)]
+    pub group_size: Option<usize>,
+    /// Sampling parameters.
+    #[serde(default)]
+    pub sampling: SamplingSpec,
+    /// Statistics parameters.
+    #[serde(default)]
+    pub stats: StatsSpec,
+    /// Advantage estimator (applies once rewards exist).
+    #[serde(default)]
+    pub advantage: Option<AdvantageSpec>,
+}
+
+/// One prompt: exactly one of `messages`, `text`, `token_ids`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptSpec {
+    /// Echoed back; defaults to the prompt's position.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Chat messages, rendered with the model's chat template.
+    #[serde(default)]
+    pub messages: Option<Vec<ChatMessage>>,
+    /// Raw text, tokenized without a chat template.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Token ids, used as they are.
+    #[serde(default)]
+    pub token_ids: Option<Vec<u32>>,
+    /// Gold answer; enables rewards.
+    #[serde(default)]
+    pub answer: Option<String>,
+    /// Per-prompt group size.
+    #[serde(default)]
+    pub group_size: Option<usize>,
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or another role the template knows.
+    pub role: String,
+    /// The message text.
+    pub content: String,
+}
+
+/// Requested sampling parameters; absent ones take the server's defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingSpec {
+    /// Temperature `T > 0`.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Nucleus truncation of the sampling distribution, in (0, 1].
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Top-k truncation; null for none.
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    /// Most generated tokens per sample.
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
+    /// Stop strings.
+    #[serde(default)]
+    pub stop: Option<Vec<String>>,
+    /// Seed of the counter-based RNG; drawn at random (and echoed) if absent.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// Requested statistics parameters; absent ones take `docs/statistics.md`'s defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsSpec {
+    /// Nucleus mass `p` (default 0.8).
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Candidates considered for the nucleus (default 10,000).
+    #[serde(default)]
+    pub top_k_candidates: Option<usize>,
+    /// Nucleus boundary rule (default strict).
+    #[serde(default)]
+    pub nucleus: Option<NucleusRule>,
+    /// Quantile `q` of the peak threshold (default 0.8).
+    #[serde(default)]
+    pub peak_quantile: Option<f64>,
+    /// Scope of the peak quantile (default response).
+    #[serde(default)]
+    pub peak_scope: Option<PeakScope>,
+    /// Which per-token value peaks are taken on (default top_p_entropy).
+    #[serde(default)]
+    pub peak_on: Option<PeakOn>,
+}
+
+/// Over which tokens the peak quantile is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeakScope {
+    /// Each response's own tokens (SIREN).
+    Response,
+    /// All response tokens of the request.
+    Batch,
+}
+
+/// The per-token value peak flags are computed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeakOn {
+    /// Entropy of the SIREN nucleus (SIREN).
+    TopPEntropy,
+    /// Full-vocabulary entropy (80/20 forking tokens).
+    Entropy,
+}
+
+/// Advantage estimator: `"grpo"`, `"drgrpo"` or `{"qae": K}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdvantageSpec {
+    /// `(r - mean) / (std + 1e-6)`.
+    Grpo,
+    /// `r - mean`.
+    Drgrpo,
+    /// `r - Q_K(group rewards)`, K in [0, 1].
+    Qae(f64),
+}
+
+/// Effective sampling parameters, echoed in every response.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SamplingParams {
+    /// Temperature.
+    pub temperature: f64,
+    /// Sampling top-p.
+    pub top_p: f64,
+    /// Sampling top-k.
+    pub top_k: Option<usize>,
+    /// Most generated tokens per sample.
+    pub max_tokens: usize,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// The seed used.
+    pub seed: u64,
+}
+
+/// Effective statistics parameters, echoed in every response.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatsParams {
+    /// Nucleus mass `p`.
+    pub top_p: f64,
+    /// Candidates considered for the nucleus.
+    pub top_k_candidates: usize,
+    /// Nucleus boundary rule.
+    pub nucleus: NucleusRule,
+    /// Peak quantile.
+    pub peak_quantile: f64,
+    /// Peak scope.
+    pub peak_scope: PeakScope,
+    /// Peak value.
+    pub peak_on: PeakOn,
+}
+
+/// `POST /rollouts` response.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutResponse {
+    /// Model id.
+    pub model: String,
+    /// Rows of the model's output distribution (V).
+    pub vocab_size: usize,
+    /// Weights version that served the request.
+    pub weights_version: u64,
+    /// Effective sampling parameters.
+    pub sampling: SamplingParams,
+    /// Effective statistics parameters.
+    pub stats: StatsParams,
+    /// Effective advantage estimator.
+    pub advantage: AdvantageSpec,
+    /// Groups in request order.
+    pub groups: Vec<Group>,
+    /// Request-level aggregates.
+    pub summary: Summary,
+}
+
+/// The samples of one prompt.
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    /// The prompt's id.
+    pub id: String,
+    /// The prompt's tokens as the model saw them.
+    pub prompt_token_ids: Vec<u32>,
+    /// Mean of `correct`; null without a gold answer.
+    pub pass_rate: Option<f64>,
+    /// Mean reward; null without a gold answer.
+    pub reward_mean: Option<f64>,
+    /// Unbiased reward standard deviation; null without a gold answer.
+    pub reward_std: Option<f64>,
+    /// All rewards equal (zero-variance group); null without a gold answer.
+    pub all_equal: Option<bool>,
+    /// Samples in index order.
+    pub samples: Vec<Sample>,
+}
+
+/// One generated response with its per-token statistics.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Index within the group.
+    pub index: usize,
+    /// Decoded text.
+    pub text: String,
+    /// Generated token ids (the stop token included).
+    pub token_ids: Vec<u32>,
+    /// `ln pi(y_t)`, full distribution.
+    pub logprobs: Vec<f32>,
+    /// ln probability under the truncated sampling distribution.
+    pub sampling_logprobs: Vec<f32>,
+    /// Full-vocabulary entropy per token.
+    pub entropy: Vec<f32>,
+    /// SIREN nucleus size per token.
+    pub top_p_size: Vec<u32>,
+    /// SIREN nucleus mass per token.
+    pub top_p_mass: Vec<f32>,
+    /// SIREN nucleus entropy per token.
+    pub top_p_entropy: Vec<f32>,
+    /// Peak-entropy flags.
+    pub peak: Vec<bool>,
+    /// `stop`, `length` or `abort`.
+    pub finish_reason: FinishReason,
+    /// Number of generated tokens.
+    pub length: usize,
+    /// Cut by `max_tokens` (or the context) before a stop.
+    pub truncated: bool,
+    /// Sum of `entropy`.
+    pub entropy_sum: f64,
+    /// Sum of `top_p_entropy`.
+    pub top_p_entropy_sum: f64,
+    /// Number of peak tokens.
+    pub peak_count: usize,
+    /// Mean `top_p_entropy` over peak tokens; 0 if none.
+    pub peak_top_p_entropy_mean: f64,
+    /// Reward; null without a gold answer.
+    pub reward: Option<f64>,
+    /// Verifier verdict; null without a gold answer.
+    pub correct: Option<bool>,
+    /// Answer the verifier extracted; null without a gold answer.
+    pub extracted_answer: Option<String>,
+    /// Advantage under the request's estimator; null without a gold answer.
+    pub advantage: Option<f64>,
+    /// Weights version that generated this sample.
+    pub weights_version: u64,
+}
+
+/// Why a sample ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// EOS or a stop string.
+    Stop,
+    /// `max_tokens` or the model's context.
+    Length,
+    /// Cancelled.
+    Abort,
+}
+
+/// Request-level aggregates.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Response tokens in the request.
+    pub tokens: usize,
+    /// `sum entropy / tokens`.
+    pub entropy_mean: f64,
+    /// `sum top_p_entropy / tokens`.
+    pub top_p_entropy_mean: f64,
+    /// Mean over samples of `peak_top_p_entropy_mean` (SIREN's `H_anchor` at the initial weights).
+    pub siren_anchor: f64,
+    /// The batch peak threshold when `peak_scope` is `batch`.
+    pub peak_threshold: Option<f64>,
+    /// Wall time of the request in milliseconds.
+    pub elapsed_ms: u64,
+}
+
+/// `GET /info` response.
+#[derive(Debug, Clone, Serialize)]
+pub struct InfoResponse {
+    /// Model id.
+    pub model: String,
+    /// Model source path.
+    pub model_path: String,
+    /// Engine implementation.
+    pub engine: String,
+    /// Who draws tokens.
+    pub sampler: String,
+    /// Output rows (V).
+    pub vocab_size: usize,
+    /// The model's context length, if known.
+    pub max_context: Option<usize>,
+    /// Sequences the engine runs in one forward (1 for mistral.rs on CPU).
+    pub engine_batch: usize,
+    /// Current weights version.
+    pub weights_version: u64,
+    /// Defaults applied to absent request fields.
+    pub defaults: Defaults,
+    /// Limits enforced on requests.
+    pub limits: Limits,
+}
+
+/// Defaults for absent request fields.
+#[derive(Debug, Clone, Serialize)]
+pub struct Defaults {
+    /// Group size.
+    pub group_size: usize,
+    /// Sampling defaults (seed omitted: random per request).
+    pub sampling: SamplingDefaults,
+    /// Statistics defaults.
+    pub stats: StatsParams,
+    /// Advantage estimator.
+    pub advantage: AdvantageSpec,
+}
+
+/// Sampling defaults.
+#[derive(Debug, Clone, Serialize)]
+pub struct SamplingDefaults {
+    /// Temperature.
+    pub temperature: f64,
+    /// Top-p.
+    pub top_p: f64,
+    /// Top-k.
+    pub top_k: Option<usize>,
+    /// Max tokens.
+    pub max_tokens: usize,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Serialize)]
+pub struct Limits {
+    /// Most prompts per request.
+    pub max_prompts: usize,
+    /// Largest group size.
+    pub max_group_size: usize,
+    /// Largest `max_tokens`.
+    pub max_new_tokens: usize,
+    /// Sequences the engine runs at once.
+    pub max_running_sequences: usize,
+    /// Requests admitted at once.
+    pub max_requests: usize,
+    /// Largest body in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// Every error body: `{error, error_type}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What is wrong, in words.
+    pub error: String,
+    /// `validation`, `overloaded`, `engine` or `unavailable`.
+    pub error_type: String,
+}

@@ -1,0 +1,223 @@
+//! Builds the `/rollouts` response from finished sequences: per-token arrays, peak flags,
+//! per-sample sums, per-group fields and the request summary (`docs/statistics.md`).
+//! Pure functions over engine outputs, so every rule is testable without a model.
+
+use crate::api::{FinishReason, Group, PeakOn, PeakScope, Sample, StatsParams, Summary};
+use crate::engine::SequenceOutput;
+use crate::stats::{peak_flags, peak_threshold};
+
+/// One prompt's finished sequences, in sample order.
+pub struct FinishedGroup {
+    /// Prompt id.
+    pub id: String,
+    /// Prompt tokens.
+    pub prompt_token_ids: Vec<u32>,
+    /// The G outputs, index order.
+    pub outputs: Vec<SequenceOutput>,
+}
+
+fn peak_values(out: &SequenceOutput, on: PeakOn) -> Vec<f32> {
+    out.tokens
+        .iter()
+        .map(|r| match on {
+            PeakOn::TopPEntropy => r.top_p_entropy,
+            PeakOn::Entropy => r.entropy,
+        })
+        .collect()
+}
+
+fn sample(index: usize, out: SequenceOutput, peak: Vec<bool>, weights_version: u64) -> Sample {
+    let t = &out.tokens;
+    let entropy: Vec<f32> = t.iter().map(|r| r.entropy).collect();
+    let top_p_entropy: Vec<f32> = t.iter().map(|r| r.top_p_entropy).collect();
+    let peak_count = peak.iter().filter(|&&p| p).count();
+    let peak_sum: f64 = top_p_entropy
+        .iter()
+        .zip(&peak)
+        .filter(|(_, &p)| p)
+        .map(|(&h, _)| h as f64)
+        .sum();
+    Sample {
+        index,
+        token_ids: t.iter().map(|r| r.token).collect(),
+        logprobs: t.iter().map(|r| r.logprob).collect(),
+        sampling_logprobs: t.iter().map(|r| r.sampling_logprob).collect(),
+        top_p_size: t.iter().map(|r| r.top_p_size).collect(),
+        top_p_mass: t.iter().map(|r| r.top_p_mass).collect(),
+        entropy_sum: entropy.iter().map(|&h| h as f64).sum(),
+        top_p_entropy_sum: top_p_entropy.iter().map(|&h| h as f64).sum(),
+        entropy,
+        top_p_entropy,
+        peak,
+        peak_count,
+        peak_top_p_entropy_mean: if peak_count > 0 {
+            peak_sum / peak_count as f64
+        } else {
+            0.0
+        },
+        finish_reason: out.finish_reason,
+        length: out.length,
+        truncated: out.finish_reason == FinishReason::Length,
+        text: out.text,
+        reward: None,
+        correct: None,
+        extracted_answer: None,
+        advantage: None,
+        weights_version,
+    }
+}
+
+/// Assembles groups and the summary. `elapsed_ms` is the request's wall time.
+pub fn assemble(
+    groups: Vec<FinishedGroup>,
+    stats: &StatsParams,
+    weights_version: u64,
+    elapsed_ms: u64,
+) -> (Vec<Group>, Summary) {
+    let q = stats.peak_quantile;
+    let batch_threshold = match stats.peak_scope {
+        PeakScope::Batch => peak_threshold(
+            groups
+                .iter()
+                .flat_map(|g| g.outputs.iter())
+                .flat_map(|o| peak_values(o, stats.peak_on))
+                .collect::<Vec<_>>()
+                .iter(),
+            q,
+        ),
+        PeakScope::Response => None,
+    };
+    let groups: Vec<Group> = groups
+        .into_iter()
+        .map(|g| Group {
+            id: g.id,
+            prompt_token_ids: g.prompt_token_ids,
+            pass_rate: None,
+            reward_mean: None,
+            reward_std: None,
+            all_equal: None,
+            samples: g
+                .outputs
+                .into_iter()
+                .enumerate()
+                .map(|(i, out)| {
+                    let values = peak_values(&out, stats.peak_on);
+                    let threshold = match stats.peak_scope {
+                        PeakScope::Response => peak_threshold(&values, q),
+                        PeakScope::Batch => batch_threshold,
+                    };
+                    let flags = peak_flags(&values, threshold);
+                    sample(i, out, flags, weights_version)
+                })
+                .collect(),
+        })
+        .collect();
+    let samples = groups.iter().flat_map(|g| g.samples.iter());
+    let (mut tokens, mut h, mut hp, mut anchor, mut n) = (0usize, 0.0, 0.0, 0.0, 0usize);
+    for s in samples {
+        tokens += s.entropy.len();
+        h += s.entropy_sum;
+        hp += s.top_p_entropy_sum;
+        anchor += s.peak_top_p_entropy_mean;
+        n += 1;
+    }
+    let per_token = |x: f64| if tokens > 0 { x / tokens as f64 } else { 0.0 };
+    let summary = Summary {
+        tokens,
+        entropy_mean: per_token(h),
+        top_p_entropy_mean: per_token(hp),
+        siren_anchor: if n > 0 { anchor / n as f64 } else { 0.0 },
+        peak_threshold: batch_threshold,
+        elapsed_ms,
+    };
+    (groups, summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::TokenRecord;
+    use crate::validation::DEFAULT_STATS;
+
+    fn output(top_p_entropy: &[f32]) -> SequenceOutput {
+        SequenceOutput {
+            tokens: top_p_entropy
+                .iter()
+                .enumerate()
+                .map(|(i, &h)| TokenRecord {
+                    token: i as u32,
+                    entropy: h * 2.0,
+                    top_p_entropy: h,
+                    ..Default::default()
+                })
+                .collect(),
+            length: top_p_entropy.len(),
+            text: String::new(),
+            finish_reason: FinishReason::Length,
+        }
+    }
+
+    fn group(outputs: Vec<SequenceOutput>) -> FinishedGroup {
+        FinishedGroup {
+            id: "g".into(),
+            prompt_token_ids: vec![1],
+            outputs,
+        }
+    }
+
+    #[test]
+    fn response_scope_flags_each_response_on_its_own() {
+        let values: Vec<f32> = (0..10).map(|i| i as f32 / 10.0).collect();
+        let (groups, summary) = assemble(
+            vec![group(vec![output(&values), output(&[5.0])])],
+            &DEFAULT_STATS,
+            3,
+            0,
+        );
+        let s0 = &groups[0].samples[0];
+        assert_eq!(s0.peak_count, 2);
+        assert!(s0.peak[8] && s0.peak[9]);
+        assert!((s0.peak_top_p_entropy_mean - 0.85).abs() < 1e-6);
+        assert!((s0.top_p_entropy_sum - 4.5).abs() < 1e-5);
+        assert!((s0.entropy_sum - 9.0).abs() < 1e-5);
+        assert!(s0.truncated && s0.weights_version == 3);
+        // A one-token response has no peaks even with a large value.
+        assert_eq!(groups[0].samples[1].peak_count, 0);
+        assert_eq!(summary.tokens, 11);
+        assert!((summary.siren_anchor - 0.425).abs() < 1e-6);
+        assert!((summary.top_p_entropy_mean - 9.5 / 11.0).abs() < 1e-6);
+        assert_eq!(summary.peak_threshold, None);
+    }
+
+    #[test]
+    fn batch_scope_uses_one_threshold_for_the_request() {
+        let stats = StatsParams {
+            peak_scope: PeakScope::Batch,
+            ..DEFAULT_STATS
+        };
+        let low: Vec<f32> = vec![0.1; 5];
+        let high: Vec<f32> = vec![0.1, 0.1, 0.1, 0.9, 0.9];
+        let (groups, summary) =
+            assemble(vec![group(vec![output(&low), output(&high)])], &stats, 0, 0);
+        // Threshold over 10 values: sorted position 7.2 lies between 0.1 and 0.9.
+        let th = summary.peak_threshold.unwrap();
+        assert!(th > 0.1 && th < 0.9);
+        assert_eq!(groups[0].samples[0].peak_count, 0);
+        assert_eq!(groups[0].samples[1].peak_count, 2);
+    }
+
+    #[test]
+    fn peaks_on_full_entropy_when_asked() {
+        let stats = StatsParams {
+            peak_on: PeakOn::Entropy,
+            ..DEFAULT_STATS
+        };
+        let mut out = output(&[0.5, 0.5, 0.5, 0.5, 0.5]);
+        out.tokens[2].entropy = 9.0;
+        let (groups, _) = assemble(vec![group(vec![out])], &stats, 0, 0);
+        assert_eq!(
+            groups[0].samples[0].peak,
+            vec![false, false, true, false, false]
+        );
+    }
+}

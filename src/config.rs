@@ -1,0 +1,190 @@
+//! Server settings: built-in defaults, overridden by a TOML file, then by environment variables
+//! and command-line flags (a flag beats its variable).
+//!
+//! Every setting is declared once, in the [`settings!`] list below, which generates both the
+//! resolved [`Config`] and the all-optional [`ConfigLayer`] that files, variables and flags fill.
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+use crate::model_store;
+
+/// Where the model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// The host CPU.
+    Cpu,
+    /// The first CUDA GPU (needs a build with `--features cuda`).
+    Cuda,
+}
+
+/// Which engine implementation serves the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// mistral.rs 0.8 (GGUF files and safetensors directories).
+    Mistralrs,
+}
+
+/// Who draws the tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerKind {
+    /// entroll draws every token itself and measures every statistic (the normal mode).
+    Entroll,
+    /// The engine's own sampler, with no statistics and no seeds: a baseline for benchmarks.
+    Engine,
+}
+
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, env $env:literal; )*) => {
+        /// Every setting, resolved.
+        #[derive(Clone, Debug, Serialize)]
+        pub struct Config {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Self { $( $name: $default, )* }
+            }
+        }
+
+        /// One source of settings; unset entries fall through to the layer below.
+        #[derive(Args, Deserialize, Default, Debug, Clone)]
+        #[serde(deny_unknown_fields)]
+        pub struct ConfigLayer {
+            $( $(#[doc = $doc])* #[arg(long, env = $env)] #[serde(default)] pub $name: Option<$ty>, )*
+        }
+
+        impl ConfigLayer {
+            /// This layer's values, and `lower`'s where this one has none.
+            pub fn over(self, lower: ConfigLayer) -> ConfigLayer {
+                ConfigLayer { $( $name: self.$name.or(lower.$name), )* }
+            }
+
+            /// Applies the layer to the defaults.
+            pub fn resolve(self) -> Config {
+                let d = Config::default();
+                Config { $( $name: self.$name.unwrap_or(d.$name), )* }
+            }
+        }
+    };
+}
+
+settings! {
+    /// Address to listen on.
+    host: String = "127.0.0.1".into(), env "ENTROLL_HOST";
+    /// Port to listen on.
+    port: u16 = 8000, env "ENTROLL_PORT";
+    /// Model to serve: a `.gguf` file or a Hugging Face safetensors directory (default: the
+    /// model `entroll fetch-model` installs).
+    model: PathBuf = model_store::default_model_path(), env "ENTROLL_MODEL";
+    /// Device the model runs on.
+    device: DeviceKind = DeviceKind::Cpu, env "ENTROLL_DEVICE";
+    /// Engine implementation.
+    engine: EngineKind = EngineKind::Mistralrs, env "ENTROLL_ENGINE";
+    /// Who draws tokens: `entroll` (statistics) or `engine` (baseline without statistics).
+    sampler: SamplerKind = SamplerKind::Entroll, env "ENTROLL_SAMPLER";
+    /// Sequences the engine runs at once (its batch); more wait in entroll's queue.
+    max_running_sequences: usize = 32, env "ENTROLL_MAX_RUNNING_SEQUENCES";
+    /// Requests admitted at once (running or queued); beyond this `/rollouts` answers 429.
+    max_requests: usize = 64, env "ENTROLL_MAX_REQUESTS";
+    /// Most prompts in one request.
+    max_prompts: usize = 256, env "ENTROLL_MAX_PROMPTS";
+    /// Largest group size G.
+    max_group_size: usize = 64, env "ENTROLL_MAX_GROUP_SIZE";
+    /// Largest `max_tokens` a request may ask for.
+    max_new_tokens: usize = 8192, env "ENTROLL_MAX_NEW_TOKENS";
+    /// Largest request body in bytes (413 beyond).
+    max_body_bytes: usize = 32 * 1024 * 1024, env "ENTROLL_MAX_BODY_BYTES";
+    /// Group size when a request gives none.
+    default_group_size: usize = 8, env "ENTROLL_DEFAULT_GROUP_SIZE";
+    /// `max_tokens` when a request gives none.
+    default_max_tokens: usize = 1024, env "ENTROLL_DEFAULT_MAX_TOKENS";
+    /// Keep finished sequences' KV in the engine's prefix cache (off: every prompt is
+    /// recomputed, which keeps seeded samples identical across runs).
+    prefix_cache: bool = false, env "ENTROLL_PREFIX_CACHE";
+}
+
+impl Config {
+    /// Loads the settings: defaults, then the TOML file if given, then `cli` (flags and env).
+    pub fn load(file: Option<&Path>, cli: ConfigLayer) -> anyhow::Result<Config> {
+        let from_file = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))?
+            }
+            None => ConfigLayer::default(),
+        };
+        let config = cli.over(from_file).resolve();
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Rejects settings no server can run with.
+    fn check(&self) -> anyhow::Result<()> {
+        for (name, value) in [
+            ("max_running_sequences", self.max_running_sequences),
+            ("max_requests", self.max_requests),
+            ("max_prompts", self.max_prompts),
+            ("max_group_size", self.max_group_size),
+            ("max_new_tokens", self.max_new_tokens),
+            ("default_group_size", self.default_group_size),
+            ("default_max_tokens", self.default_max_tokens),
+        ] {
+            anyhow::ensure!(value > 0, "{name} must be positive");
+        }
+        anyhow::ensure!(
+            self.default_group_size <= self.max_group_size,
+            "default_group_size exceeds max_group_size"
+        );
+        anyhow::ensure!(
+            self.default_max_tokens <= self.max_new_tokens,
+            "default_max_tokens exceeds max_new_tokens"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let file: ConfigLayer = toml::from_str("port = 9000\nmax_prompts = 3\n").unwrap();
+        let cli = ConfigLayer {
+            port: Some(9100),
+            ..Default::default()
+        };
+        let c = cli.over(file).resolve();
+        assert_eq!(c.port, 9100);
+        assert_eq!(c.max_prompts, 3);
+        assert_eq!(c.max_group_size, Config::default().max_group_size);
+    }
+
+    #[test]
+    fn shipped_configs_parse_and_unknown_keys_fail() {
+        for path in ["configs/default.toml", "configs/gpu.toml"] {
+            let text = std::fs::read_to_string(path).unwrap();
+            let layer: ConfigLayer = toml::from_str(&text).unwrap();
+            layer.resolve().check().unwrap();
+        }
+        assert!(toml::from_str::<ConfigLayer>("prot = 1\n").is_err());
+    }
+
+    #[test]
+    fn inconsistent_limits_are_rejected() {
+        let layer = ConfigLayer {
+            default_group_size: Some(100),
+            max_group_size: Some(10),
+            ..Default::default()
+        };
+        assert!(layer.resolve().check().is_err());
+    }
+}

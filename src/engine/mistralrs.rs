@@ -1,0 +1,313 @@
+//! [`Engine`] on mistral.rs 0.8.
+//!
+//! mistral.rs schedules and batches the forwards. Under [`Drawing::Entroll`] each sequence
+//! carries its own [`CustomLogitsProcessor`] (a [`DrawTap`]) that sees the full logits row of
+//! every step, measures it, draws the token with entroll's counter-based RNG and returns a row
+//! that forces that token; mistral.rs's sampler then runs with `top_k = 1` and can only pick it.
+//! Prompts are tokenized here and sent as token ids, so the tap never relies on the context
+//! mistral.rs passes it (which omits prefix-cached tokens).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use either::Either;
+use mistralrs::core::RequestMessage;
+use mistralrs::{
+    Constraint, CustomLogitsProcessor, DType, GgufModelBuilder, Model, NormalRequest, Request,
+    Response, SamplingParams, StopTokens, Tensor, TextMessageRole, TextMessages, TextModelBuilder,
+};
+
+use super::{
+    Drawing, Engine, EngineError, ModelInfo, PromptInput, SequenceOutput, SequenceRequest,
+};
+use crate::api::FinishReason;
+use crate::config::{Config, DeviceKind};
+use crate::sampling::{TokenRecord, TokenSampler};
+use crate::stats::Workspace;
+
+/// mistral.rs serving one model.
+pub struct MistralRsEngine {
+    model: Model,
+    info: ModelInfo,
+}
+
+/// The per-sequence logits processor that measures each step and forces entroll's draw.
+struct DrawTap {
+    sampler: TokenSampler,
+    state: Mutex<TapState>,
+}
+
+#[derive(Default)]
+struct TapState {
+    workspace: Workspace,
+    records: Vec<TokenRecord>,
+    error: Option<String>,
+}
+
+impl DrawTap {
+    fn new(sampler: TokenSampler) -> Self {
+        Self {
+            sampler,
+            state: Mutex::new(TapState::default()),
+        }
+    }
+}
+
+/// A row that gives all probability to `token`.
+fn forcing_row(token: u32, len: usize, like: &Tensor) -> candle_core::Result<Tensor> {
+    let mut row = vec![f32::NEG_INFINITY; len];
+    row[token as usize] = 0.0;
+    Tensor::from_vec(row, len, like.device())
+}
+
+impl CustomLogitsProcessor for DrawTap {
+    fn apply(&self, logits: &Tensor, _context: &[u32]) -> candle_core::Result<Tensor> {
+        let row: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let index = state.records.len() as u32;
+        let state = &mut *state;
+        match self.sampler.step(&row, index, &mut state.workspace) {
+            Ok(record) => {
+                state.records.push(record);
+                forcing_row(record.token, row.len(), logits)
+            }
+            Err(e) => {
+                state.error = Some(format!("token {index}: {e}"));
+                Err(candle_core::Error::Msg(e.to_string()))
+            }
+        }
+    }
+}
+
+/// Records the width of the first logits row it sees (the vocabulary size V).
+struct WidthProbe(Mutex<Option<usize>>);
+
+impl CustomLogitsProcessor for WidthProbe {
+    fn apply(&self, logits: &Tensor, _context: &[u32]) -> candle_core::Result<Tensor> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(logits.dims1()?);
+        Ok(logits.clone())
+    }
+}
+
+fn role(name: &str) -> TextMessageRole {
+    match name {
+        "user" => TextMessageRole::User,
+        "assistant" => TextMessageRole::Assistant,
+        "system" => TextMessageRole::System,
+        "tool" => TextMessageRole::Tool,
+        other => TextMessageRole::Custom(other.to_string()),
+    }
+}
+
+fn finish_reason(reason: &str) -> FinishReason {
+    match reason {
+        "length" => FinishReason::Length,
+        "canceled" | "abort" => FinishReason::Abort,
+        _ => FinishReason::Stop,
+    }
+}
+
+impl MistralRsEngine {
+    /// Loads the model `config.model` (a `.gguf` file or a safetensors directory) and probes it.
+    pub async fn load(config: &Config) -> anyhow::Result<Self> {
+        let path = config.model.as_path();
+        anyhow::ensure!(
+            path.exists(),
+            "model {} not found (run `entroll fetch-model` for the default model)",
+            path.display()
+        );
+        let force_cpu = match config.device {
+            DeviceKind::Cpu => true,
+            DeviceKind::Cuda if cfg!(feature = "cuda") => false,
+            DeviceKind::Cuda => anyhow::bail!("device = cuda needs a build with --features cuda"),
+        };
+        // mistral.rs 0.8.1's CPU decode attention (`flash_attn_cpu_single_q` in
+        // mistralrs-core/src/attention/backends/cpu.rs) keeps its scratch buffers per tile and
+        // head but not per batch element, so with more than one sequence in a decode step every
+        // row but one attends with another row's values. On CPU it must run one sequence at a
+        // time; entroll's own queue holds the rest.
+        let max_batch = if force_cpu {
+            if config.max_running_sequences > 1 {
+                tracing::warn!(
+                    "mistral.rs batches incorrectly on CPU (batch > 1 corrupts decode attention); \
+                     running one sequence at a time"
+                );
+            }
+            1
+        } else {
+            config.max_running_sequences
+        };
+        let prefix_cache = config.prefix_cache.then_some(16);
+        let model = if path.is_dir() {
+            let mut b = TextModelBuilder::new(path.display())
+                .with_max_num_seqs(max_batch)
+                .with_prefix_cache_n(prefix_cache);
+            if force_cpu {
+                b = b.with_force_cpu();
+            }
+            b.build().await?
+        } else {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let file = path
+                .file_name()
+                .ok_or_else(|| anyhow::anyhow!("bad model path {}", path.display()))?;
+            let mut b = GgufModelBuilder::new(
+                dir.display().to_string(),
+                vec![file.to_string_lossy().into_owned()],
+            )
+            .with_max_num_seqs(max_batch)
+            .with_prefix_cache_n(prefix_cache);
+            if force_cpu {
+                b = b.with_force_cpu();
+            }
+            b.build().await?
+        };
+        let id = path
+            .file_stem()
+            .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+        let max_context = model.max_sequence_length().ok().flatten();
+        let mut engine = Self {
+            model,
+            info: ModelInfo {
+                id,
+                vocab_size: 0,
+                max_context,
+                max_batch,
+            },
+        };
+        engine.info.vocab_size = engine.probe_vocab_size().await?;
+        Ok(engine)
+    }
+
+    /// Generates one token to learn the width of the logits rows.
+    async fn probe_vocab_size(&self) -> anyhow::Result<usize> {
+        let prompt = self.tokenize(&PromptInput::Text("Hello".into())).await?;
+        let probe = Arc::new(WidthProbe(Mutex::new(None)));
+        let mut params = SamplingParams::deterministic();
+        params.max_len = Some(1);
+        self.run(prompt, params, Some(probe.clone())).await?;
+        let width = *probe.0.lock().unwrap_or_else(|p| p.into_inner());
+        width.ok_or_else(|| anyhow::anyhow!("the probe request saw no logits"))
+    }
+
+    /// Sends one completion request for `prompt` and waits for its single choice.
+    async fn run(
+        &self,
+        prompt: Vec<u32>,
+        sampling_params: SamplingParams,
+        processor: Option<Arc<dyn CustomLogitsProcessor>>,
+    ) -> Result<(mistralrs::core::CompletionChoice, usize), EngineError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let runner = self.model.inner();
+        let request = Request::Normal(Box::new(NormalRequest {
+            messages: RequestMessage::CompletionTokens(prompt),
+            sampling_params,
+            response: tx,
+            return_logprobs: false,
+            is_streaming: false,
+            id: runner.next_request_id(),
+            constraint: Constraint::None,
+            suffix: None,
+            tools: None,
+            tool_choice: None,
+            logits_processors: processor.map(|p| vec![p]),
+            return_raw_logits: false,
+            web_search_options: None,
+            model_id: None,
+            truncate_sequence: false,
+        }));
+        runner
+            .get_sender(None)
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?
+            .send(request)
+            .await
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let response = rx
+            .recv()
+            .await
+            .ok_or_else(|| EngineError::Unavailable("the engine dropped the request".into()))?;
+        let done = match response {
+            Response::CompletionDone(done) => done,
+            Response::CompletionModelError(msg, _) => return Err(EngineError::Generation(msg)),
+            Response::InternalError(e) => return Err(EngineError::Generation(e.to_string())),
+            Response::ValidationError(e) => return Err(EngineError::InvalidPrompt(e.to_string())),
+            _ => return Err(EngineError::Generation("unexpected response kind".into())),
+        };
+        let generated = done.usage.completion_tokens;
+        let choice = done.choices.into_iter().next();
+        choice
+            .map(|c| (c, generated))
+            .ok_or_else(|| EngineError::Generation("the engine returned no choice".into()))
+    }
+}
+
+#[async_trait]
+impl Engine for MistralRsEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    async fn tokenize(&self, prompt: &PromptInput) -> Result<Vec<u32>, EngineError> {
+        let (text, special, generation_prompt) = match prompt {
+            PromptInput::TokenIds(ids) => return Ok(ids.clone()),
+            PromptInput::Text(text) => (Either::Right(text.clone()), true, false),
+            PromptInput::Messages(messages) => {
+                let chat = messages.iter().fold(TextMessages::new(), |chat, m| {
+                    chat.add_message(role(&m.role), m.content.clone())
+                });
+                (Either::Left(chat), false, true)
+            }
+        };
+        self.model
+            .tokenize(text, None, special, generation_prompt, None)
+            .await
+            .map_err(|e| EngineError::InvalidPrompt(format!("cannot tokenize the prompt: {e}")))
+    }
+
+    async fn generate(&self, request: SequenceRequest) -> Result<SequenceOutput, EngineError> {
+        let mut params = SamplingParams::neutral();
+        params.max_len = Some(request.max_tokens);
+        if !request.stop.is_empty() {
+            params.stop_toks = Some(StopTokens::Seqs(request.stop.clone()));
+        }
+        let prompt = request.prompt.to_vec();
+        match request.drawing {
+            Drawing::Entroll(sampler) => {
+                // The tap's row forces one token; top_k = 1 keeps mistral.rs from sorting V.
+                params.temperature = Some(1.0);
+                params.top_k = Some(1);
+                let tap = Arc::new(DrawTap::new(sampler));
+                let result = self.run(prompt, params, Some(tap.clone())).await;
+                let state =
+                    std::mem::take(&mut *tap.state.lock().unwrap_or_else(|p| p.into_inner()));
+                if let Some(error) = state.error {
+                    return Err(EngineError::Generation(error));
+                }
+                let (choice, _) = result?;
+                Ok(SequenceOutput {
+                    length: state.records.len(),
+                    tokens: state.records,
+                    text: choice.text,
+                    finish_reason: finish_reason(&choice.finish_reason),
+                })
+            }
+            Drawing::Engine {
+                temperature,
+                top_p,
+                top_k,
+            } => {
+                params.temperature = Some(temperature);
+                params.top_p = Some(top_p);
+                params.top_k = top_k;
+                let (choice, length) = self.run(prompt, params, None).await?;
+                Ok(SequenceOutput {
+                    tokens: Vec::new(),
+                    length,
+                    text: choice.text,
+                    finish_reason: finish_reason(&choice.finish_reason),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The inference engine seen by the rest of entroll: a trait over one-sequence generation.
+//!
+//! The scheduler and HTTP layer only ever see these types; engine crates (mistral.rs, and later
+//! entroll's own batched engine) stay behind the trait. An engine batches concurrent
+//! [`Engine::generate`] calls itself; dropping a `generate` future abandons that sequence.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::api::{ChatMessage, FinishReason};
+use crate::sampling::{TokenRecord, TokenSampler};
+
+pub mod mistralrs;
+
+/// What the engine serves.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// Model id (the file or directory name).
+    pub id: String,
+    /// Rows of the output distribution (V), the model's own padding rows included.
+    pub vocab_size: usize,
+    /// Longest sequence (prompt + generation) the model supports, if known.
+    pub max_context: Option<usize>,
+    /// Most sequences the engine runs in one forward.
+    pub max_batch: usize,
+}
+
+/// A prompt before tokenization.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptInput {
+    /// Chat messages, rendered with the model's chat template and a generation prompt.
+    Messages(Vec<ChatMessage>),
+    /// Raw text, tokenized with the tokenizer's special tokens but no template.
+    Text(String),
+    /// Token ids, used as they are.
+    TokenIds(Vec<u32>),
+}
+
+/// How the tokens of one sequence are drawn.
+#[derive(Debug, Clone)]
+pub enum Drawing {
+    /// entroll draws every token with this sampler and records its statistics.
+    Entroll(TokenSampler),
+    /// The engine's own sampler (no statistics, no seed): a baseline for benchmarks.
+    Engine {
+        /// Temperature.
+        temperature: f64,
+        /// Top-p.
+        top_p: f64,
+        /// Top-k.
+        top_k: Option<usize>,
+    },
+}
+
+/// One sequence to generate.
+#[derive(Debug, Clone)]
+pub struct SequenceRequest {
+    /// Prompt tokens.
+    pub prompt: Arc<[u32]>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// Who draws the tokens, and how.
+    pub drawing: Drawing,
+}
+
+/// A finished sequence.
+#[derive(Debug, Clone)]
+pub struct SequenceOutput {
+    /// Generated tokens with their statistics; empty under [`Drawing::Engine`], whose sampler
+    /// reports neither.
+    pub tokens: Vec<TokenRecord>,
+    /// Number of generated tokens.
+    pub length: usize,
+    /// Decoded text.
+    pub text: String,
+    /// Why generation ended.
+    pub finish_reason: FinishReason,
+}
+
+/// Engine failures.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The prompt cannot be turned into tokens (for instance, an unknown chat role).
+    #[error("{0}")]
+    InvalidPrompt(String),
+    /// Generation failed.
+    #[error("{0}")]
+    Generation(String),
+    /// The engine is gone (its thread stopped).
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// An inference engine.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// What is being served.
+    fn info(&self) -> &ModelInfo;
+
+    /// Turns a prompt into the token ids the model will see.
+    async fn tokenize(&self, prompt: &PromptInput) -> Result<Vec<u32>, EngineError>;
+
+    /// Generates one sequence. Concurrent calls are batched by the engine.
+    async fn generate(&self, request: SequenceRequest) -> Result<SequenceOutput, EngineError>;
+}

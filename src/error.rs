@@ -1,0 +1,75 @@
+//! Errors a request can end in, and their HTTP form `{error, error_type}`.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::api::ErrorBody;
+use crate::engine::EngineError;
+
+/// Everything that can go wrong with a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON (400).
+    #[error("malformed JSON: {0}")]
+    Malformed(String),
+    /// The body is JSON but not a valid request (422).
+    #[error("{0}")]
+    Invalid(String),
+    /// The body exceeds the size limit (413).
+    #[error("request body exceeds {0} bytes")]
+    TooLarge(usize),
+    /// The server is at capacity (429).
+    #[error("server is at capacity ({0} requests admitted); retry later")]
+    Overloaded(usize),
+    /// The engine failed while serving the request (500).
+    #[error("engine failure: {0}")]
+    Engine(String),
+}
+
+impl ApiError {
+    /// HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `error_type` string clients switch on.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ApiError::Malformed(_) | ApiError::Invalid(_) | ApiError::TooLarge(_) => "validation",
+            ApiError::Overloaded(_) => "overloaded",
+            ApiError::Engine(_) => "engine",
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::InvalidPrompt(msg) => ApiError::Invalid(msg),
+            other => ApiError::Engine(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.to_string(),
+            error_type: self.error_type().to_string(),
+        };
+        let mut response = (self.status(), Json(body)).into_response();
+        if matches!(self, ApiError::Overloaded(_)) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

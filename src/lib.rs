@@ -1,0 +1,21 @@
+//! entroll: a rollout and scoring server for reinforcement learning with verifiable rewards.
+//!
+//! A training loop POSTs prompts to `/rollouts`; entroll generates G samples per prompt on an
+//! inference engine and returns every generated token with the statistics of the distribution
+//! it was drawn from (log-prob, entropy, SIREN nucleus, peak flags), per `docs/statistics.md`.
+//!
+//! Layout: [`api`] (wire types) → [`server`] (routes) → [`validation`] → [`rollout`] (admission
+//! and fan-out) → [`engine`] (the engine trait and its implementations), which calls
+//! [`sampling`] and [`stats`] for every token; [`assemble`] builds the response.
+
+pub mod api;
+pub mod assemble;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod model_store;
+pub mod rollout;
+pub mod sampling;
+pub mod server;
+pub mod stats;
+pub mod validation;

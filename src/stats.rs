@@ -1,0 +1,714 @@
+//! Statistics of one next-token distribution, as `docs/statistics.md` defines them.
+//!
+//! A [`Distribution`] is built once per generated token from the model's logits row and the
+//! sampling temperature. It then answers every per-token question (log-prob, full-vocabulary
+//! entropy, the SIREN nucleus) and draws the token, reusing one ranking of the vocabulary.
+//!
+//! Ranking is by logit, descending, ties broken by token id ascending. The temperature-scaled
+//! softmax is monotone in the logit, so this is exactly the order by probability the definitions
+//! ask for, with no rounding ties introduced by `exp`.
+
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+
+/// Which prefix of the sorted distribution forms the SIREN nucleus `S_t`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum NucleusRule {
+    /// `S = { j : C_j < p }` (SIREN's code): the token that reaches `p` is excluded.
+    Strict,
+    /// The smallest prefix with `C_j >= p` (the nucleus-sampling convention).
+    Inclusive,
+}
+
+/// Parameters of the SIREN nucleus statistics.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NucleusParams {
+    /// Probability mass `p` that bounds the nucleus.
+    pub top_p: f64,
+    /// At most this many candidates are considered (`stats.top_k_candidates`).
+    pub max_candidates: usize,
+    /// Strict or inclusive boundary.
+    pub rule: NucleusRule,
+}
+
+/// The SIREN nucleus of one distribution.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Nucleus {
+    /// `|S_t|`.
+    pub size: usize,
+    /// Probability mass of `S_t`.
+    pub mass: f64,
+    /// Entropy of the distribution restricted to `S_t`, renormalised; 0 when `|S_t| <= 1`.
+    pub entropy: f64,
+}
+
+/// Truncation of the distribution that tokens are drawn from (top-k, then inclusive top-p).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Truncation {
+    /// Keep only the `k` most probable tokens; `None` keeps all.
+    pub top_k: Option<usize>,
+    /// Then keep the smallest prefix whose renormalised mass reaches `top_p`; 1 keeps all.
+    pub top_p: f64,
+}
+
+impl Truncation {
+    /// No truncation: draw from the full distribution.
+    pub const NONE: Truncation = Truncation {
+        top_k: None,
+        top_p: 1.0,
+    };
+
+    fn is_none(&self) -> bool {
+        self.top_k.is_none() && self.top_p >= 1.0
+    }
+}
+
+/// A drawn token with its log-probabilities.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Draw {
+    /// The token id.
+    pub token: u32,
+    /// `ln pi(token)` under the full, untruncated tempered distribution.
+    pub logprob: f64,
+    /// `ln` of the token's probability under the truncated, renormalised distribution.
+    pub sampling_logprob: f64,
+}
+
+/// Why a logits row has no distribution.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatsError {
+    /// The row has no entries.
+    #[error("the logits row is empty")]
+    Empty,
+    /// The row holds NaN or +inf, so the softmax is undefined.
+    #[error("the logits row holds NaN or +inf")]
+    NonFinite,
+    /// Every entry is -inf, so no token has positive probability.
+    #[error("every logit is -inf")]
+    AllMasked,
+    /// The temperature is not a positive finite number.
+    #[error("temperature must be positive and finite")]
+    BadTemperature,
+}
+
+/// Buffers reused across the tokens of one sequence, so a step allocates nothing.
+#[derive(Default, Debug)]
+pub struct Workspace {
+    /// `exp(x_i - max)` per token id.
+    weights: Vec<f64>,
+    /// Token ids; `order[..sorted]` is the sorted head of the ranking.
+    order: Vec<u32>,
+}
+
+/// The tempered softmax of one logits row: `pi = softmax(z / T)`.
+pub struct Distribution<'a> {
+    logits: &'a [f32],
+    ws: &'a mut Workspace,
+    inv_t: f64,
+    max: f64,
+    /// `sum_i exp(x_i - max)`.
+    sum: f64,
+    ln_sum: f64,
+    entropy: f64,
+    /// Length of the sorted head of `ws.order`.
+    sorted: usize,
+}
+
+/// Ranking order: higher logit first, then lower token id.
+fn rank(logits: &[f32], a: u32, b: u32) -> Ordering {
+    logits[b as usize]
+        .partial_cmp(&logits[a as usize])
+        .unwrap_or(Ordering::Equal)
+        .then(a.cmp(&b))
+}
+
+impl<'a> Distribution<'a> {
+    /// Builds the distribution of `logits` at `temperature`, in f64.
+    pub fn new(
+        logits: &'a [f32],
+        temperature: f64,
+        ws: &'a mut Workspace,
+    ) -> Result<Self, StatsError> {
+        if logits.is_empty() {
+            return Err(StatsError::Empty);
+        }
+        if !(temperature > 0.0 && temperature.is_finite()) {
+            return Err(StatsError::BadTemperature);
+        }
+        let mut max_z = f32::NEG_INFINITY;
+        for &z in logits {
+            if z.is_nan() || z == f32::INFINITY {
+                return Err(StatsError::NonFinite);
+            }
+            max_z = max_z.max(z);
+        }
+        if max_z == f32::NEG_INFINITY {
+            return Err(StatsError::AllMasked);
+        }
+        let inv_t = 1.0 / temperature;
+        let max = max_z as f64 * inv_t;
+        ws.weights.clear();
+        ws.weights.reserve(logits.len());
+        let (mut sum, mut weighted) = (0.0f64, 0.0f64);
+        for &z in logits {
+            let d = z as f64 * inv_t - max;
+            let e = d.exp();
+            ws.weights.push(e);
+            sum += e;
+            if e > 0.0 {
+                weighted += e * d;
+            }
+        }
+        ws.order.clear();
+        ws.order.extend(0..logits.len() as u32);
+        let ln_sum = sum.ln();
+        // H = LSE(x) - sum pi x = ln(sum) - sum e (x - max) / sum; never below 0.
+        let entropy = (ln_sum - weighted / sum).max(0.0);
+        Ok(Self {
+            logits,
+            ws,
+            inv_t,
+            max,
+            sum,
+            ln_sum,
+            entropy,
+            sorted: 0,
+        })
+    }
+
+    /// Number of entries `V` in the row.
+    pub fn vocab_size(&self) -> usize {
+        self.logits.len()
+    }
+
+    /// Full-vocabulary entropy in nats.
+    pub fn entropy(&self) -> f64 {
+        self.entropy
+    }
+
+    /// `ln pi(token)`; `token` must be below [`Self::vocab_size`].
+    pub fn ln_prob(&self, token: u32) -> f64 {
+        self.logits[token as usize] as f64 * self.inv_t - self.max - self.ln_sum
+    }
+
+    /// Ensures `order[..k]` holds the `k` highest-ranked ids, sorted.
+    fn sort_head(&mut self, k: usize) {
+        let k = k.min(self.logits.len());
+        if k <= self.sorted {
+            return;
+        }
+        let logits = self.logits;
+        let tail = &mut self.ws.order[self.sorted..];
+        let want = k - self.sorted;
+        if want < tail.len() {
+            tail.select_nth_unstable_by(want - 1, |&a, &b| rank(logits, a, b));
+        }
+        tail[..want].sort_unstable_by(|&a, &b| rank(logits, a, b));
+        self.sorted = k;
+    }
+
+    /// The shortest head of the ranking whose weight reaches `target` (in units of
+    /// `exp(x - max)`), looking at no more than `cap` entries. Returns its length and weight,
+    /// and whether `target` was reached; if not, the length is `cap`.
+    fn head_reaching(&mut self, target: f64, cap: usize) -> (usize, f64, bool) {
+        let cap = cap.min(self.logits.len());
+        let (mut len, mut acc) = (0usize, 0.0f64);
+        let mut k = 64.min(cap);
+        loop {
+            self.sort_head(k);
+            while len < k {
+                acc += self.ws.weights[self.ws.order[len] as usize];
+                len += 1;
+                if acc >= target {
+                    return (len, acc, true);
+                }
+            }
+            if k == cap {
+                return (len, acc, false);
+            }
+            k = (k * 4).min(cap);
+        }
+    }
+
+    /// The SIREN nucleus `S_t` for `params`.
+    pub fn nucleus(&mut self, params: &NucleusParams) -> Nucleus {
+        let target = params.top_p * self.sum;
+        let (len, _, reached) = self.head_reaching(target, params.max_candidates);
+        let size = match params.rule {
+            NucleusRule::Inclusive => len,
+            // Every member before the one that reached p; all candidates if p was never reached.
+            NucleusRule::Strict if reached => len - 1,
+            NucleusRule::Strict => len,
+        };
+        let (mut mass, mut plogp) = (0.0f64, 0.0f64);
+        for &id in &self.ws.order[..size] {
+            let lp = self.ln_prob(id);
+            let p = lp.exp();
+            mass += p;
+            if p > 0.0 {
+                plogp += p * lp;
+            }
+        }
+        let entropy = if size <= 1 || mass <= 0.0 {
+            0.0
+        } else {
+            (mass.ln() - plogp / mass).max(0.0)
+        };
+        Nucleus {
+            size,
+            mass,
+            entropy,
+        }
+    }
+
+    /// Draws a token from the distribution truncated by `trunc`, by inverse CDF at `u` in [0, 1).
+    ///
+    /// Without truncation the CDF runs over token ids in order; with it, over the ranking.
+    pub fn draw(&mut self, trunc: &Truncation, u: f64) -> Draw {
+        if trunc.is_none() {
+            let token = self.inverse_cdf_by_id(u * self.sum);
+            let logprob = self.ln_prob(token);
+            return Draw {
+                token,
+                logprob,
+                sampling_logprob: logprob,
+            };
+        }
+        let v = self.logits.len();
+        let k = trunc.top_k.unwrap_or(v).clamp(1, v);
+        let (len, weight) = if trunc.top_p >= 1.0 {
+            self.sort_head(k);
+            let w = self.ws.order[..k]
+                .iter()
+                .map(|&id| self.ws.weights[id as usize])
+                .sum();
+            (k, w)
+        } else {
+            let top_k_weight = if k < v {
+                self.sort_head(k);
+                self.ws.order[..k]
+                    .iter()
+                    .map(|&id| self.ws.weights[id as usize])
+                    .sum()
+            } else {
+                self.sum
+            };
+            let (len, w, _) = self.head_reaching(trunc.top_p * top_k_weight, k);
+            (len, w)
+        };
+        let target = u * weight;
+        let mut acc = 0.0;
+        let mut token = self.ws.order[0];
+        for &id in &self.ws.order[..len] {
+            let w = self.ws.weights[id as usize];
+            if w > 0.0 {
+                token = id;
+            }
+            acc += w;
+            if acc > target {
+                break;
+            }
+        }
+        Draw {
+            token,
+            logprob: self.ln_prob(token),
+            // The token's share of the kept weight: exactly 0 when it is all of it (top_k = 1).
+            sampling_logprob: (self.ws.weights[token as usize] / weight).ln(),
+        }
+    }
+
+    /// The first id whose cumulative weight exceeds `target`; the last id of positive weight
+    /// if rounding leaves the target unreached.
+    fn inverse_cdf_by_id(&self, target: f64) -> u32 {
+        let mut acc = 0.0;
+        let mut last_positive = 0u32;
+        for (id, &w) in self.ws.weights.iter().enumerate() {
+            if w > 0.0 {
+                last_positive = id as u32;
+                acc += w;
+                if acc > target {
+                    return id as u32;
+                }
+            }
+        }
+        last_positive
+    }
+}
+
+/// The linear-interpolation quantile (numpy's and torch's default) of `sorted` ascending values:
+/// position `q * (n - 1)`, interpolated. `None` for no values.
+pub fn quantile_sorted(sorted: &[f64], q: f64) -> Option<f64> {
+    let n = sorted.len();
+    if n == 0 {
+        return None;
+    }
+    let pos = q.clamp(0.0, 1.0) * (n - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
+}
+
+/// The peak-entropy threshold `Q_q` over `values`; `None` for no values.
+pub fn peak_threshold<'v>(values: impl IntoIterator<Item = &'v f32>, q: f64) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.into_iter().map(|&x| x as f64).collect();
+    sorted.sort_unstable_by(f64::total_cmp);
+    quantile_sorted(&sorted, q)
+}
+
+/// Peak flags: `x_t > threshold`, strictly. With no threshold, no token is a peak.
+pub fn peak_flags(values: &[f32], threshold: Option<f64>) -> Vec<bool> {
+    match threshold {
+        Some(th) => values.iter().map(|&x| x as f64 > th).collect(),
+        None => vec![false; values.len()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Straightforward f64 reference of every definition, sorting the whole vocabulary.
+    struct Reference {
+        probs: Vec<f64>,
+        entropy: f64,
+    }
+
+    impl Reference {
+        fn new(logits: &[f32], t: f64) -> Self {
+            let x: Vec<f64> = logits.iter().map(|&z| z as f64 / t).collect();
+            let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + x.iter().map(|&xi| (xi - m).exp()).sum::<f64>().ln();
+            let probs: Vec<f64> = x.iter().map(|&xi| (xi - lse).exp()).collect();
+            let entropy = -probs
+                .iter()
+                .zip(&x)
+                .filter(|(&p, _)| p > 0.0)
+                .map(|(&p, &xi)| p * (xi - lse))
+                .sum::<f64>();
+            Self { probs, entropy }
+        }
+
+        fn ranking(&self) -> Vec<usize> {
+            let mut ids: Vec<usize> = (0..self.probs.len()).collect();
+            ids.sort_by(|&a, &b| self.probs[b].total_cmp(&self.probs[a]).then(a.cmp(&b)));
+            ids
+        }
+
+        fn nucleus(&self, p: f64, k: usize, rule: NucleusRule) -> (usize, f64, f64) {
+            let ids: Vec<usize> = self.ranking().into_iter().take(k).collect();
+            let mut c = 0.0;
+            let mut set = Vec::new();
+            for &id in &ids {
+                c += self.probs[id];
+                match rule {
+                    NucleusRule::Strict => {
+                        if c < p {
+                            set.push(id)
+                        } else {
+                            break;
+                        }
+                    }
+                    NucleusRule::Inclusive => {
+                        set.push(id);
+                        if c >= p {
+                            break;
+                        }
+                    }
+                }
+            }
+            let mass: f64 = set.iter().map(|&i| self.probs[i]).sum();
+            let h = if set.len() <= 1 {
+                0.0
+            } else {
+                -set.iter()
+                    .map(|&i| self.probs[i] / mass)
+                    .filter(|&q| q > 0.0)
+                    .map(|q| q * q.ln())
+                    .sum::<f64>()
+            };
+            (set.len(), mass, h)
+        }
+    }
+
+    /// A small deterministic generator for test rows (splitmix64 → normal by Box-Muller).
+    struct Rows(u64);
+    impl Rows {
+        fn next_u64(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+            z ^ (z >> 31)
+        }
+        fn uniform(&mut self) -> f64 {
+            (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        }
+        fn normal(&mut self) -> f64 {
+            let (u1, u2) = (self.uniform().max(1e-300), self.uniform());
+            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        }
+        fn row(&mut self, v: usize, scale: f64) -> Vec<f32> {
+            (0..v).map(|_| (self.normal() * scale) as f32).collect()
+        }
+    }
+
+    fn check_row(logits: &[f32], t: f64, p: f64, k: usize) {
+        let r = Reference::new(logits, t);
+        let mut ws = Workspace::default();
+        let mut d = Distribution::new(logits, t, &mut ws).unwrap();
+        assert!(
+            (d.entropy() - r.entropy).abs() < 1e-4,
+            "entropy {} vs {}",
+            d.entropy(),
+            r.entropy
+        );
+        for id in [0u32, (logits.len() / 2) as u32, logits.len() as u32 - 1] {
+            if r.probs[id as usize] > 0.0 {
+                assert!((d.ln_prob(id) - r.probs[id as usize].ln()).abs() < 1e-4);
+            }
+        }
+        for rule in [NucleusRule::Strict, NucleusRule::Inclusive] {
+            let got = d.nucleus(&NucleusParams {
+                top_p: p,
+                max_candidates: k,
+                rule,
+            });
+            let (size, mass, h) = r.nucleus(p, k, rule);
+            assert_eq!(got.size, size, "{rule:?} size, t={t} p={p} k={k}");
+            assert!((got.mass - mass).abs() < 1e-4, "{rule:?} mass");
+            assert!(
+                (got.entropy - h).abs() < 1e-4,
+                "{rule:?} entropy {} vs {h}",
+                got.entropy
+            );
+        }
+    }
+
+    #[test]
+    fn matches_f64_reference_on_random_rows() {
+        let mut g = Rows(7);
+        for (v, scale) in [
+            (10, 1.0),
+            (1000, 3.0),
+            (49152, 2.0),
+            (49152, 6.0),
+            (2000, 0.1),
+        ] {
+            let row = g.row(v, scale);
+            for t in [1.0, 0.6, 1.7] {
+                check_row(&row, t, 0.8, 10_000);
+                check_row(&row, t, 0.95, 50);
+            }
+        }
+    }
+
+    #[test]
+    fn matches_reference_on_flat_row_over_100k_entries() {
+        let row = vec![0.25f32; 120_000];
+        check_row(&row, 1.0, 0.8, 10_000);
+        check_row(&row, 1.0, 0.8, 200_000);
+        let mut ws = Workspace::default();
+        let d = Distribution::new(&row, 1.0, &mut ws).unwrap();
+        assert!((d.entropy() - (120_000f64).ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn ties_rank_by_token_id() {
+        // Three equal top tokens; the nucleus at p=0.5 must take the lowest ids first.
+        let row = [1.0f32, 3.0, 3.0, 3.0, 0.0];
+        let mut ws = Workspace::default();
+        let mut d = Distribution::new(&row, 1.0, &mut ws).unwrap();
+        let n = d.nucleus(&NucleusParams {
+            top_p: 0.5,
+            max_candidates: 10,
+            rule: NucleusRule::Inclusive,
+        });
+        assert_eq!(n.size, 2);
+        assert_eq!(&ws.order[..2], &[1, 2]);
+        check_row(&row, 1.0, 0.5, 10);
+    }
+
+    #[test]
+    fn neg_infinity_entries_get_zero_probability() {
+        let mut row = vec![f32::NEG_INFINITY; 1000];
+        row[3] = 1.0;
+        row[500] = 1.0;
+        row[999] = -2.0;
+        check_row(&row, 1.0, 0.8, 10_000);
+        check_row(&row, 0.7, 0.99, 10_000);
+        let mut ws = Workspace::default();
+        let mut d = Distribution::new(&row, 1.0, &mut ws).unwrap();
+        for u in [0.0, 0.3, 0.6, 0.999_999] {
+            let t = d.draw(&Truncation::NONE, u).token;
+            assert!([3, 500, 999].contains(&t), "drew masked token {t}");
+        }
+    }
+
+    #[test]
+    fn near_one_hot_row_has_empty_strict_nucleus() {
+        let mut row = vec![0.0f32; 5000];
+        row[42] = 40.0;
+        check_row(&row, 1.0, 0.8, 10_000);
+        let mut ws = Workspace::default();
+        let mut d = Distribution::new(&row, 1.0, &mut ws).unwrap();
+        let strict = d.nucleus(&NucleusParams {
+            top_p: 0.8,
+            max_candidates: 10_000,
+            rule: NucleusRule::Strict,
+        });
+        assert_eq!((strict.size, strict.entropy), (0, 0.0));
+        let inclusive = d.nucleus(&NucleusParams {
+            top_p: 0.8,
+            max_candidates: 10_000,
+            rule: NucleusRule::Inclusive,
+        });
+        assert_eq!((inclusive.size, inclusive.entropy), (1, 0.0));
+        assert!(d.entropy() >= 0.0 && d.entropy() < 1e-10);
+    }
+
+    #[test]
+    fn candidates_holding_less_than_p_give_all_of_them() {
+        let row = vec![0.0f32; 1000];
+        let mut ws = Workspace::default();
+        let mut d = Distribution::new(&row, 1.0, &mut ws).unwrap();
+        for rule in [NucleusRule::Strict, NucleusRule::Inclusive] {
+            let n = d.nucleus(&NucleusParams {
+                top_p: 0.8,
+                max_candidates: 100,
+                rule,
+            });
+            assert_eq!(n.size, 100);
+            assert!((n.mass - 0.1).abs() < 1e-12);
+            assert!((n.entropy - 100f64.ln()).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn rejects_rows_without_a_distribution() {
+        let mut ws = Workspace::default();
+        assert_eq!(
+            Distribution::new(&[], 1.0, &mut ws).err(),
+            Some(StatsError::Empty)
+        );
+        assert_eq!(
+            Distribution::new(&[1.0, f32::NAN], 1.0, &mut ws).err(),
+            Some(StatsError::NonFinite)
+        );
+        assert_eq!(
+            Distribution::new(&[1.0, f32::INFINITY], 1.0, &mut ws).err(),
+            Some(StatsError::NonFinite)
+        );
+        assert_eq!(
+            Distribution::new(&[f32::NEG_INFINITY; 3], 1.0, &mut ws).err(),
+            Some(StatsError::AllMasked)
+        );
+        assert_eq!(
+            Distribution::new(&[1.0], 0.0, &mut ws).err(),
+            Some(StatsError::BadTemperature)
+        );
+    }
+
+    #[test]
+    fn draw_frequencies_follow_the_truncated_distribution() {
+        let row = [2.0f32, 1.0, 0.5, 0.0, -1.0];
+        let r = Reference::new(&row, 1.0);
+        let mut ws = Workspace::default();
+        let mut d = Distribution::new(&row, 1.0, &mut ws).unwrap();
+        let n = 20_000;
+        for trunc in [
+            Truncation::NONE,
+            Truncation {
+                top_k: Some(2),
+                top_p: 1.0,
+            },
+            Truncation {
+                top_k: None,
+                top_p: 0.7,
+            },
+            Truncation {
+                top_k: Some(4),
+                top_p: 0.9,
+            },
+        ] {
+            // The kept set by the definition: top-k, then inclusive top-p of the renormalised head.
+            let ranked = r.ranking();
+            let head: Vec<usize> = ranked
+                .iter()
+                .take(trunc.top_k.unwrap_or(5))
+                .copied()
+                .collect();
+            let head_mass: f64 = head.iter().map(|&i| r.probs[i]).sum();
+            let mut kept = Vec::new();
+            let mut c = 0.0;
+            for &i in &head {
+                kept.push(i);
+                c += r.probs[i] / head_mass;
+                if c >= trunc.top_p {
+                    break;
+                }
+            }
+            let kept_mass: f64 = kept.iter().map(|&i| r.probs[i]).sum();
+            let mut counts = [0usize; 5];
+            for i in 0..n {
+                let draw = d.draw(&trunc, (i as f64 + 0.5) / n as f64);
+                counts[draw.token as usize] += 1;
+                let expect = (r.probs[draw.token as usize] / kept_mass).ln();
+                assert!((draw.sampling_logprob - expect).abs() < 1e-9);
+                assert!((draw.logprob - r.probs[draw.token as usize].ln()).abs() < 1e-9);
+            }
+            for id in 0..5 {
+                let want = if kept.contains(&id) {
+                    r.probs[id] / kept_mass
+                } else {
+                    0.0
+                };
+                let got = counts[id] as f64 / n as f64;
+                assert!(
+                    (got - want).abs() < 1e-3,
+                    "{trunc:?} id {id}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn quantile_is_numpy_linear() {
+        // numpy.quantile([1, 2, 4, 8], 0.8) == 5.6
+        assert!((quantile_sorted(&[1.0, 2.0, 4.0, 8.0], 0.8).unwrap() - 5.6).abs() < 1e-12);
+        assert_eq!(quantile_sorted(&[3.0], 0.8), Some(3.0));
+        assert_eq!(quantile_sorted(&[], 0.8), None);
+    }
+
+    #[test]
+    fn peak_edge_cases() {
+        // One token: never a peak.
+        let one = [1.5f32];
+        assert_eq!(peak_flags(&one, peak_threshold(&one, 0.8)), vec![false]);
+        // All equal: none.
+        let flat = [0.7f32; 6];
+        assert!(peak_flags(&flat, peak_threshold(&flat, 0.8))
+            .iter()
+            .all(|&f| !f));
+        // Ten distinct values at q = 0.8: the threshold lies between the 8th and 9th, so two peaks.
+        let ten: Vec<f32> = (0..10).map(|i| i as f32).collect();
+        let flags = peak_flags(&ten, peak_threshold(&ten, 0.8));
+        assert_eq!(flags.iter().filter(|&&f| f).count(), 2);
+        assert!(flags[8] && flags[9]);
+        // q = 1 flags nothing (strict), q = 0 flags all but the minimum.
+        assert_eq!(
+            peak_flags(&ten, peak_threshold(&ten, 1.0))
+                .iter()
+                .filter(|&&f| f)
+                .count(),
+            0
+        );
+        assert_eq!(
+            peak_flags(&ten, peak_threshold(&ten, 0.0))
+                .iter()
+                .filter(|&&f| f)
+                .count(),
+            9
+        );
+    }
+}

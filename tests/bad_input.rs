@@ -1,0 +1,232 @@
+//! Bad input gets a clear 4xx `{error, error_type}` and the server keeps serving.
+
+mod common;
+
+use common::{post_raw, rollout, server};
+use serde_json::json;
+
+#[tokio::test]
+async fn bad_requests_get_4xx_and_the_server_keeps_serving() {
+    let s = server();
+    let ok_prompt = json!([{"text": "hi"}]);
+    let cases: Vec<(&str, String, u16)> = vec![
+        (
+            "truncated JSON",
+            r#"{"prompts": [{"text": "hi"}"#.into(),
+            400,
+        ),
+        ("not JSON", "prompts=hi".into(), 400),
+        ("empty body", String::new(), 400),
+        ("JSON array", "[]".into(), 422),
+        (
+            "unknown top-level field",
+            json!({"prompts": ok_prompt, "temprature": 1}).to_string(),
+            422,
+        ),
+        (
+            "unknown sampling field",
+            json!({"prompts": ok_prompt, "sampling": {"topp": 1}}).to_string(),
+            422,
+        ),
+        (
+            "unknown prompt field",
+            json!({"prompts": [{"text": "a", "txt": "b"}]}).to_string(),
+            422,
+        ),
+        (
+            "no prompts field",
+            json!({"group_size": 2}).to_string(),
+            422,
+        ),
+        ("empty prompts", json!({"prompts": []}).to_string(), 422),
+        (
+            "prompt with nothing",
+            json!({"prompts": [{"id": "x"}]}).to_string(),
+            422,
+        ),
+        (
+            "text and token_ids",
+            json!({"prompts": [{"text": "a", "token_ids": [1]}]}).to_string(),
+            422,
+        ),
+        (
+            "messages and text",
+            json!({"prompts": [{"text": "a", "messages": [{"role": "user", "content": "b"}]}]})
+                .to_string(),
+            422,
+        ),
+        (
+            "empty text",
+            json!({"prompts": [{"text": ""}]}).to_string(),
+            422,
+        ),
+        (
+            "empty token_ids",
+            json!({"prompts": [{"token_ids": []}]}).to_string(),
+            422,
+        ),
+        (
+            "empty messages",
+            json!({"prompts": [{"messages": []}]}).to_string(),
+            422,
+        ),
+        (
+            "message without content",
+            json!({"prompts": [{"messages": [{"role": "user"}]}]}).to_string(),
+            422,
+        ),
+        (
+            "G = 0",
+            json!({"prompts": ok_prompt, "group_size": 0}).to_string(),
+            422,
+        ),
+        (
+            "G above the limit",
+            json!({"prompts": ok_prompt, "group_size": 65}).to_string(),
+            422,
+        ),
+        (
+            "per-prompt G = 0",
+            json!({"prompts": [{"text": "a", "group_size": 0}]}).to_string(),
+            422,
+        ),
+        (
+            "negative G",
+            json!({"prompts": ok_prompt, "group_size": -1}).to_string(),
+            422,
+        ),
+        (
+            "G as string",
+            json!({"prompts": ok_prompt, "group_size": "2"}).to_string(),
+            422,
+        ),
+        (
+            "max_tokens above the context",
+            json!({"prompts": ok_prompt, "sampling": {"max_tokens": 8192}}).to_string(),
+            422,
+        ),
+        (
+            "max_tokens above the limit",
+            json!({"prompts": ok_prompt, "sampling": {"max_tokens": 100000}}).to_string(),
+            422,
+        ),
+        (
+            "max_tokens 0",
+            json!({"prompts": ok_prompt, "sampling": {"max_tokens": 0}}).to_string(),
+            422,
+        ),
+        (
+            "temperature 0",
+            json!({"prompts": ok_prompt, "sampling": {"temperature": 0.0}}).to_string(),
+            422,
+        ),
+        (
+            "temperature negative",
+            json!({"prompts": ok_prompt, "sampling": {"temperature": -0.5}}).to_string(),
+            422,
+        ),
+        (
+            "top_p 0",
+            json!({"prompts": ok_prompt, "sampling": {"top_p": 0.0}}).to_string(),
+            422,
+        ),
+        (
+            "top_p above 1",
+            json!({"prompts": ok_prompt, "sampling": {"top_p": 1.01}}).to_string(),
+            422,
+        ),
+        (
+            "top_k 0",
+            json!({"prompts": ok_prompt, "sampling": {"top_k": 0}}).to_string(),
+            422,
+        ),
+        (
+            "seed negative",
+            json!({"prompts": ok_prompt, "sampling": {"seed": -1}}).to_string(),
+            422,
+        ),
+        (
+            "seed huge",
+            r#"{"prompts": [{"text": "hi"}], "sampling": {"seed": 1e400}}"#.into(),
+            400,
+        ),
+        (
+            "stats top_p 0",
+            json!({"prompts": ok_prompt, "stats": {"top_p": 0}}).to_string(),
+            422,
+        ),
+        (
+            "peak_quantile above 1",
+            json!({"prompts": ok_prompt, "stats": {"peak_quantile": 1.5}}).to_string(),
+            422,
+        ),
+        (
+            "unknown nucleus",
+            json!({"prompts": ok_prompt, "stats": {"nucleus": "loose"}}).to_string(),
+            422,
+        ),
+        (
+            "unknown advantage",
+            json!({"prompts": ok_prompt, "advantage": "ppo"}).to_string(),
+            422,
+        ),
+        (
+            "out-of-vocabulary token id",
+            json!({"prompts": [{"token_ids": [1, 49152]}]}).to_string(),
+            422,
+        ),
+        (
+            "token id above u32",
+            json!({"prompts": [{"token_ids": [1, 4294967296u64]}]}).to_string(),
+            422,
+        ),
+        (
+            "duplicate prompt ids",
+            json!({"prompts": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]}).to_string(),
+            422,
+        ),
+        (
+            "too many prompts",
+            json!({"prompts": vec![json!({"text": "x"}); 257]}).to_string(),
+            422,
+        ),
+        (
+            "deeply nested JSON",
+            format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+            422,
+        ),
+        (
+            "deeply nested prompt",
+            format!(
+                r#"{{"prompts": [{{"text": {}{}}}]}}"#,
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            ),
+            422,
+        ),
+    ];
+    for (name, body, want) in cases {
+        let (status, err) = post_raw(s, body).await;
+        assert_eq!(status, want, "{name}: {err}");
+        assert_eq!(err["error_type"], "validation", "{name}");
+        assert!(!err["error"].as_str().unwrap().is_empty(), "{name}");
+    }
+    // Invalid UTF-8 inside a string.
+    let mut bytes = br#"{"prompts": [{"text": ""#.to_vec();
+    bytes.extend_from_slice(&[0xff, 0xfe]);
+    bytes.extend_from_slice(br#""}]}"#);
+    let (status, err) = post_raw(s, bytes).await;
+    assert_eq!(status, 400, "{err}");
+    // A body over the 32 MiB limit.
+    let huge = format!(r#"{{"prompts": [{{"text": "{}"}}]}}"#, "a".repeat(40 << 20));
+    let (status, err) = post_raw(s, huge).await;
+    assert_eq!(status, 413, "{err}");
+    assert_eq!(err["error_type"], "validation");
+    // Still serving.
+    let r = rollout(
+        s,
+        &json!({"prompts": ok_prompt, "group_size": 1, "sampling": {"max_tokens": 2}}),
+    )
+    .await;
+    assert_eq!(r["groups"][0]["samples"].as_array().unwrap().len(), 1);
+}

@@ -1,0 +1,124 @@
+//! Starts the real `entroll` binary on the real default model for integration tests.
+//!
+//! One server per test binary, started on first use on a free port. It is tied to the test
+//! process through its standard input (`--exit-on-stdin-eof`): when the tests exit, it exits.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// A running server.
+pub struct Server {
+    pub base: String,
+    _child: Mutex<Child>,
+    _stdin: Mutex<ChildStdin>,
+}
+
+/// Path of the default model, failing with the command that installs it.
+pub fn default_model() -> std::path::PathBuf {
+    let path = entroll::model_store::default_model_path();
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo run -- fetch-model` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Starts a server with extra flags and waits until it listens.
+pub fn spawn(extra: &[&str]) -> Server {
+    let model = default_model();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_entroll"))
+        .args(["serve", "--port", "0", "--exit-on-stdin-eof", "--model"])
+        .arg(&model)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start entroll");
+    let stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(url) = line.strip_prefix("entroll listening on ") {
+                    break url.trim().to_string();
+                }
+            }
+            _ => panic!("entroll exited before listening: {:?}", child.wait()),
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server {
+        base,
+        _child: Mutex::new(child),
+        _stdin: Mutex::new(stdin),
+    }
+}
+
+/// The shared default server of this test binary.
+pub fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| spawn(&["--max-running-sequences", "32"]))
+}
+
+/// An HTTP client with a generous timeout (CPU generation is slow).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(900))
+        .build()
+        .unwrap()
+}
+
+/// POSTs a raw body to `/rollouts`, returning the status and parsed JSON body.
+pub async fn post_raw(server: &Server, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    let resp = client()
+        .post(format!("{}/rollouts", server.base))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.expect("body");
+    let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        panic!(
+            "non-JSON body ({status}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, json)
+}
+
+/// POSTs a JSON request to `/rollouts` and expects 200.
+pub async fn rollout(server: &Server, request: &Value) -> Value {
+    let (status, body) = post_raw(server, request.to_string()).await;
+    assert_eq!(status, 200, "rollout failed: {body}");
+    body
+}
+
+/// Every sample of a response, in order.
+pub fn samples(response: &Value) -> Vec<&Value> {
+    response["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["samples"].as_array().unwrap())
+        .collect()
+}
+
+/// A numeric array field as f64s.
+pub fn floats(sample: &Value, field: &str) -> Vec<f64> {
+    sample[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("{field} is not an array"))
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}

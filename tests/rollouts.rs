@@ -1,0 +1,275 @@
+//! `/rollouts`, `/health` and `/info` on the real server, engine and model.
+
+mod common;
+
+use common::{floats, rollout, samples, server};
+use serde_json::{json, Value};
+
+fn quantile_linear(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let pos = q * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+/// Checks every per-token and per-sample invariant of one sample.
+fn check_sample(s: &Value, vocab: usize, max_tokens: usize, untruncated: bool) {
+    let n = s["length"].as_u64().unwrap() as usize;
+    assert!(n >= 1 && n <= max_tokens, "length {n}");
+    for field in [
+        "token_ids",
+        "logprobs",
+        "sampling_logprobs",
+        "entropy",
+        "top_p_size",
+        "top_p_mass",
+        "top_p_entropy",
+        "peak",
+    ] {
+        assert_eq!(s[field].as_array().unwrap().len(), n, "{field}");
+    }
+    let ln_v = (vocab as f64).ln();
+    let (lp, slp) = (floats(s, "logprobs"), floats(s, "sampling_logprobs"));
+    let (h, hp) = (floats(s, "entropy"), floats(s, "top_p_entropy"));
+    let (size, mass) = (floats(s, "top_p_size"), floats(s, "top_p_mass"));
+    for t in 0..n {
+        assert!(lp[t] <= 0.0 && lp[t].is_finite(), "logprob {}", lp[t]);
+        assert!(slp[t] >= lp[t] - 1e-6 && slp[t] <= 0.0);
+        if untruncated {
+            assert_eq!(slp[t], lp[t]);
+        }
+        assert!(h[t] >= 0.0 && h[t] <= ln_v + 1e-4, "entropy {}", h[t]);
+        assert!(size[t] <= 10_000.0);
+        // Strict nucleus: its mass stays below p = 0.8, and its entropy below ln |S|.
+        assert!(mass[t] >= 0.0 && mass[t] < 0.8 + 1e-6, "mass {}", mass[t]);
+        assert!(hp[t] >= 0.0 && hp[t] <= size[t].max(1.0).ln() + 1e-4);
+        if size[t] <= 1.0 {
+            assert_eq!(hp[t], 0.0);
+        }
+    }
+    for id in s["token_ids"].as_array().unwrap() {
+        assert!((id.as_u64().unwrap() as usize) < vocab);
+    }
+    let sum_h: f64 = h.iter().sum();
+    assert!((s["entropy_sum"].as_f64().unwrap() - sum_h).abs() < 1e-3);
+    let sum_hp: f64 = hp.iter().sum();
+    assert!((s["top_p_entropy_sum"].as_f64().unwrap() - sum_hp).abs() < 1e-3);
+    // Peak flags (default: response scope on top_p_entropy, q = 0.8) recomputed independently.
+    let flags: Vec<bool> = s["peak"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_bool().unwrap())
+        .collect();
+    let th = quantile_linear(&hp, 0.8);
+    let expect: Vec<bool> = hp.iter().map(|&x| x > th).collect();
+    assert_eq!(flags, expect);
+    let peaks = flags.iter().filter(|&&f| f).count();
+    assert_eq!(s["peak_count"].as_u64().unwrap() as usize, peaks);
+    let finish = s["finish_reason"].as_str().unwrap();
+    assert!(finish == "stop" || finish == "length", "{finish}");
+    assert_eq!(s["truncated"].as_bool().unwrap(), finish == "length");
+    if finish == "length" {
+        assert_eq!(n, max_tokens);
+    }
+    for field in ["reward", "correct", "extracted_answer", "advantage"] {
+        assert!(s[field].is_null(), "{field} without an answer");
+    }
+    assert_eq!(s["weights_version"], 0);
+}
+
+#[tokio::test]
+async fn rollout_returns_groups_with_consistent_statistics() {
+    let s = server();
+    let request = json!({
+        "prompts": [
+            {"id": "chat", "messages": [{"role": "user", "content": "What is 2 + 3?"}]},
+            {"text": "The capital of France is"}
+        ],
+        "group_size": 3,
+        "sampling": {"max_tokens": 12, "seed": 11}
+    });
+    let r = rollout(s, &request).await;
+    let vocab = r["vocab_size"].as_u64().unwrap() as usize;
+    assert_eq!(vocab, 49152);
+    let groups = r["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2);
+    assert_eq!(groups[0]["id"], "chat");
+    assert_eq!(groups[1]["id"], "1");
+    for g in groups {
+        let samples = g["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 3);
+        for (i, sample) in samples.iter().enumerate() {
+            assert_eq!(sample["index"], i);
+            check_sample(sample, vocab, 12, true);
+        }
+        assert!(g["pass_rate"].is_null() && g["reward_std"].is_null());
+    }
+    // The chat template wraps the message; raw text is tokenized as it is.
+    let chat_ids = groups[0]["prompt_token_ids"].as_array().unwrap();
+    let text_ids = groups[1]["prompt_token_ids"].as_array().unwrap();
+    assert!(chat_ids.len() > text_ids.len() + 4);
+    // Echoed parameters and the summary agree with the samples.
+    assert_eq!(r["sampling"]["seed"], 11);
+    assert_eq!(r["stats"]["top_p"], 0.8);
+    assert_eq!(r["stats"]["nucleus"], "strict");
+    let all = samples(&r);
+    let tokens: u64 = all.iter().map(|s| s["length"].as_u64().unwrap()).sum();
+    assert_eq!(r["summary"]["tokens"].as_u64().unwrap(), tokens);
+    let h: f64 = all.iter().map(|s| s["entropy_sum"].as_f64().unwrap()).sum();
+    assert!((r["summary"]["entropy_mean"].as_f64().unwrap() - h / tokens as f64).abs() < 1e-6);
+    let anchor: f64 = all
+        .iter()
+        .map(|s| s["peak_top_p_entropy_mean"].as_f64().unwrap())
+        .sum::<f64>()
+        / all.len() as f64;
+    assert!((r["summary"]["siren_anchor"].as_f64().unwrap() - anchor).abs() < 1e-9);
+}
+
+#[tokio::test]
+async fn token_id_prompts_reproduce_text_prompts() {
+    let s = server();
+    let by_text = rollout(
+        s,
+        &json!({"prompts": [{"text": "Once upon a time"}], "group_size": 2,
+                "sampling": {"max_tokens": 8, "seed": 5}}),
+    )
+    .await;
+    let ids = by_text["groups"][0]["prompt_token_ids"].clone();
+    let by_ids = rollout(
+        s,
+        &json!({"prompts": [{"token_ids": ids}], "group_size": 2,
+                "sampling": {"max_tokens": 8, "seed": 5}}),
+    )
+    .await;
+    assert_eq!(
+        by_text["groups"][0]["samples"],
+        by_ids["groups"][0]["samples"]
+    );
+}
+
+#[tokio::test]
+async fn seeded_samples_are_identical_under_concurrent_load() {
+    let s = server();
+    let target = json!({
+        "prompts": [{"text": "A list of prime numbers:"}, {"messages": [{"role": "user", "content": "Name a color."}]}],
+        "group_size": 3,
+        "sampling": {"max_tokens": 10, "seed": 1234}
+    });
+    let alone = rollout(s, &target).await;
+    // The same request again, now batched with other traffic of other lengths and seeds.
+    let noise = |i: u64| {
+        json!({"prompts": [{"text": format!("Noise request number {i} says")}], "group_size": 4,
+               "sampling": {"max_tokens": 6 + i as usize, "seed": i}})
+    };
+    let (n1, n2, n3) = (noise(1), noise(2), noise(3));
+    let (loaded, _, _, _) = tokio::join!(
+        rollout(s, &target),
+        rollout(s, &n1),
+        rollout(s, &n2),
+        rollout(s, &n3)
+    );
+    assert_eq!(alone["groups"], loaded["groups"]);
+    // A different seed gives different samples.
+    let mut other = target.clone();
+    other["sampling"]["seed"] = json!(4321);
+    let reseeded = rollout(s, &other).await;
+    assert_ne!(alone["groups"], reseeded["groups"]);
+}
+
+#[tokio::test]
+async fn truncated_sampling_reports_renormalised_logprobs() {
+    let s = server();
+    // top_k = 1 is greedy: every sample is the same and has sampling log-prob 0.
+    let greedy = rollout(
+        s,
+        &json!({"prompts": [{"text": "1, 2, 3, 4,"}], "group_size": 2,
+                "sampling": {"max_tokens": 6, "top_k": 1, "seed": 3}}),
+    )
+    .await;
+    let g = samples(&greedy);
+    assert_eq!(g[0]["token_ids"], g[1]["token_ids"]);
+    assert!(floats(g[0], "sampling_logprobs").iter().all(|&x| x == 0.0));
+    assert!(floats(g[0], "logprobs").iter().all(|&x| x <= 0.0));
+    // top_p = 0.5: the renormalised log-prob is at least the full one.
+    let nucleus = rollout(
+        s,
+        &json!({"prompts": [{"text": "My favourite animal is the"}], "group_size": 2,
+                "sampling": {"max_tokens": 6, "top_p": 0.5, "seed": 3}}),
+    )
+    .await;
+    for sample in samples(&nucleus) {
+        check_sample(sample, 49152, 6, false);
+        let (lp, slp) = (
+            floats(sample, "logprobs"),
+            floats(sample, "sampling_logprobs"),
+        );
+        assert!(lp.iter().zip(&slp).all(|(a, b)| b >= a));
+    }
+}
+
+#[tokio::test]
+async fn batch_peak_scope_and_inclusive_nucleus() {
+    let s = server();
+    let r = rollout(
+        s,
+        &json!({"prompts": [{"text": "The weather today"}, {"text": "In mathematics,"}],
+                "group_size": 2,
+                "sampling": {"max_tokens": 10, "seed": 9},
+                "stats": {"peak_scope": "batch", "peak_on": "entropy", "nucleus": "inclusive",
+                          "top_p": 0.9}}),
+    )
+    .await;
+    let th = r["summary"]["peak_threshold"]
+        .as_f64()
+        .expect("batch threshold");
+    let all = samples(&r);
+    let every: Vec<f64> = all.iter().flat_map(|s| floats(s, "entropy")).collect();
+    // The server's threshold is taken on its f32 values; these went through JSON decimals.
+    assert!((quantile_linear(&every, 0.8) - th).abs() < 1e-5);
+    let th = quantile_linear(&every, 0.8);
+    for sample in all {
+        let h = floats(sample, "entropy");
+        let flags: Vec<bool> = sample["peak"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_bool().unwrap())
+            .collect();
+        assert_eq!(flags, h.iter().map(|&x| x > th).collect::<Vec<_>>());
+        // Inclusive nucleus: it reaches p unless capped, so it always has a member.
+        for (&size, &mass) in floats(sample, "top_p_size")
+            .iter()
+            .zip(&floats(sample, "top_p_mass"))
+        {
+            assert!(size >= 1.0);
+            assert!(mass >= 0.9 - 1e-6 || size == 10_000.0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn health_and_info_describe_the_server() {
+    let s = server();
+    let c = common::client();
+    let health = c.get(format!("{}/health", s.base)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let info: Value = c
+        .get(format!("{}/info", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["vocab_size"], 49152);
+    assert_eq!(info["engine"], "mistralrs");
+    assert_eq!(info["sampler"], "entroll");
+    assert_eq!(info["weights_version"], 0);
+    assert_eq!(info["limits"]["max_running_sequences"], 32);
+    // mistral.rs batches incorrectly on CPU, so the engine runs one sequence at a time there.
+    assert_eq!(info["engine_batch"], 1);
+    assert_eq!(info["defaults"]["stats"]["top_k_candidates"], 10_000);
+    assert!(info["max_context"].as_u64().unwrap() >= 2048);
+}
