@@ -257,6 +257,9 @@ pub struct Sample {
     pub correct: Option<bool>,
     /// Answer the verifier extracted; null without a gold answer.
     pub extracted_answer: Option<String>,
+    /// How verification ended (`correct`, `wrong`, `no_answer`, `unparsable`, `timed_out`);
+    /// null without a gold answer.
+    pub verdict: Option<verifier::Status>,
     /// Advantage under the request's estimator; null without a gold answer.
     pub advantage: Option<f64>,
     /// Weights version that generated this sample.

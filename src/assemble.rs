@@ -2,8 +2,11 @@
 //! per-sample sums, per-group fields and the request summary (`docs/statistics.md`).
 //! Pure functions over engine outputs, so every rule is testable without a model.
 
-use crate::api::{FinishReason, Group, PeakOn, PeakScope, Sample, StatsParams, Summary};
+use crate::api::{
+    AdvantageSpec, FinishReason, Group, PeakOn, PeakScope, Sample, StatsParams, Summary,
+};
 use crate::engine::SequenceOutput;
+use crate::rewards::{group_stats, Score};
 use crate::stats::{peak_flags, peak_threshold};
 
 /// One prompt's finished sequences, in sample order.
@@ -14,6 +17,8 @@ pub struct FinishedGroup {
     pub prompt_token_ids: Vec<u32>,
     /// The G outputs, index order.
     pub outputs: Vec<SequenceOutput>,
+    /// The verifier's scores, index order, when the prompt has a gold answer.
+    pub scores: Option<Vec<Score>>,
 }
 
 fn peak_values(out: &SequenceOutput, on: PeakOn) -> Vec<f32> {
@@ -26,7 +31,13 @@ fn peak_values(out: &SequenceOutput, on: PeakOn) -> Vec<f32> {
         .collect()
 }
 
-fn sample(index: usize, out: SequenceOutput, peak: Vec<bool>, weights_version: u64) -> Sample {
+fn sample(
+    index: usize,
+    out: SequenceOutput,
+    peak: Vec<bool>,
+    score: Option<(Score, f64)>,
+    weights_version: u64,
+) -> Sample {
     let t = &out.tokens;
     let entropy: Vec<f32> = t.iter().map(|r| r.entropy).collect();
     let top_p_entropy: Vec<f32> = t.iter().map(|r| r.top_p_entropy).collect();
@@ -59,10 +70,11 @@ fn sample(index: usize, out: SequenceOutput, peak: Vec<bool>, weights_version: u
         length: out.length,
         truncated: out.finish_reason == FinishReason::Length,
         text: out.text,
-        reward: None,
-        correct: None,
-        extracted_answer: None,
-        advantage: None,
+        reward: score.as_ref().map(|(s, _)| s.reward),
+        correct: score.as_ref().map(|(s, _)| s.correct),
+        verdict: score.as_ref().map(|(s, _)| s.status),
+        advantage: score.as_ref().map(|(_, a)| *a),
+        extracted_answer: score.and_then(|(s, _)| s.extracted_answer),
         weights_version,
     }
 }
@@ -71,6 +83,7 @@ fn sample(index: usize, out: SequenceOutput, peak: Vec<bool>, weights_version: u
 pub fn assemble(
     groups: Vec<FinishedGroup>,
     stats: &StatsParams,
+    advantage: AdvantageSpec,
     weights_version: u64,
     elapsed_ms: u64,
 ) -> (Vec<Group>, Summary) {
@@ -89,27 +102,33 @@ pub fn assemble(
     };
     let groups: Vec<Group> = groups
         .into_iter()
-        .map(|g| Group {
-            id: g.id,
-            prompt_token_ids: g.prompt_token_ids,
-            pass_rate: None,
-            reward_mean: None,
-            reward_std: None,
-            all_equal: None,
-            samples: g
-                .outputs
-                .into_iter()
-                .enumerate()
-                .map(|(i, out)| {
-                    let values = peak_values(&out, stats.peak_on);
-                    let threshold = match stats.peak_scope {
-                        PeakScope::Response => peak_threshold(&values, q),
-                        PeakScope::Batch => batch_threshold,
-                    };
-                    let flags = peak_flags(&values, threshold);
-                    sample(i, out, flags, weights_version)
-                })
-                .collect(),
+        .map(|g| {
+            let rewards = g.scores.as_ref().map(|s| group_stats(s, advantage));
+            let mut scores = g.scores.map(|s| s.into_iter());
+            Group {
+                id: g.id,
+                prompt_token_ids: g.prompt_token_ids,
+                pass_rate: rewards.as_ref().map(|r| r.pass_rate),
+                reward_mean: rewards.as_ref().map(|r| r.reward_mean),
+                reward_std: rewards.as_ref().map(|r| r.reward_std),
+                all_equal: rewards.as_ref().map(|r| r.all_equal),
+                samples: g
+                    .outputs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, out)| {
+                        let values = peak_values(&out, stats.peak_on);
+                        let threshold = match stats.peak_scope {
+                            PeakScope::Response => peak_threshold(&values, q),
+                            PeakScope::Batch => batch_threshold,
+                        };
+                        let flags = peak_flags(&values, threshold);
+                        let score = scores.as_mut().and_then(Iterator::next);
+                        let adv = rewards.as_ref().map_or(0.0, |r| r.advantages[i]);
+                        sample(i, out, flags, score.map(|s| (s, adv)), weights_version)
+                    })
+                    .collect(),
+            }
         })
         .collect();
     let samples = groups.iter().flat_map(|g| g.samples.iter());
@@ -162,6 +181,7 @@ mod tests {
             id: "g".into(),
             prompt_token_ids: vec![1],
             outputs,
+            scores: None,
         }
     }
 
@@ -171,6 +191,7 @@ mod tests {
         let (groups, summary) = assemble(
             vec![group(vec![output(&values), output(&[5.0])])],
             &DEFAULT_STATS,
+            AdvantageSpec::Grpo,
             3,
             0,
         );
@@ -197,8 +218,13 @@ mod tests {
         };
         let low: Vec<f32> = vec![0.1; 5];
         let high: Vec<f32> = vec![0.1, 0.1, 0.1, 0.9, 0.9];
-        let (groups, summary) =
-            assemble(vec![group(vec![output(&low), output(&high)])], &stats, 0, 0);
+        let (groups, summary) = assemble(
+            vec![group(vec![output(&low), output(&high)])],
+            &stats,
+            AdvantageSpec::Grpo,
+            0,
+            0,
+        );
         // Threshold over 10 values: sorted position 7.2 lies between 0.1 and 0.9.
         let th = summary.peak_threshold.unwrap();
         assert!(th > 0.1 && th < 0.9);
@@ -214,7 +240,7 @@ mod tests {
         };
         let mut out = output(&[0.5, 0.5, 0.5, 0.5, 0.5]);
         out.tokens[2].entropy = 9.0;
-        let (groups, _) = assemble(vec![group(vec![out])], &stats, 0, 0);
+        let (groups, _) = assemble(vec![group(vec![out])], &stats, AdvantageSpec::Grpo, 0, 0);
         assert_eq!(
             groups[0].samples[0].peak,
             vec![false, false, true, false, false]

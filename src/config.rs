@@ -104,6 +104,10 @@ settings! {
     default_group_size: usize = 8, env "ENTROLL_DEFAULT_GROUP_SIZE";
     /// `max_tokens` when a request gives none.
     default_max_tokens: usize = 1024, env "ENTROLL_DEFAULT_MAX_TOKENS";
+    /// Reward of a sample whose answer the verifier accepts.
+    reward_correct: f64 = 1.0, env "ENTROLL_REWARD_CORRECT";
+    /// Reward of any other sample (wrong, no answer, unparsable, timed out).
+    reward_wrong: f64 = 0.0, env "ENTROLL_REWARD_WRONG";
     /// Keep finished sequences' KV in the engine's prefix cache (off: every prompt is
     /// recomputed, which keeps seeded samples identical across runs).
     prefix_cache: bool = false, env "ENTROLL_PREFIX_CACHE";

@@ -6,7 +6,8 @@
 //!
 //! Layout: [`api`] (wire types) → [`server`] (routes) → [`validation`] → [`rollout`] (admission
 //! and fan-out) → [`engine`] (the engine trait and its implementations), which calls
-//! [`sampling`] and [`stats`] for every token; [`assemble`] builds the response.
+//! [`sampling`] and [`stats`] for every token; [`rewards`] scores answers with the
+//! `verifier` crate; [`assemble`] builds the response.
 
 pub mod api;
 pub mod assemble;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod model_store;
+pub mod rewards;
 pub mod rollout;
 pub mod sampling;
 pub mod server;

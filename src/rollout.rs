@@ -19,6 +19,7 @@ use crate::assemble::{assemble, FinishedGroup};
 use crate::config::{Config, SamplerKind};
 use crate::engine::{Drawing, Engine, SequenceOutput, SequenceRequest};
 use crate::error::ApiError;
+use crate::rewards::{score, RewardValues, Score};
 use crate::sampling::{DrawKey, TokenSampler};
 use crate::stats::{NucleusParams, Truncation};
 use crate::validation::{check_prompt_tokens, ValidRollout};
@@ -30,6 +31,8 @@ pub struct RolloutService {
     requests: Semaphore,
     max_requests: usize,
     sequences: Arc<Semaphore>,
+    rewards: RewardValues,
+    verifier: Arc<verifier::Config>,
     weights_version: u64,
 }
 
@@ -50,6 +53,11 @@ impl RolloutService {
             sampler: config.sampler,
             requests: Semaphore::new(config.max_requests),
             max_requests: config.max_requests,
+            rewards: RewardValues {
+                correct: config.reward_correct,
+                wrong: config.reward_wrong,
+            },
+            verifier: Arc::new(verifier::Config::default()),
             weights_version: 0,
         }
     }
@@ -126,25 +134,42 @@ impl RolloutService {
                 };
                 let engine = self.engine.clone();
                 let slots = self.sequences.clone();
+                let gold = p.answer.clone();
+                let (values, verifier) = (self.rewards, self.verifier.clone());
                 tasks.spawn(async move {
-                    let _slot = slots.acquire_owned().await.map_err(|_| {
+                    let slot = slots.acquire_owned().await.map_err(|_| {
                         ApiError::Engine("the sequence scheduler has shut down".into())
                     })?;
                     let out = engine.generate(request).await?;
-                    Ok::<_, ApiError>((pi, si, out))
+                    drop(slot);
+                    // Verification is CPU work with a time bound: off the executor, and
+                    // overlapping the generation of the other samples.
+                    let scored = match gold {
+                        Some(gold) => {
+                            let text = out.text.clone();
+                            let s = tokio::task::spawn_blocking(move || {
+                                score(&gold, &text, values, &verifier)
+                            })
+                            .await
+                            .map_err(|e| ApiError::Engine(format!("verifier failed: {e}")))?;
+                            Some(s)
+                        }
+                        None => None,
+                    };
+                    Ok::<_, ApiError>((pi, si, out, scored))
                 });
             }
         }
 
-        let mut outputs: Vec<Vec<Option<SequenceOutput>>> = req
+        let mut outputs: Vec<Vec<Option<(SequenceOutput, Option<Score>)>>> = req
             .prompts
             .iter()
             .map(|p| vec![None; p.group_size])
             .collect();
         while let Some(joined) = tasks.join_next().await {
-            let (pi, si, out) =
+            let (pi, si, out, scored) =
                 joined.map_err(|e| ApiError::Engine(format!("sequence task failed: {e}")))??;
-            outputs[pi][si] = Some(out);
+            outputs[pi][si] = Some((out, scored));
         }
 
         let finished = req
@@ -152,17 +177,28 @@ impl RolloutService {
             .into_iter()
             .zip(prompts)
             .zip(outputs)
-            .map(|((p, ids), outs)| FinishedGroup {
-                id: p.id,
-                prompt_token_ids: ids.to_vec(),
-                outputs: outs
-                    .into_iter()
-                    .map(|o| o.expect("every task reported"))
-                    .collect(),
+            .map(|((p, ids), outs)| {
+                let (outputs, scores): (Vec<SequenceOutput>, Vec<Option<Score>>) =
+                    outs.into_iter().flatten().unzip();
+                FinishedGroup {
+                    id: p.id,
+                    prompt_token_ids: ids.to_vec(),
+                    outputs,
+                    scores: p
+                        .answer
+                        .is_some()
+                        .then(|| scores.into_iter().flatten().collect()),
+                }
             })
             .collect();
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        let (groups, summary) = assemble(finished, &req.stats, self.weights_version, elapsed_ms);
+        let (groups, summary) = assemble(
+            finished,
+            &req.stats,
+            req.advantage,
+            self.weights_version,
+            elapsed_ms,
+        );
         Ok(RolloutResponse {
             model: info.id.clone(),
             vocab_size: info.vocab_size,

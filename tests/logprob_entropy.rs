@@ -21,8 +21,8 @@ async fn mean_negative_logprob_matches_mean_entropy() {
     while d.len() < 5_000 {
         let request = json!({
             "prompts": prompts.iter().map(|p| json!({"messages": [{"role": "user", "content": p}]})).collect::<Vec<_>>(),
-            "group_size": 8,
-            "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 160, "seed": seed},
+            "group_size": 4,
+            "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 128, "seed": seed},
         });
         seed += 1;
         let r = rollout(s, &request).await;
