@@ -134,7 +134,7 @@ pub fn assemble(
     let samples = groups.iter().flat_map(|g| g.samples.iter());
     let (mut tokens, mut h, mut hp, mut anchor, mut n) = (0usize, 0.0, 0.0, 0.0, 0usize);
     for s in samples {
-        tokens += s.entropy.len();
+        tokens += s.length;
         h += s.entropy_sum;
         hp += s.top_p_entropy_sum;
         anchor += s.peak_top_p_entropy_mean;

@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the model over HTTP (the default command).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Install the default model (SmolLM2-135M-Instruct) into $ENTROLL_HOME/models.
     FetchModel(FetchArgs),
 }
@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", path.display());
             Ok(())
         }
-        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Serve(args)) => serve(*args),
         None => serve(ServeArgs::default()),
     }
 }

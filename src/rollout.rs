@@ -24,6 +24,9 @@ use crate::sampling::{DrawKey, TokenSampler};
 use crate::stats::{NucleusParams, Truncation};
 use crate::validation::{check_prompt_tokens, ValidRollout};
 
+/// A finished sequence and its verifier score (when its prompt has a gold answer).
+type ScoredOutput = (SequenceOutput, Option<Score>);
+
 /// Serves rollout requests on one engine.
 pub struct RolloutService {
     engine: Arc<dyn Engine>,
@@ -161,7 +164,7 @@ impl RolloutService {
             }
         }
 
-        let mut outputs: Vec<Vec<Option<(SequenceOutput, Option<Score>)>>> = req
+        let mut outputs: Vec<Vec<Option<ScoredOutput>>> = req
             .prompts
             .iter()
             .map(|p| vec![None; p.group_size])

@@ -9,7 +9,6 @@
 //! ask for, with no rounding ties introduced by `exp`.
 
 use serde::{Deserialize, Serialize};
-use std::cmp::Ordering;
 
 /// Which prefix of the sorted distribution forms the SIREN nucleus `S_t`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -97,8 +96,31 @@ pub enum StatsError {
 pub struct Workspace {
     /// `exp(x_i - max)` per token id.
     weights: Vec<f64>,
-    /// Token ids; `order[..sorted]` is the sorted head of the ranking.
+    /// The head of the ranking: the highest-ranked token ids, in rank order.
     order: Vec<u32>,
+    /// Sort keys of the head being built.
+    keys: Vec<u64>,
+    /// Token counts per histogram bucket of `max - x`.
+    bucket_count: Vec<u32>,
+    /// Weight per histogram bucket of `max - x`.
+    bucket_weight: Vec<f64>,
+}
+
+/// Histogram buckets per nat of `max - x`, and the range they cover; larger gaps (and masked
+/// tokens) share one overflow bucket.
+const BUCKETS_PER_NAT: f64 = 32.0;
+const BUCKET_RANGE_NATS: f64 = 64.0;
+const BUCKETS: usize = (BUCKETS_PER_NAT * BUCKET_RANGE_NATS) as usize;
+
+/// A key whose ascending order is the ranking: higher logit first, then lower token id.
+fn rank_key(z: f32, id: u32) -> u64 {
+    let bits = z.to_bits();
+    let ascending = if bits & 0x8000_0000 != 0 {
+        !bits
+    } else {
+        bits | 0x8000_0000
+    };
+    ((!ascending as u64) << 32) | id as u64
 }
 
 /// The tempered softmax of one logits row: `pi = softmax(z / T)`.
@@ -111,16 +133,10 @@ pub struct Distribution<'a> {
     sum: f64,
     ln_sum: f64,
     entropy: f64,
-    /// Length of the sorted head of `ws.order`.
+    /// Length of the head in `ws.order`.
     sorted: usize,
-}
-
-/// Ranking order: higher logit first, then lower token id.
-fn rank(logits: &[f32], a: u32, b: u32) -> Ordering {
-    logits[b as usize]
-        .partial_cmp(&logits[a as usize])
-        .unwrap_or(Ordering::Equal)
-        .then(a.cmp(&b))
+    /// Total weight of the head.
+    sorted_weight: f64,
 }
 
 impl<'a> Distribution<'a> {
@@ -161,7 +177,6 @@ impl<'a> Distribution<'a> {
             }
         }
         ws.order.clear();
-        ws.order.extend(0..logits.len() as u32);
         let ln_sum = sum.ln();
         // H = LSE(x) - sum pi x = ln(sum) - sum e (x - max) / sum; never below 0.
         let entropy = (ln_sum - weighted / sum).max(0.0);
@@ -174,6 +189,7 @@ impl<'a> Distribution<'a> {
             ln_sum,
             entropy,
             sorted: 0,
+            sorted_weight: 0.0,
         })
     }
 
@@ -192,20 +208,53 @@ impl<'a> Distribution<'a> {
         self.logits[token as usize] as f64 * self.inv_t - self.max - self.ln_sum
     }
 
-    /// Ensures `order[..k]` holds the `k` highest-ranked ids, sorted.
-    fn sort_head(&mut self, k: usize) {
-        let k = k.min(self.logits.len());
-        if k <= self.sorted {
+    /// Makes `ws.order` a head of the ranking holding at least `target` weight or `cap` ids
+    /// (or every id). One pass builds a histogram of `max - x`, which fixes the last bucket
+    /// the head needs; a second gathers the ids up to that bucket, which are then sorted.
+    fn ensure_head(&mut self, target: f64, cap: usize) {
+        let cap = cap.min(self.logits.len());
+        if self.sorted >= cap || self.sorted_weight >= target {
             return;
         }
-        let logits = self.logits;
-        let tail = &mut self.ws.order[self.sorted..];
-        let want = k - self.sorted;
-        if want < tail.len() {
-            tail.select_nth_unstable_by(want - 1, |&a, &b| rank(logits, a, b));
+        let ws = &mut *self.ws;
+        ws.bucket_count.clear();
+        ws.bucket_count.resize(BUCKETS + 1, 0);
+        ws.bucket_weight.clear();
+        ws.bucket_weight.resize(BUCKETS + 1, 0.0);
+        let (max, inv_t) = (self.max, self.inv_t);
+        let bucket = |z: f32| {
+            let d = max - z as f64 * inv_t;
+            if d < BUCKET_RANGE_NATS {
+                (d * BUCKETS_PER_NAT) as usize
+            } else {
+                BUCKETS
+            }
+        };
+        for (&z, &w) in self.logits.iter().zip(&ws.weights) {
+            let b = bucket(z);
+            ws.bucket_count[b] += 1;
+            ws.bucket_weight[b] += w;
         }
-        tail[..want].sort_unstable_by(|&a, &b| rank(logits, a, b));
-        self.sorted = k;
+        let (mut count, mut weight, mut last) = (0usize, 0.0f64, BUCKETS);
+        for b in 0..=BUCKETS {
+            count += ws.bucket_count[b] as usize;
+            weight += ws.bucket_weight[b];
+            if weight >= target || count >= cap {
+                last = b;
+                break;
+            }
+        }
+        ws.keys.clear();
+        for (id, &z) in self.logits.iter().enumerate() {
+            if bucket(z) <= last {
+                ws.keys.push(rank_key(z, id as u32));
+            }
+        }
+        ws.keys.sort_unstable();
+        ws.order.clear();
+        ws.order.extend(ws.keys.iter().map(|&k| k as u32));
+        self.sorted = ws.order.len();
+        self.sorted_weight = weight;
     }
 
     /// The shortest head of the ranking whose weight reaches `target` (in units of
@@ -213,21 +262,25 @@ impl<'a> Distribution<'a> {
     /// and whether `target` was reached; if not, the length is `cap`.
     fn head_reaching(&mut self, target: f64, cap: usize) -> (usize, f64, bool) {
         let cap = cap.min(self.logits.len());
+        self.ensure_head(target, cap);
         let (mut len, mut acc) = (0usize, 0.0f64);
-        let mut k = 64.min(cap);
         loop {
-            self.sort_head(k);
-            while len < k {
+            while len < self.sorted.min(cap) {
                 acc += self.ws.weights[self.ws.order[len] as usize];
                 len += 1;
                 if acc >= target {
                     return (len, acc, true);
                 }
             }
-            if k == cap {
+            if len >= cap {
                 return (len, acc, false);
             }
-            k = (k * 4).min(cap);
+            // Summation order left the head just short of the target: take the capped head.
+            let before = self.sorted;
+            self.ensure_head(f64::INFINITY, cap);
+            if self.sorted <= before {
+                return (len, acc, false);
+            }
         }
     }
 
@@ -277,23 +330,17 @@ impl<'a> Distribution<'a> {
         }
         let v = self.logits.len();
         let k = trunc.top_k.unwrap_or(v).clamp(1, v);
-        let (len, weight) = if trunc.top_p >= 1.0 {
-            self.sort_head(k);
-            let w = self.ws.order[..k]
+        let top_k_weight = |d: &mut Self| -> f64 {
+            d.ensure_head(f64::INFINITY, k);
+            d.ws.order[..k]
                 .iter()
-                .map(|&id| self.ws.weights[id as usize])
-                .sum();
-            (k, w)
+                .map(|&id| d.ws.weights[id as usize])
+                .sum()
+        };
+        let (len, weight) = if trunc.top_p >= 1.0 {
+            (k, top_k_weight(self))
         } else {
-            let top_k_weight = if k < v {
-                self.sort_head(k);
-                self.ws.order[..k]
-                    .iter()
-                    .map(|&id| self.ws.weights[id as usize])
-                    .sum()
-            } else {
-                self.sum
-            };
+            let top_k_weight = if k < v { top_k_weight(self) } else { self.sum };
             let (len, w, _) = self.head_reaching(trunc.top_p * top_k_weight, k);
             (len, w)
         };
@@ -657,13 +704,13 @@ mod tests {
                 assert!((draw.sampling_logprob - expect).abs() < 1e-9);
                 assert!((draw.logprob - r.probs[draw.token as usize].ln()).abs() < 1e-9);
             }
-            for id in 0..5 {
+            for (id, &count) in counts.iter().enumerate() {
                 let want = if kept.contains(&id) {
                     r.probs[id] / kept_mass
                 } else {
                     0.0
                 };
-                let got = counts[id] as f64 / n as f64;
+                let got = count as f64 / n as f64;
                 assert!(
                     (got - want).abs() < 1e-3,
                     "{trunc:?} id {id}: {got} vs {want}"

@@ -13,6 +13,7 @@ use crate::ast::Node;
 #[derive(Debug)]
 pub struct Budget {
     steps: u64,
+    calls: u64,
     deadline: std::time::Instant,
     exhausted: bool,
 }
@@ -22,18 +23,23 @@ impl Budget {
     pub fn new(steps: u64, time: std::time::Duration) -> Self {
         Self {
             steps,
+            calls: 0,
             deadline: std::time::Instant::now() + time,
             exhausted: false,
         }
     }
 
-    /// Spends one step; false once the budget is gone.
+    /// Spends `n` steps; false once the budget is gone.
     pub fn spend(&mut self, n: u64) -> bool {
         if self.exhausted {
             return false;
         }
         self.steps = self.steps.saturating_sub(n);
-        if self.steps == 0 || (self.steps % 256 == 0 && std::time::Instant::now() > self.deadline) {
+        self.calls += 1;
+        // The clock is read every 256 calls.
+        if self.steps == 0
+            || (self.calls.is_multiple_of(256) && std::time::Instant::now() > self.deadline)
+        {
             self.exhausted = true;
         }
         !self.exhausted

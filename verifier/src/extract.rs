@@ -212,7 +212,7 @@ fn cut_sentence(line: &str) -> &str {
     for (i, w) in bytes.windows(2).enumerate() {
         if w == b". " {
             let before = &line[..i];
-            if before.matches('$').count() % 2 == 0 {
+            if before.matches('$').count().is_multiple_of(2) {
                 return before;
             }
         }
