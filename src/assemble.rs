@@ -173,6 +173,7 @@ mod tests {
             length: top_p_entropy.len(),
             text: String::new(),
             finish_reason: FinishReason::Length,
+            first_token_at: None,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod assemble;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod model_store;
 pub mod rewards;
 pub mod rollout;

@@ -87,9 +87,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}:{}", config.host, config.port))?;
         let addr = listener.local_addr()?;
+        let metrics = entroll::metrics::install()?;
+        let upkeep = metrics.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
         let state = Arc::new(AppState {
             service: RolloutService::new(engine, &config),
             config,
+            metrics,
         });
         tracing::info!(model = %info.id, vocab = info.vocab_size, "model loaded");
         // Tests and scripts read this line to find the port (also with --port 0).

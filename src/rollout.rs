@@ -19,6 +19,7 @@ use crate::assemble::{assemble, FinishedGroup};
 use crate::config::{Config, SamplerKind};
 use crate::engine::{Drawing, Engine, SequenceOutput, SequenceRequest};
 use crate::error::ApiError;
+use crate::metrics::{self, SequenceGauge};
 use crate::rewards::{score, RewardValues, Score};
 use crate::sampling::{DrawKey, TokenSampler};
 use crate::stats::{NucleusParams, Truncation};
@@ -34,6 +35,7 @@ pub struct RolloutService {
     requests: Semaphore,
     max_requests: usize,
     sequences: Arc<Semaphore>,
+    sequence_slots: usize,
     rewards: RewardValues,
     verifier: Arc<verifier::Config>,
     weights_version: u64,
@@ -45,13 +47,13 @@ pub struct Admission<'a>(#[allow(dead_code)] tokio::sync::SemaphorePermit<'a>);
 impl RolloutService {
     /// A service over `engine` with the limits of `config`.
     pub fn new(engine: Arc<dyn Engine>, config: &Config) -> Self {
+        let sequence_slots = config
+            .max_running_sequences
+            .min(engine.info().max_batch)
+            .max(1);
         Self {
-            sequences: Arc::new(Semaphore::new(
-                config
-                    .max_running_sequences
-                    .min(engine.info().max_batch)
-                    .max(1),
-            )),
+            sequences: Arc::new(Semaphore::new(sequence_slots)),
+            sequence_slots,
             engine,
             sampler: config.sampler,
             requests: Semaphore::new(config.max_requests),
@@ -136,15 +138,20 @@ impl RolloutService {
                     drawing: self.drawing(&req, pi as u32, si as u32),
                 };
                 let engine = self.engine.clone();
-                let slots = self.sequences.clone();
+                let (slots, capacity) = (self.sequences.clone(), self.sequence_slots);
                 let gold = p.answer.clone();
                 let (values, verifier) = (self.rewards, self.verifier.clone());
                 tasks.spawn(async move {
-                    let slot = slots.acquire_owned().await.map_err(|_| {
+                    let mut gauge = SequenceGauge::waiting();
+                    let slot = slots.clone().acquire_owned().await.map_err(|_| {
                         ApiError::Engine("the sequence scheduler has shut down".into())
                     })?;
+                    let entered = Instant::now();
+                    gauge.run(capacity - slots.available_permits() - 1);
+                    let prompt_len = request.prompt.len();
                     let out = engine.generate(request).await?;
-                    drop(slot);
+                    metrics::sequence_finished(prompt_len, out.length, entered.elapsed());
+                    drop((slot, gauge));
                     // Verification is CPU work with a time bound: off the executor, and
                     // overlapping the generation of the other samples.
                     let scored = match gold {
@@ -159,7 +166,7 @@ impl RolloutService {
                         }
                         None => None,
                     };
-                    Ok::<_, ApiError>((pi, si, out, scored))
+                    Ok::<_, ApiError>((pi, si, out, scored, entered))
                 });
             }
         }
@@ -169,9 +176,14 @@ impl RolloutService {
             .iter()
             .map(|p| vec![None; p.group_size])
             .collect();
+        let (mut first_entered, mut first_token): (Option<Instant>, Option<Instant>) = (None, None);
         while let Some(joined) = tasks.join_next().await {
-            let (pi, si, out, scored) =
+            let (pi, si, out, scored, entered) =
                 joined.map_err(|e| ApiError::Engine(format!("sequence task failed: {e}")))??;
+            first_entered = Some(first_entered.map_or(entered, |t| t.min(entered)));
+            if let Some(t) = out.first_token_at {
+                first_token = Some(first_token.map_or(t, |f| f.min(t)));
+            }
             outputs[pi][si] = Some((out, scored));
         }
 
@@ -202,7 +214,7 @@ impl RolloutService {
             self.weights_version,
             elapsed_ms,
         );
-        Ok(RolloutResponse {
+        let response = RolloutResponse {
             model: info.id.clone(),
             vocab_size: info.vocab_size,
             weights_version: self.weights_version,
@@ -211,6 +223,13 @@ impl RolloutService {
             advantage: req.advantage,
             groups,
             summary,
-        })
+        };
+        let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(started));
+        metrics::request_succeeded(
+            &response,
+            since(first_entered).unwrap_or_default(),
+            since(first_token),
+        );
+        Ok(response)
     }
 }

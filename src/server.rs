@@ -8,6 +8,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::error::Category;
 
 use crate::api::{
@@ -15,6 +16,7 @@ use crate::api::{
 };
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::metrics::{request_failed, request_received, RunningRequest};
 use crate::rollout::RolloutService;
 use crate::validation::{
     validate, DEFAULT_ADVANTAGE, DEFAULT_STATS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
@@ -26,6 +28,8 @@ pub struct AppState {
     pub service: RolloutService,
     /// The resolved settings.
     pub config: Config,
+    /// Renders the Prometheus metrics.
+    pub metrics: PrometheusHandle,
 }
 
 /// The router with every route.
@@ -35,6 +39,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/rollouts", post(rollouts))
         .route("/health", get(health))
         .route("/info", get(info))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -58,10 +63,29 @@ async fn rollouts(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RolloutResponse>, ApiError> {
-    let admission = state.service.admit()?;
-    let request = parse_body(body, state.config.max_body_bytes)?;
-    let valid = validate(request, &state.config)?;
-    Ok(Json(state.service.run(valid, admission).await?))
+    request_received();
+    let result = async {
+        let admission = state.service.admit()?;
+        let _running = RunningRequest::start();
+        let request = parse_body(body, state.config.max_body_bytes)?;
+        let valid = validate(request, &state.config)?;
+        state.service.run(valid, admission).await
+    }
+    .await;
+    if let Err(e) = &result {
+        request_failed(e.error_type());
+    }
+    Ok(Json(result?))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
 }
 
 async fn health() -> StatusCode {

@@ -42,6 +42,7 @@ struct DrawTap {
 struct TapState {
     workspace: Workspace,
     records: Vec<TokenRecord>,
+    first_token_at: Option<std::time::Instant>,
     error: Option<String>,
 }
 
@@ -69,6 +70,9 @@ impl CustomLogitsProcessor for DrawTap {
         let state = &mut *state;
         match self.sampler.step(&row, index, &mut state.workspace) {
             Ok(record) => {
+                state
+                    .first_token_at
+                    .get_or_insert_with(std::time::Instant::now);
                 state.records.push(record);
                 forcing_row(record.token, row.len(), logits)
             }
@@ -290,6 +294,7 @@ impl Engine for MistralRsEngine {
                     tokens: state.records,
                     text: choice.text,
                     finish_reason: finish_reason(&choice.finish_reason),
+                    first_token_at: state.first_token_at,
                 })
             }
             Drawing::Engine {
@@ -306,6 +311,7 @@ impl Engine for MistralRsEngine {
                     length,
                     text: choice.text,
                     finish_reason: finish_reason(&choice.finish_reason),
+                    first_token_at: None,
                 })
             }
         }

@@ -78,6 +78,8 @@ pub struct SequenceOutput {
     pub text: String,
     /// Why generation ended.
     pub finish_reason: FinishReason,
+    /// When the first token was drawn, if the engine reports it.
+    pub first_token_at: Option<std::time::Instant>,
 }
 
 /// Engine failures.

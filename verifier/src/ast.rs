@@ -73,6 +73,42 @@ impl Node {
         found
     }
 
+    /// Whether the tree is at most `limit` levels deep (checked without recursion, so that
+    /// the check itself cannot overflow the stack).
+    pub fn depth_at_most(&self, limit: usize) -> bool {
+        let mut stack: Vec<(&Node, usize)> = vec![(self, 1)];
+        while let Some((n, d)) = stack.pop() {
+            if d > limit {
+                return false;
+            }
+            n.for_each_child(|c| stack.push((c, d + 1)));
+        }
+        true
+    }
+
+    /// Calls `f` on each direct child.
+    pub fn for_each_child<'a>(&'a self, mut f: impl FnMut(&'a Node)) {
+        match self {
+            Node::Neg(a) | Node::Percent(a) => f(a),
+            Node::Div(a, b)
+            | Node::Pow(a, b)
+            | Node::PlusMinus(a, b)
+            | Node::Interval(a, b, ..) => {
+                f(a);
+                f(b);
+            }
+            Node::Add(v)
+            | Node::Mul(v)
+            | Node::Func(_, v)
+            | Node::Tuple(v)
+            | Node::Set(v)
+            | Node::Union(v)
+            | Node::Relation(v, _) => v.iter().for_each(f),
+            Node::Matrix(rows) => rows.iter().flatten().for_each(f),
+            _ => {}
+        }
+    }
+
     /// Whether the node contains a decimal literal (an inexact, rounded value).
     pub fn has_decimal(&self) -> bool {
         let mut found = false;
@@ -94,26 +130,7 @@ impl Node {
     /// Calls `f` on every node, depth first.
     pub fn visit(&self, f: &mut dyn FnMut(&Node)) {
         f(self);
-        match self {
-            Node::Neg(a) | Node::Percent(a) => a.visit(f),
-            Node::Div(a, b) | Node::Pow(a, b) | Node::PlusMinus(a, b) => {
-                a.visit(f);
-                b.visit(f);
-            }
-            Node::Interval(a, b, ..) => {
-                a.visit(f);
-                b.visit(f);
-            }
-            Node::Add(v)
-            | Node::Mul(v)
-            | Node::Func(_, v)
-            | Node::Tuple(v)
-            | Node::Set(v)
-            | Node::Union(v)
-            | Node::Relation(v, _) => v.iter().for_each(|n| n.visit(f)),
-            Node::Matrix(rows) => rows.iter().flatten().for_each(|n| n.visit(f)),
-            _ => {}
-        }
+        self.for_each_child(|c| c.visit(f));
     }
 
     /// Free variables (symbols other than the named constants).

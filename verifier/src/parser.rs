@@ -92,8 +92,13 @@ pub fn parse(tokens: &[Tok]) -> Option<Node> {
     if p.pos < p.toks.len() {
         return None;
     }
-    Some(node)
+    // Postfix and left-associative chains (`9!!!…`, `a/b/c/…`, `x^2^2…`) build deep trees
+    // without recursing here; everything that walks the tree recurses, so bound its depth.
+    node.depth_at_most(MAX_TREE_DEPTH).then_some(node)
 }
+
+/// Deepest tree any later stage walks.
+const MAX_TREE_DEPTH: usize = 256;
 
 struct Parser {
     toks: Vec<Tok>,

@@ -77,6 +77,25 @@ fn one_megabyte_inputs_end_with_a_verdict() {
 }
 
 #[test]
+fn deep_chains_do_not_overflow_the_stack() {
+    // Found by fuzzing: `9!!!…` nested factorials 2,000 deep overflowed the evaluator.
+    // (The `$9$` span is a legitimate answer; the regression is the crash.)
+    let crash = format!("$9${}", "!".repeat(2000));
+    assert!(verify("9", &crash, &cfg()).correct);
+    let chains = [
+        format!("\\boxed{{9{}}}", "!".repeat(2000)),
+        format!("\\boxed{{1{}}}", "/1".repeat(100_000)),
+        format!("\\boxed{{2{}}}", "^2".repeat(5_000)),
+        format!("\\boxed{{1{}}}", ":1".repeat(100_000)),
+        format!("\\boxed{{7{}}}", "%".repeat(100_000)),
+    ];
+    for pred in &chains {
+        let v = verify("12345", pred, &cfg());
+        assert!(!v.correct, "{:?}", v.status);
+    }
+}
+
+#[test]
 fn power_towers_and_huge_factorials_do_not_run_away() {
     for pred in [
         r"\boxed{5^{5^{5^5}}}",

@@ -1,0 +1,161 @@
+//! A real Prometheus (Debian's `prometheus` package) scrapes a real entroll serving the real
+//! model; what it stores must agree with the rollout responses.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{rollout, samples, spawn};
+use serde_json::{json, Value};
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_prometheus(target: &str) -> (KillOnDrop, String) {
+    let dir = std::env::temp_dir().join(format!("entroll-prom-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: entroll\n    \
+             static_configs:\n      - targets: [\"{target}\"]\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus (Debian's `prometheus` package; scripts/test installs it)");
+    (KillOnDrop(child), format!("http://127.0.0.1:{port}"))
+}
+
+/// The value of an instant query's first series, if there is one.
+async fn query(prom: &str, q: &str) -> Option<f64> {
+    let r: Value = common::client()
+        .get(format!("{prom}/api/v1/query"))
+        .query(&[("query", q)])
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    r["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_statistics_consistent_with_the_responses() {
+    let server = spawn(&[]);
+    let target = server.base.trim_start_matches("http://").to_string();
+    let (_prometheus, prom) = start_prometheus(&target);
+
+    let mut responses = Vec::new();
+    for seed in [1, 2] {
+        let request = json!({
+            "prompts": [
+                {"text": "Question: What is 2 + 2?\nAnswer:", "answer": "4"},
+                {"messages": [{"role": "user", "content": "What is 10 - 3?"}], "answer": "7"}
+            ],
+            "group_size": 2,
+            "sampling": {"max_tokens": 10, "seed": seed}
+        });
+        responses.push(rollout(&server, &request).await);
+    }
+    let tokens: f64 = responses
+        .iter()
+        .map(|r| r["summary"]["tokens"].as_f64().unwrap())
+        .sum();
+    let entropy_sum: f64 = responses
+        .iter()
+        .flat_map(|r| {
+            samples(r)
+                .into_iter()
+                .map(|s| s["entropy_sum"].as_f64().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    let groups: Vec<&Value> = responses
+        .iter()
+        .flat_map(|r| r["groups"].as_array().unwrap())
+        .collect();
+    let pass_rates: f64 = groups
+        .iter()
+        .map(|g| g["pass_rate"].as_f64().unwrap())
+        .sum();
+    let zero_variance = groups
+        .iter()
+        .filter(|g| g["all_equal"].as_bool().unwrap())
+        .count() as f64;
+
+    // Wait for a scrape that saw both requests.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while query(&prom, "entroll_requests_succeeded_total").await != Some(2.0) {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw the two requests"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let get = |q: &'static str| {
+        let prom = prom.clone();
+        async move {
+            query(&prom, q)
+                .await
+                .unwrap_or_else(|| panic!("no series for {q}"))
+        }
+    };
+    assert_eq!(get("entroll_token_entropy_nats_count").await, tokens);
+    assert!(
+        (get("entroll_token_entropy_nats_sum").await - entropy_sum).abs()
+            < 1e-3 * entropy_sum.max(1.0)
+    );
+    assert_eq!(get("entroll_token_top_p_entropy_nats_count").await, tokens);
+    assert_eq!(get("entroll_token_top_p_size_count").await, tokens);
+    assert_eq!(get("entroll_generated_tokens_total").await, tokens);
+    assert_eq!(get("entroll_response_tokens_total").await, tokens);
+    assert_eq!(
+        get("entroll_group_pass_rate_count").await,
+        groups.len() as f64
+    );
+    assert!((get("entroll_group_pass_rate_sum").await - pass_rates).abs() < 1e-9);
+    assert_eq!(get("entroll_groups_total").await, groups.len() as f64);
+    assert_eq!(
+        query(&prom, "entroll_zero_variance_groups_total")
+            .await
+            .unwrap_or(0.0),
+        zero_variance
+    );
+    assert_eq!(get("entroll_weights_version").await, 0.0);
+    assert_eq!(get("sum(entroll_verdicts_total)").await, 8.0);
+    // Throughput is a rate over the scraped counter.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(get("rate(entroll_generated_tokens_total[1m])").await >= 0.0);
+    // Nothing is left running.
+    assert_eq!(get("entroll_requests_running").await, 0.0);
+    assert_eq!(get("entroll_sequences_running").await, 0.0);
+}
