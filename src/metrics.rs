@@ -25,6 +25,9 @@ pub const REQUESTS_RUNNING: &str = "entroll_requests_running";
 pub const SEQUENCES_WAITING: &str = "entroll_sequences_waiting";
 /// Sequences in the engine.
 pub const SEQUENCES_RUNNING: &str = "entroll_sequences_running";
+/// Engine steps refused because the sequence's request was gone (one per cancelled sequence
+/// that was inside the engine: the engine drops it after the refusal).
+pub const SEQUENCES_CANCELLED: &str = "entroll_sequences_cancelled_total";
 /// Prompt tokens of finished sequences.
 pub const PROMPT_TOKENS: &str = "entroll_prompt_tokens_total";
 /// Generated tokens of finished sequences.
@@ -297,6 +300,11 @@ impl Drop for SequenceGauge {
         };
         gauge!(name).decrement(1.0);
     }
+}
+
+/// The engine asked for a step of a sequence whose request is gone, and was refused.
+pub fn sequence_cancelled() {
+    counter!(SEQUENCES_CANCELLED).increment(1);
 }
 
 /// A sequence finished: its prompt and generated tokens and its mean step time.

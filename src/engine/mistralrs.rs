@@ -5,9 +5,12 @@
 //! every step, measures it, draws the token with entroll's counter-based RNG and returns a row
 //! that forces that token; mistral.rs's sampler then runs with `top_k = 1` and can only pick it.
 //! Prompts are tokenized here and sent as token ids, so the tap never relies on the context
-//! mistral.rs passes it (which omits prefix-cached tokens).
+//! mistral.rs passes it (which omits prefix-cached tokens). Dropping a `generate` future
+//! cancels its sequence at the next step: the tap then fails, and mistral.rs drops the
+//! sequence (mistral.rs does not watch for closed response channels).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -36,6 +39,18 @@ pub struct MistralRsEngine {
 struct DrawTap {
     sampler: TokenSampler,
     state: Mutex<TapState>,
+    /// Set when the caller stopped waiting; the next step then fails, which makes mistral.rs
+    /// drop the sequence (it never notices a closed response channel by itself).
+    cancelled: Arc<AtomicBool>,
+}
+
+/// Sets the flag when dropped: a `generate` future that is dropped cancels its sequence.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -47,10 +62,11 @@ struct TapState {
 }
 
 impl DrawTap {
-    fn new(sampler: TokenSampler) -> Self {
+    fn new(sampler: TokenSampler, cancelled: Arc<AtomicBool>) -> Self {
         Self {
             sampler,
             state: Mutex::new(TapState::default()),
+            cancelled,
         }
     }
 }
@@ -64,6 +80,10 @@ fn forcing_row(token: u32, len: usize, like: &Tensor) -> candle_core::Result<Ten
 
 impl CustomLogitsProcessor for DrawTap {
     fn apply(&self, logits: &Tensor, _context: &[u32]) -> candle_core::Result<Tensor> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            crate::metrics::sequence_cancelled();
+            return Err(candle_core::Error::Msg("cancelled by the client".into()));
+        }
         let row: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let index = state.records.len() as u32;
@@ -281,7 +301,9 @@ impl Engine for MistralRsEngine {
                 // The tap's row forces one token; top_k = 1 keeps mistral.rs from sorting V.
                 params.temperature = Some(1.0);
                 params.top_k = Some(1);
-                let tap = Arc::new(DrawTap::new(sampler));
+                let cancelled = Arc::new(AtomicBool::new(false));
+                let _cancel_on_drop = CancelOnDrop(cancelled.clone());
+                let tap = Arc::new(DrawTap::new(sampler, cancelled));
                 let result = self.run(prompt, params, Some(tap.clone())).await;
                 let state =
                     std::mem::take(&mut *tap.state.lock().unwrap_or_else(|p| p.into_inner()));

@@ -2,7 +2,8 @@
 //!
 //! The scheduler and HTTP layer only ever see these types; engine crates (mistral.rs, and later
 //! entroll's own batched engine) stay behind the trait. An engine batches concurrent
-//! [`Engine::generate`] calls itself; dropping a `generate` future abandons that sequence.
+//! [`Engine::generate`] calls itself; dropping a `generate` future cancels that sequence
+//! within one engine step.
 
 use std::sync::Arc;
 

@@ -1,0 +1,94 @@
+//! A client that goes away cancels its sequences: the engine is free for the next request
+//! instead of generating the abandoned tokens, and the running gauges return to zero.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{rollout, spawn};
+use serde_json::json;
+
+async fn metric(base: &str, name: &str) -> f64 {
+    let text = common::client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_disconnected_client_frees_the_engine() {
+    let server = spawn(&[]);
+    // 4 samples of up to 4,000 tokens: minutes of CPU work if nothing cancels it.
+    let long = json!({
+        "prompts": [{"text": "Write a very long story about a dragon."}],
+        "group_size": 4,
+        "sampling": {"max_tokens": 4000, "seed": 1}
+    });
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(4))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("{}/rollouts", server.base))
+        .json(&long)
+        .send()
+        .await;
+    assert!(
+        gave_up.is_err(),
+        "the long request should still be running when the client leaves"
+    );
+    // The handler is dropped with the connection: its sequences leave the queue and engine.
+    let mut waited = 0;
+    while metric(&server.base, "entroll_sequences_running").await
+        + metric(&server.base, "entroll_sequences_waiting").await
+        > 0.0
+    {
+        assert!(
+            waited < 50,
+            "sequences still held 5 s after the client left"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(metric(&server.base, "entroll_requests_running").await, 0.0);
+    // The sequence that was inside the engine had its next step refused, once: the engine
+    // then dropped it (had it kept the sequence, every later step would be refused again).
+    let mut waited = 0;
+    while metric(&server.base, "entroll_sequences_cancelled_total").await < 1.0 {
+        assert!(
+            waited < 100,
+            "the engine never came back to the cancelled sequence"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    // The engine is free: a small request is served.
+    let r = rollout(
+        &server,
+        &json!({"prompts": [{"text": "Hi"}], "group_size": 1, "sampling": {"max_tokens": 4, "seed": 2}}),
+    )
+    .await;
+    assert_eq!(
+        r["groups"][0]["samples"][0]["length"]
+            .as_u64()
+            .map(|l| l <= 4),
+        Some(true)
+    );
+    // No abandoned sequence was counted as finished, and the engine stopped asking for steps
+    // of the cancelled one.
+    assert_eq!(
+        metric(&server.base, "entroll_requests_succeeded_total").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&server.base, "entroll_sequences_cancelled_total").await,
+        1.0
+    );
+}
