@@ -75,7 +75,6 @@ const WRAPPERS: &[&str] = &[
     "bold",
     "boldsymbol",
     "bm",
-    "color_skip",
 ];
 
 /// Nesting bound, so that hostile input cannot exhaust the stack.
