@@ -24,6 +24,10 @@ pub struct RolloutRequest {
     /// Advantage estimator (applies once rewards exist).
     #[serde(default)]
     pub advantage: Option<AdvantageSpec>,
+    /// Deadline for the whole request in milliseconds; past it the request is answered 504
+    /// `timeout` and its sequences are cancelled.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// One prompt: exactly one of `messages`, `text`, `token_ids`.
@@ -368,6 +372,6 @@ pub struct Limits {
 pub struct ErrorBody {
     /// What is wrong, in words.
     pub error: String,
-    /// `validation`, `overloaded`, `engine` or `unavailable`.
+    /// `validation`, `overloaded`, `timeout` or `engine`.
     pub error_type: String,
 }

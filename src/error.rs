@@ -22,6 +22,9 @@ pub enum ApiError {
     /// The server is at capacity (429).
     #[error("server is at capacity ({0} requests admitted); retry later")]
     Overloaded(usize),
+    /// The request's own deadline passed (504); its sequences were cancelled.
+    #[error("the request's deadline of {0} ms passed; its sequences were cancelled")]
+    Timeout(u64),
     /// The engine failed while serving the request (500).
     #[error("engine failure: {0}")]
     Engine(String),
@@ -35,6 +38,7 @@ impl ApiError {
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -44,6 +48,7 @@ impl ApiError {
         match self {
             ApiError::Malformed(_) | ApiError::Invalid(_) | ApiError::TooLarge(_) => "validation",
             ApiError::Overloaded(_) => "overloaded",
+            ApiError::Timeout(_) => "timeout",
             ApiError::Engine(_) => "engine",
         }
     }

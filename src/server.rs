@@ -69,7 +69,13 @@ async fn rollouts(
         let _running = RunningRequest::start();
         let request = parse_body(body, state.config.max_body_bytes)?;
         let valid = validate(request, &state.config)?;
-        state.service.run(valid, admission).await
+        match valid.timeout {
+            // Dropping the run at the deadline cancels its sequences.
+            Some(deadline) => tokio::time::timeout(deadline, state.service.run(valid, admission))
+                .await
+                .unwrap_or(Err(ApiError::Timeout(deadline.as_millis() as u64))),
+            None => state.service.run(valid, admission).await,
+        }
     }
     .await;
     if let Err(e) = &result {

@@ -43,6 +43,8 @@ pub struct ValidRollout {
     pub stats: StatsParams,
     /// Effective advantage estimator.
     pub advantage: AdvantageSpec,
+    /// Deadline of the whole request.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// One validated prompt.
@@ -207,6 +209,11 @@ pub fn validate(req: RolloutRequest, config: &Config) -> Result<ValidRollout, Ap
         check_unit_interval("advantage.qae", k, false)?;
     }
 
+    if req.timeout_ms == Some(0) {
+        return Err(invalid("timeout_ms must be positive"));
+    }
+    let timeout = req.timeout_ms.map(std::time::Duration::from_millis);
+
     let mut seen = HashSet::new();
     let mut prompts = Vec::with_capacity(req.prompts.len());
     for (i, p) in req.prompts.iter().enumerate() {
@@ -230,6 +237,7 @@ pub fn validate(req: RolloutRequest, config: &Config) -> Result<ValidRollout, Ap
         sampling,
         stats,
         advantage,
+        timeout,
     })
 }
 
@@ -312,6 +320,7 @@ mod tests {
             r#"{"prompts":[{"id":"x","text":"a"},{"id":"x","text":"b"}]}"#,
             r#"{"prompts":[{"text":"a"}],"temperature":1}"#,
             r#"{"prompts":[{"text":"a"}],"advantage":"ppo"}"#,
+            r#"{"prompts":[{"text":"a"}],"timeout_ms":0}"#,
         ] {
             assert!(parse(body).is_err(), "accepted {body}");
         }

@@ -22,6 +22,19 @@ async fn metric(base: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Waits (up to 10 s) until the engine came back to a cancelled sequence and was refused.
+async fn wait_for_cancelled_step(base: &str) {
+    let mut waited = 0;
+    while metric(base, "entroll_sequences_cancelled_total").await < 1.0 {
+        assert!(
+            waited < 100,
+            "the engine never came back to the cancelled sequence"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+}
+
 #[tokio::test]
 async fn a_disconnected_client_frees_the_engine() {
     let server = spawn(&[]);
@@ -60,15 +73,7 @@ async fn a_disconnected_client_frees_the_engine() {
     assert_eq!(metric(&server.base, "entroll_requests_running").await, 0.0);
     // The sequence that was inside the engine had its next step refused, once: the engine
     // then dropped it (had it kept the sequence, every later step would be refused again).
-    let mut waited = 0;
-    while metric(&server.base, "entroll_sequences_cancelled_total").await < 1.0 {
-        assert!(
-            waited < 100,
-            "the engine never came back to the cancelled sequence"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waited += 1;
-    }
+    wait_for_cancelled_step(&server.base).await;
     // The engine is free: a small request is served.
     let r = rollout(
         &server,
@@ -91,4 +96,42 @@ async fn a_disconnected_client_frees_the_engine() {
         metric(&server.base, "entroll_sequences_cancelled_total").await,
         1.0
     );
+}
+
+#[tokio::test]
+async fn a_passed_deadline_answers_504_and_frees_the_engine() {
+    let server = spawn(&[]);
+    let (status, err) = common::post_raw(
+        &server,
+        json!({
+            "prompts": [{"text": "Write a very long story about a dragon."}],
+            "group_size": 4,
+            "sampling": {"max_tokens": 4000, "seed": 1},
+            "timeout_ms": 3000
+        })
+        .to_string(),
+    )
+    .await;
+    assert_eq!(status, 504, "{err}");
+    assert_eq!(err["error_type"], "timeout");
+    assert_eq!(
+        metric(
+            &server.base,
+            "entroll_requests_failed_total{error_type=\"timeout\"}"
+        )
+        .await,
+        1.0
+    );
+    wait_for_cancelled_step(&server.base).await;
+    let r = rollout(
+        &server,
+        &json!({"prompts": [{"text": "Hi"}], "group_size": 1, "sampling": {"max_tokens": 4, "seed": 2}, "timeout_ms": 600000}),
+    )
+    .await;
+    assert_eq!(r["groups"][0]["samples"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        metric(&server.base, "entroll_sequences_cancelled_total").await,
+        1.0
+    );
+    assert_eq!(metric(&server.base, "entroll_sequences_running").await, 0.0);
 }
