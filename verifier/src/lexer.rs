@@ -347,7 +347,6 @@ fn lex_into(chars: &[char], out: &mut Vec<Tok>, depth: usize) -> Option<()> {
                 out.push(Tok::Op(c));
                 i += 1;
             }
-            '.' => i += 1,
             _ => i += 1,
         }
     }

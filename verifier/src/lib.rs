@@ -155,9 +155,10 @@ fn text_key(s: &str) -> String {
 /// Verifies `pred` (a response or an answer) against `gold` (an answer or a solution).
 pub fn verify(gold: &str, pred: &str, config: &Config) -> Verdict {
     let mut budget = eval::Budget::new(config.max_steps, config.time_limit);
-    let gold_parsed = extract::gold_candidates(gold)
-        .into_iter()
-        .find_map(|c| parse_answer(&c, config.max_answer_chars).map(|n| (c, n)));
+    let gold_cands = extract::gold_candidates(gold);
+    let gold_parsed = gold_cands
+        .iter()
+        .find_map(|c| parse_answer(c, config.max_answer_chars).map(|n| (c.clone(), n)));
     let pred_cands = extract::pred_candidates(pred, &config.extraction);
     let first_pred = pred_cands.first().cloned();
     let Some(first_pred) = first_pred else {
@@ -171,7 +172,7 @@ pub fn verify(gold: &str, pred: &str, config: &Config) -> Verdict {
     let gold_text = gold_parsed
         .as_ref()
         .map(|(c, _)| c.clone())
-        .or_else(|| extract::gold_candidates(gold).into_iter().next());
+        .or_else(|| gold_cands.first().cloned());
     // A gold answer that is one capital letter makes this a multiple-choice question.
     let choice = gold_parsed.as_ref().and_then(|(_, g)| match g {
         ast::Node::Sym(s) | ast::Node::Text(s)

@@ -225,7 +225,7 @@ impl Parser {
                 self.pos += 1;
                 let approx = self.ratio(stops)?;
                 let first_is_name =
-                    operands[0].free_symbols().iter().any(|_| true) && !operands[0].has_number();
+                    !operands[0].free_symbols().is_empty() && !operands[0].has_number();
                 if operands.len() < 2 && first_is_name {
                     ops.push(Rel::Eq);
                     operands.push(approx);
