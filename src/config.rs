@@ -111,6 +111,9 @@ settings! {
     /// Keep finished sequences' KV in the engine's prefix cache (off: every prompt is
     /// recomputed, which keeps seeded samples identical across runs).
     prefix_cache: bool = false, env "ENTROLL_PREFIX_CACHE";
+    /// On SIGTERM/SIGINT, how long accepted requests may run on before they are cancelled and
+    /// answered 503 `shutting_down` (milliseconds).
+    shutdown_grace_ms: u64 = 30_000, env "ENTROLL_SHUTDOWN_GRACE_MS";
 }
 
 impl Config {

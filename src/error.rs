@@ -28,6 +28,13 @@ pub enum ApiError {
     /// The engine failed while serving the request (500).
     #[error("engine failure: {0}")]
     Engine(String),
+    /// The server is shutting down: it takes no new requests, and past the grace period it
+    /// cancels the ones it had accepted (503).
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// A bug: the request's handler panicked (500). The server keeps serving.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -39,7 +46,8 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Engine(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -50,8 +58,19 @@ impl ApiError {
             ApiError::Overloaded(_) => "overloaded",
             ApiError::Timeout(_) => "timeout",
             ApiError::Engine(_) => "engine",
+            ApiError::ShuttingDown => "shutting_down",
+            ApiError::Internal(_) => "internal",
         }
     }
+}
+
+/// The message a panic carried, for logs and error answers.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic")
 }
 
 impl From<EngineError> for ApiError {

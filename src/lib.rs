@@ -20,5 +20,6 @@ pub mod rewards;
 pub mod rollout;
 pub mod sampling;
 pub mod server;
+pub mod shutdown;
 pub mod stats;
 pub mod validation;

@@ -13,6 +13,7 @@ use entroll::engine::Engine;
 use entroll::model_store;
 use entroll::rollout::RolloutService;
 use entroll::server::{router, AppState};
+use entroll::shutdown::Shutdown;
 
 #[derive(Parser)]
 #[command(
@@ -96,16 +97,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 upkeep.run_upkeep();
             }
         });
+        let shutdown = Arc::new(Shutdown::default());
+        let grace = std::time::Duration::from_millis(config.shutdown_grace_ms);
         let state = Arc::new(AppState {
             service: RolloutService::new(engine, &config),
             config,
             metrics,
+            shutdown: shutdown.clone(),
         });
         tracing::info!(model = %info.id, vocab = info.vocab_size, "model loaded");
         // Tests and scripts read this line to find the port (also with --port 0).
         println!("entroll listening on http://{addr}");
         axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown_signal(args.exit_on_stdin_eof))
+            .with_graceful_shutdown(
+                shutdown.on_signal(shutdown_signal(args.exit_on_stdin_eof), grace),
+            )
             .await?;
         tracing::info!("shut down");
         anyhow::Ok(())

@@ -101,7 +101,7 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256
 const RATE_BUCKETS: &[f64] = &[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 
 /// Installs the global Prometheus recorder with entroll's buckets and describes every metric.
-pub fn install() -> anyhow::Result<PrometheusHandle> {
+pub fn install() -> anyhow::Result<Exporter> {
     let buckets: &[(&str, &[f64])] = &[
         (TOKEN_ENTROPY, ENTROPY_BUCKETS),
         (TOKEN_TOP_P_ENTROPY, ENTROPY_BUCKETS),
@@ -122,7 +122,30 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = builder.install_recorder()?;
     describe();
     gauge!(WEIGHTS_VERSION).set(0.0);
-    Ok(handle)
+    let process = metrics_process::Collector::default();
+    process.describe();
+    Ok(Exporter { handle, process })
+}
+
+/// Renders the Prometheus exposition: entroll's metrics plus the standard `process_*` ones
+/// (resident memory, CPU seconds, threads, open file descriptors).
+#[derive(Clone)]
+pub struct Exporter {
+    handle: PrometheusHandle,
+    process: metrics_process::Collector,
+}
+
+impl Exporter {
+    /// The current exposition text, with the process metrics sampled now.
+    pub fn render(&self) -> String {
+        self.process.collect();
+        self.handle.render()
+    }
+
+    /// Drains the histograms' expired buckets; call every few seconds.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
 }
 
 fn describe() {

@@ -1,25 +1,25 @@
 //! HTTP routes: thin axum handlers over [`RolloutService`].
 
+use std::any::Any;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use metrics_exporter_prometheus::PrometheusHandle;
-use serde_json::error::Category;
+use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::api::{
-    Defaults, InfoResponse, Limits, RolloutRequest, RolloutResponse, SamplingDefaults,
-};
+use crate::api::{Defaults, InfoResponse, Limits, RolloutResponse, SamplingDefaults};
 use crate::config::Config;
-use crate::error::ApiError;
-use crate::metrics::{request_failed, request_received, RunningRequest};
+use crate::error::{panic_message, ApiError};
+use crate::metrics::{request_failed, request_received, Exporter, RunningRequest};
 use crate::rollout::RolloutService;
+use crate::shutdown::{Phase, Shutdown};
 use crate::validation::{
-    validate, DEFAULT_ADVANTAGE, DEFAULT_STATS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
+    parse_request, validate, DEFAULT_ADVANTAGE, DEFAULT_STATS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
 };
 
 /// Shared state of every handler.
@@ -29,7 +29,9 @@ pub struct AppState {
     /// The resolved settings.
     pub config: Config,
     /// Renders the Prometheus metrics.
-    pub metrics: PrometheusHandle,
+    pub metrics: Exporter,
+    /// Shutdown phase, watched by every request.
+    pub shutdown: Arc<Shutdown>,
 }
 
 /// The router with every route.
@@ -41,21 +43,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/info", get(info))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
 }
 
-/// Parses a request body, telling malformed JSON (400) from a wrong request shape (422).
-fn parse_body(
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<RolloutRequest, ApiError> {
-    let body = body.map_err(|rejection| match rejection.status() {
+/// Turns a handler's panic into a 500 `internal` answer; the server keeps serving.
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic_message(panic.as_ref());
+    tracing::error!(panic = message, "a request handler panicked");
+    let error = ApiError::Internal(format!("the request handler panicked: {message}"));
+    request_failed(error.error_type());
+    error.into_response()
+}
+
+/// The request body, or 413 if it exceeded the limit (400 if it could not be read at all).
+fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(limit),
         _ => ApiError::Malformed(rejection.body_text()),
-    })?;
-    serde_json::from_slice(&body).map_err(|e| match e.classify() {
-        Category::Data => ApiError::Invalid(format!("invalid request: {e}")),
-        Category::Syntax | Category::Eof | Category::Io => ApiError::Malformed(e.to_string()),
     })
 }
 
@@ -65,16 +70,30 @@ async fn rollouts(
 ) -> Result<Json<RolloutResponse>, ApiError> {
     request_received();
     let result = async {
+        if state.shutdown.phase() != Phase::Serving {
+            return Err(ApiError::ShuttingDown);
+        }
+        // A body that could not be read (too large) is refused before admission: it is the
+        // request's fault, whatever the load.
+        let body = read_body(body, state.config.max_body_bytes)?;
         let admission = state.service.admit()?;
         let _running = RunningRequest::start();
-        let request = parse_body(body, state.config.max_body_bytes)?;
+        let request = parse_request(&body)?;
         let valid = validate(request, &state.config)?;
-        match valid.timeout {
-            // Dropping the run at the deadline cancels its sequences.
-            Some(deadline) => tokio::time::timeout(deadline, state.service.run(valid, admission))
-                .await
-                .unwrap_or(Err(ApiError::Timeout(deadline.as_millis() as u64))),
-            None => state.service.run(valid, admission).await,
+        let deadline = valid.timeout;
+        let run = state.service.run(valid, admission);
+        // Dropping the run (at the deadline, or when shutdown cancels) cancels its sequences.
+        let bounded = async {
+            match deadline {
+                Some(d) => tokio::time::timeout(d, run)
+                    .await
+                    .unwrap_or(Err(ApiError::Timeout(d.as_millis() as u64))),
+                None => run.await,
+            }
+        };
+        tokio::select! {
+            result = bounded => result,
+            () = state.shutdown.cancelled() => Err(ApiError::ShuttingDown),
         }
     }
     .await;
@@ -84,7 +103,7 @@ async fn rollouts(
     Ok(Json(result?))
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> impl axum::response::IntoResponse {
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,

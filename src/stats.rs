@@ -123,12 +123,24 @@ fn rank_key(z: f32, id: u32) -> u64 {
     ((!ascending as u64) << 32) | id as u64
 }
 
+/// `(z - max_z) / T`, the tempered distance below the largest logit: exactly 0 for the largest
+/// itself, also when `1 / T` overflows (a temperature so small that the distribution is uniform
+/// over the tied maxima), and never NaN for finite `T`.
+fn tempered_gap(z: f32, max_z: f32, inv_t: f64) -> f64 {
+    if z == max_z {
+        0.0
+    } else {
+        (z as f64 - max_z as f64) * inv_t
+    }
+}
+
 /// The tempered softmax of one logits row: `pi = softmax(z / T)`.
 pub struct Distribution<'a> {
     logits: &'a [f32],
     ws: &'a mut Workspace,
     inv_t: f64,
-    max: f64,
+    /// The largest logit.
+    max_z: f32,
     /// `sum_i exp(x_i - max)`.
     sum: f64,
     ln_sum: f64,
@@ -163,12 +175,11 @@ impl<'a> Distribution<'a> {
             return Err(StatsError::AllMasked);
         }
         let inv_t = 1.0 / temperature;
-        let max = max_z as f64 * inv_t;
         ws.weights.clear();
         ws.weights.reserve(logits.len());
         let (mut sum, mut weighted) = (0.0f64, 0.0f64);
         for &z in logits {
-            let d = z as f64 * inv_t - max;
+            let d = tempered_gap(z, max_z, inv_t);
             let e = d.exp();
             ws.weights.push(e);
             sum += e;
@@ -184,7 +195,7 @@ impl<'a> Distribution<'a> {
             logits,
             ws,
             inv_t,
-            max,
+            max_z,
             sum,
             ln_sum,
             entropy,
@@ -205,7 +216,7 @@ impl<'a> Distribution<'a> {
 
     /// `ln pi(token)`; `token` must be below [`Self::vocab_size`].
     pub fn ln_prob(&self, token: u32) -> f64 {
-        self.logits[token as usize] as f64 * self.inv_t - self.max - self.ln_sum
+        tempered_gap(self.logits[token as usize], self.max_z, self.inv_t) - self.ln_sum
     }
 
     /// Makes `ws.order` a head of the ranking holding at least `target` weight or `cap` ids
@@ -221,9 +232,9 @@ impl<'a> Distribution<'a> {
         ws.bucket_count.resize(BUCKETS + 1, 0);
         ws.bucket_weight.clear();
         ws.bucket_weight.resize(BUCKETS + 1, 0.0);
-        let (max, inv_t) = (self.max, self.inv_t);
+        let (max_z, inv_t) = (self.max_z, self.inv_t);
         let bucket = |z: f32| {
-            let d = max - z as f64 * inv_t;
+            let d = -tempered_gap(z, max_z, inv_t);
             if d < BUCKET_RANGE_NATS {
                 (d * BUCKETS_PER_NAT) as usize
             } else {
@@ -558,6 +569,39 @@ mod tests {
         let mut ws = Workspace::default();
         let d = Distribution::new(&row, 1.0, &mut ws).unwrap();
         assert!((d.entropy() - (120_000f64).ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn extreme_temperatures_give_the_limit_distributions() {
+        // Found by fuzzing: 1/T overflowed to inf and (inf - inf) made every statistic NaN.
+        let row = [2.5f32, -1.0, 2.5, 0.25, f32::NEG_INFINITY, 1e-3];
+        for t in [1.7e-313, 1e-300, 1e-30] {
+            let mut ws = Workspace::default();
+            let mut d = Distribution::new(&row, t, &mut ws).unwrap();
+            // Uniform over the two tied maxima.
+            assert!(
+                (d.entropy() - 2f64.ln()).abs() < 1e-12,
+                "T={t}: {}",
+                d.entropy()
+            );
+            for u in [0.0, 0.49, 0.51, 0.999] {
+                let draw = d.draw(&Truncation::NONE, u);
+                assert!([0, 2].contains(&draw.token), "T={t}: drew {}", draw.token);
+                assert!((draw.logprob + 2f64.ln()).abs() < 1e-12);
+            }
+            let n = d.nucleus(&NucleusParams {
+                top_p: 0.8,
+                max_candidates: 10,
+                rule: NucleusRule::Inclusive,
+            });
+            assert_eq!(n.size, 2);
+            assert!((n.mass - 1.0).abs() < 1e-12 && (n.entropy - 2f64.ln()).abs() < 1e-12);
+        }
+        // A huge temperature flattens the row over its finite entries.
+        let mut ws = Workspace::default();
+        let d = Distribution::new(&row, 1e300, &mut ws).unwrap();
+        assert!((d.entropy() - 5f64.ln()).abs() < 1e-9, "{}", d.entropy());
+        assert_eq!(d.ln_prob(4), f64::NEG_INFINITY);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 
+use serde_json::error::Category;
+
 use crate::api::{
     AdvantageSpec, PeakOn, PeakScope, PromptSpec, RolloutRequest, SamplingParams, StatsParams,
 };
@@ -31,6 +33,14 @@ pub const DEFAULT_TOP_P: f64 = 1.0;
 pub const DEFAULT_ADVANTAGE: AdvantageSpec = AdvantageSpec::Grpo;
 /// Most stop strings per request.
 pub const MAX_STOP_STRINGS: usize = 16;
+
+/// Parses a request body, telling malformed JSON (400) from a wrong request shape (422).
+pub fn parse_request(body: &[u8]) -> Result<RolloutRequest, ApiError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        Category::Data => ApiError::Invalid(format!("invalid request: {e}")),
+        Category::Syntax | Category::Eof | Category::Io => ApiError::Malformed(e.to_string()),
+    })
+}
 
 /// A request that passed validation, with every default applied.
 #[derive(Debug, Clone)]

@@ -3,9 +3,18 @@
 //! Each request carries `--prompts-per-request` problems (cycling through the dataset) as chat
 //! messages with `--group-size` samples each. `--concurrency` workers send requests until
 //! `--requests` have been sent or `--duration` seconds have passed. The report (stdout, and
-//! `--output` as JSON) gives generated tokens/s, samples/s, request latency percentiles and the
-//! time until the first group came back.
+//! `--output` as JSON) gives generated tokens/s, samples/s, request latency percentiles, the
+//! time until the first group came back, and the server's own figures from `/metrics` (engine
+//! steps, batch sizes, cancellations, resident memory sampled every `--scrape-every` seconds).
+//!
+//! `--mix` turns it into an overload and soak test: oversized bodies, clients that disconnect
+//! and requests with deadlines run beside normal ones (see [`workload`]); any answer a correct
+//! server would not give is counted as unexpected and makes the run fail.
 
+mod scrape;
+mod workload;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -56,6 +65,17 @@ struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Request kinds by weight: normal, oversized, disconnect, deadline (e.g.
+    /// `normal=6,oversized=1,disconnect=2,deadline=1`).
+    #[arg(long, default_value = "normal=1")]
+    #[serde(skip)]
+    mix: workload::Mix,
+    /// After a 429, the worker waits this long before its next request (milliseconds).
+    #[arg(long, default_value_t = 100)]
+    backoff_ms: u64,
+    /// Seconds between `/metrics` scrapes (resident memory series).
+    #[arg(long, default_value_t = 10.0)]
+    scrape_every: f64,
 }
 
 #[derive(Debug, Default)]
@@ -63,10 +83,20 @@ struct Tally {
     latencies: Vec<f64>,
     tokens: u64,
     samples: u64,
-    ok: usize,
-    overloaded: usize,
-    failed: usize,
     first_group: Option<f64>,
+    /// Outcome counts per request kind.
+    outcomes: BTreeMap<String, BTreeMap<String, usize>>,
+    unexpected: usize,
+    unexpected_examples: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Memory {
+    start_bytes: f64,
+    end_bytes: f64,
+    max_bytes: f64,
+    /// Growth from the first scrape after the first tenth of the run (warm-up) to the end.
+    growth_after_warmup_bytes: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,7 +106,9 @@ struct Report {
     wall_s: f64,
     requests_ok: usize,
     requests_overloaded: usize,
-    requests_failed: usize,
+    requests_unexpected: usize,
+    unexpected_examples: Vec<String>,
+    outcomes: BTreeMap<String, BTreeMap<String, usize>>,
     generated_tokens: u64,
     samples: u64,
     tokens_per_s: f64,
@@ -85,6 +117,9 @@ struct Report {
     latency_p90_s: f64,
     latency_p99_s: f64,
     time_to_first_group_s: Option<f64>,
+    server: scrape::ServerDelta,
+    memory: Memory,
+    scrapes: Vec<scrape::Snapshot>,
 }
 
 fn load_prompts(path: &PathBuf) -> anyhow::Result<Vec<(String, Option<String>)>> {
@@ -138,6 +173,37 @@ fn request_body(args: &Args, prompts: &[(String, Option<String>)], n: usize) -> 
     })
 }
 
+/// The server's body limit, from `GET /info`.
+async fn max_body_bytes(client: &reqwest::Client, url: &str) -> anyhow::Result<usize> {
+    let info: Value = client
+        .get(format!("{url}/info"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    info["limits"]["max_body_bytes"]
+        .as_u64()
+        .map(|b| b as usize)
+        .context("/info has no limits.max_body_bytes")
+}
+
+fn memory(scrapes: &[scrape::Snapshot], wall: f64) -> Memory {
+    let rss = |s: &scrape::Snapshot| s.resident_bytes;
+    let start = scrapes.first().map_or(0.0, rss);
+    let end = scrapes.last().map_or(0.0, rss);
+    let warm = scrapes
+        .iter()
+        .find(|s| s.at_s >= wall / 10.0)
+        .map_or(start, rss);
+    Memory {
+        start_bytes: start,
+        end_bytes: end,
+        max_bytes: scrapes.iter().map(rss).fold(0.0, f64::max),
+        growth_after_warmup_bytes: end - warm,
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -149,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(3600))
         .build()?;
+    let body_limit = max_body_bytes(&client, &args.url).await?;
     let next = Arc::new(AtomicUsize::new(0));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let bar = if args.quiet || args.requests == 0 {
@@ -158,6 +225,23 @@ async fn main() -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let deadline = (args.duration > 0.0).then(|| started + Duration::from_secs_f64(args.duration));
+
+    let scrapes = Arc::new(Mutex::new(vec![
+        scrape::scrape(&client, &args.url, 0.0).await?,
+    ]));
+    let scraper = {
+        let (client, url, scrapes) = (client.clone(), args.url.clone(), scrapes.clone());
+        let every = Duration::from_secs_f64(args.scrape_every.max(0.1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let at = started.elapsed().as_secs_f64();
+                if let Ok(s) = scrape::scrape(&client, &url, at).await {
+                    scrapes.lock().await.push(s);
+                }
+            }
+        })
+    };
 
     let mut workers = Vec::new();
     for _ in 0..args.concurrency.max(1) {
@@ -172,34 +256,36 @@ async fn main() -> anyhow::Result<()> {
                 if args.requests > 0 && n >= args.requests {
                     break;
                 }
-                let body = request_body(&args, &prompts, n);
+                let kind = args.mix.kind(n);
+                let planned = workload::plan(kind, n, request_body(&args, &prompts, n), body_limit);
                 let sent = Instant::now();
-                let result = client
-                    .post(format!("{}/rollouts", args.url))
-                    .json(&body)
-                    .send()
-                    .await;
+                let outcome = workload::send(&client, &args.url, planned).await;
                 let latency = sent.elapsed().as_secs_f64();
+                let overloaded = outcome.is_overloaded();
                 let mut t = tally.lock().await;
-                match result {
-                    Ok(resp) if resp.status().is_success() => match resp.json::<Value>().await {
-                        Ok(v) => {
-                            t.ok += 1;
-                            t.latencies.push(latency);
-                            t.tokens += v["summary"]["tokens"].as_u64().unwrap_or(0);
-                            t.samples += v["groups"].as_array().map_or(0, |g| {
-                                g.iter()
-                                    .map(|g| g["samples"].as_array().map_or(0, |s| s.len() as u64))
-                                    .sum()
-                            });
-                            t.first_group.get_or_insert(started.elapsed().as_secs_f64());
-                        }
-                        Err(_) => t.failed += 1,
-                    },
-                    Ok(resp) if resp.status().as_u16() == 429 => t.overloaded += 1,
-                    _ => t.failed += 1,
+                *t.outcomes
+                    .entry(kind.to_string())
+                    .or_default()
+                    .entry(outcome.label())
+                    .or_default() += 1;
+                if !outcome.expected_for(kind) {
+                    t.unexpected += 1;
+                    if t.unexpected_examples.len() < 10 {
+                        t.unexpected_examples
+                            .push(format!("{kind} request {n}: {outcome}"));
+                    }
+                }
+                if let workload::Outcome::Complete { tokens, samples } = outcome {
+                    t.latencies.push(latency);
+                    t.tokens += tokens;
+                    t.samples += samples;
+                    t.first_group.get_or_insert(started.elapsed().as_secs_f64());
                 }
                 bar.inc(1);
+                drop(t);
+                if overloaded {
+                    tokio::time::sleep(Duration::from_millis(args.backoff_ms)).await;
+                }
             }
         }));
     }
@@ -208,14 +294,19 @@ async fn main() -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     let wall = started.elapsed().as_secs_f64();
+    scraper.abort();
+    let mut scrapes = std::mem::take(&mut *scrapes.lock().await);
+    scrapes.push(scrape::scrape(&client, &args.url, wall).await?);
     let mut t = std::mem::take(&mut *tally.lock().await);
     t.latencies.sort_by(f64::total_cmp);
+    let count = |label: &str| -> usize { t.outcomes.values().filter_map(|o| o.get(label)).sum() };
     let report = Report {
         label: args.label.clone(),
         wall_s: wall,
-        requests_ok: t.ok,
-        requests_overloaded: t.overloaded,
-        requests_failed: t.failed,
+        requests_ok: count("200"),
+        requests_overloaded: count("429 overloaded"),
+        requests_unexpected: t.unexpected,
+        unexpected_examples: t.unexpected_examples,
         generated_tokens: t.tokens,
         samples: t.samples,
         tokens_per_s: t.tokens as f64 / wall,
@@ -224,16 +315,22 @@ async fn main() -> anyhow::Result<()> {
         latency_p90_s: percentile(&t.latencies, 0.9),
         latency_p99_s: percentile(&t.latencies, 0.99),
         time_to_first_group_s: t.first_group,
+        outcomes: t.outcomes,
+        server: scrape::ServerDelta::between(&scrapes[0], scrapes.last().unwrap()),
+        memory: memory(&scrapes, wall),
+        scrapes,
         args,
     };
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    let text = serde_json::to_string_pretty(&report)?;
+    println!("{text}");
     if let Some(path) = &report.args.output {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        std::fs::write(path, &text)?;
     }
     anyhow::ensure!(
-        report.requests_failed == 0,
-        "{} requests failed",
-        report.requests_failed
+        report.requests_unexpected == 0,
+        "{} requests got an answer a correct server would not give: {:?}",
+        report.requests_unexpected,
+        report.unexpected_examples
     );
     Ok(())
 }

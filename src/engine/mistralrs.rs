@@ -9,6 +9,7 @@
 //! cancels its sequence at the next step: the tap then fails, and mistral.rs drops the
 //! sequence (mistral.rs does not watch for closed response channels).
 
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,12 +27,13 @@ use super::{
 };
 use crate::api::FinishReason;
 use crate::config::{Config, DeviceKind};
+use crate::error::panic_message;
 use crate::sampling::{TokenRecord, TokenSampler};
 use crate::stats::Workspace;
 
 /// mistral.rs serving one model.
 pub struct MistralRsEngine {
-    model: Model,
+    model: Arc<Model>,
     info: ModelInfo,
 }
 
@@ -88,7 +90,21 @@ impl CustomLogitsProcessor for DrawTap {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let index = state.records.len() as u32;
         let state = &mut *state;
-        match self.sampler.step(&row, index, &mut state.workspace) {
+        // This runs on mistral.rs's engine thread: a panic here must fail this sequence only.
+        let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.sampler.step(&row, index, &mut state.workspace)
+        }));
+        let step = match step {
+            Ok(measured) => measured.map_err(|e| e.to_string()),
+            Err(panic) => {
+                state.workspace = Workspace::default();
+                Err(format!(
+                    "the statistics code panicked: {}",
+                    panic_message(panic.as_ref())
+                ))
+            }
+        };
+        match step {
             Ok(record) => {
                 state
                     .first_token_at
@@ -98,7 +114,7 @@ impl CustomLogitsProcessor for DrawTap {
             }
             Err(e) => {
                 state.error = Some(format!("token {index}: {e}"));
-                Err(candle_core::Error::Msg(e.to_string()))
+                Err(candle_core::Error::Msg(e))
             }
         }
     }
@@ -192,7 +208,7 @@ impl MistralRsEngine {
             .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
         let max_context = model.max_sequence_length().ok().flatten();
         let mut engine = Self {
-            model,
+            model: Arc::new(model),
             info: ModelInfo {
                 id,
                 vocab_size: 0,
@@ -283,10 +299,19 @@ impl Engine for MistralRsEngine {
                 (Either::Left(chat), false, true)
             }
         };
-        self.model
-            .tokenize(text, None, special, generation_prompt, None)
-            .await
-            .map_err(|e| EngineError::InvalidPrompt(format!("cannot tokenize the prompt: {e}")))
+        // mistral.rs 0.8.1 panics its engine thread ("Sender disconnected unexpectedly!",
+        // engine/add_request.rs:774) when the caller of a tokenization stops waiting before the
+        // answer, and the restart fails every sequence in flight. So the call runs in a task of
+        // its own that always waits for the answer, even when this request is cancelled.
+        let model = self.model.clone();
+        tokio::spawn(async move {
+            model
+                .tokenize(text, None, special, generation_prompt, None)
+                .await
+        })
+        .await
+        .map_err(|e| EngineError::Unavailable(format!("tokenization task failed: {e}")))?
+        .map_err(|e| EngineError::InvalidPrompt(format!("cannot tokenize the prompt: {e}")))
     }
 
     async fn generate(&self, request: SequenceRequest) -> Result<SequenceOutput, EngineError> {

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use crate::api::{ChatMessage, FinishReason};
 use crate::sampling::{TokenRecord, TokenSampler};
 
+#[cfg(feature = "mistralrs")]
 pub mod mistralrs;
 
 /// What the engine serves.

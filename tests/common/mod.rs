@@ -14,8 +14,35 @@ use serde_json::Value;
 /// A running server.
 pub struct Server {
     pub base: String,
-    _child: Mutex<Child>,
+    child: Mutex<Child>,
     _stdin: Mutex<ChildStdin>,
+}
+
+impl Server {
+    /// Sends SIGTERM to the server process.
+    pub fn terminate(&self) {
+        let pid = self.child.lock().unwrap().id();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Waits up to `within` for the process to exit, returning its status.
+    pub fn wait_exit(&self, within: Duration) -> std::process::ExitStatus {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.lock().unwrap().try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < within,
+                "the server did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// Path of the default model, failing with the command that installs it.
@@ -57,7 +84,7 @@ pub fn spawn(extra: &[&str]) -> Server {
     std::thread::spawn(move || for _ in lines {});
     Server {
         base,
-        _child: Mutex::new(child),
+        child: Mutex::new(child),
         _stdin: Mutex::new(stdin),
     }
 }
@@ -78,8 +105,13 @@ pub fn client() -> reqwest::Client {
 
 /// POSTs a raw body to `/rollouts`, returning the status and parsed JSON body.
 pub async fn post_raw(server: &Server, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    post_to(&server.base, body).await
+}
+
+/// POSTs a raw body to `{base}/rollouts`, returning the status and parsed JSON body.
+pub async fn post_to(base: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
     let resp = client()
-        .post(format!("{}/rollouts", server.base))
+        .post(format!("{base}/rollouts"))
         .header("content-type", "application/json")
         .body(body)
         .send()
@@ -121,4 +153,19 @@ pub fn floats(sample: &Value, field: &str) -> Vec<f64> {
         .iter()
         .map(|v| v.as_f64().unwrap())
         .collect()
+}
+
+/// The value of the first `/metrics` line that starts with `name` (labels included), or 0.
+pub async fn metric(base: &str, name: &str) -> f64 {
+    let text = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
 }

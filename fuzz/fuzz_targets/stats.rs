@@ -1,0 +1,76 @@
+//! Per-token statistics and the draw on arbitrary logits rows (NaN, ±inf, all equal, huge
+//! vocabularies) under any parameters validation admits: never a panic; either a typed error or
+//! a record whose values respect the bounds of `docs/statistics.md`.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use entroll::sampling::{DrawKey, TokenSampler};
+use entroll::stats::{peak_flags, peak_threshold, NucleusParams, NucleusRule, Truncation, Workspace};
+use libfuzzer_sys::fuzz_target;
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    temperature: f64,
+    sampling_top_p: f64,
+    top_k: Option<u32>,
+    nucleus_top_p: f64,
+    max_candidates: u32,
+    inclusive: bool,
+    peak_quantile: f64,
+    seed: u64,
+    index: u32,
+    /// Tiles the row this many times over (up to ~200k entries): huge vocabularies.
+    repeat: u8,
+    row: Vec<f32>,
+}
+
+/// A value in (0, 1] as validation admits it, or 1.
+fn unit(x: f64) -> f64 {
+    if x > 0.0 && x <= 1.0 {
+        x
+    } else {
+        1.0
+    }
+}
+
+fuzz_target!(|input: Input| {
+    let temperature = if input.temperature > 0.0 && input.temperature.is_finite() {
+        input.temperature
+    } else {
+        1.0
+    };
+    let repeat = 1 + (input.repeat as usize % 8) * 25_000 / input.row.len().max(1);
+    let row: Vec<f32> = input.row.iter().copied().cycle().take(input.row.len() * repeat).collect();
+    let sampler = TokenSampler {
+        temperature,
+        truncation: Truncation {
+            top_k: input.top_k.map(|k| k.max(1) as usize),
+            top_p: unit(input.sampling_top_p),
+        },
+        nucleus: NucleusParams {
+            top_p: unit(input.nucleus_top_p),
+            max_candidates: input.max_candidates.max(1) as usize,
+            rule: if input.inclusive { NucleusRule::Inclusive } else { NucleusRule::Strict },
+        },
+        key: DrawKey { seed: input.seed, prompt: 0, sample: 0 },
+    };
+    let mut ws = Workspace::default();
+    let Ok(r) = sampler.step(&row, input.index, &mut ws) else {
+        return;
+    };
+    let v = row.len();
+    let ln_v = (v as f64).ln();
+    assert!((r.token as usize) < v);
+    assert!(row[r.token as usize] > f32::NEG_INFINITY, "drew a masked token");
+    assert!(r.logprob <= 1e-6 && r.logprob > f32::NEG_INFINITY, "{r:?}");
+    assert!(r.sampling_logprob <= 1e-6 && r.sampling_logprob >= r.logprob - 1e-3, "{r:?}");
+    assert!(r.entropy >= 0.0 && f64::from(r.entropy) <= ln_v + 1e-3, "{r:?} V={v}");
+    assert!(r.top_p_size as usize <= v.min(sampler.nucleus.max_candidates), "{r:?}");
+    assert!(r.top_p_mass >= 0.0 && r.top_p_mass <= 1.0 + 1e-5, "{r:?}");
+    let ln_size = f64::from(r.top_p_size.max(1)).ln();
+    assert!(r.top_p_entropy >= 0.0 && f64::from(r.top_p_entropy) <= ln_size + 1e-3, "{r:?}");
+    // Peak flags over a response made of these values.
+    let values = [r.entropy, r.top_p_entropy, r.logprob.abs()];
+    let threshold = peak_threshold(&values, unit(input.peak_quantile));
+    assert_eq!(peak_flags(&values, threshold).len(), values.len());
+});

@@ -1,0 +1,166 @@
+//! Engine failure isolation: a request whose generation fails, or whose engine call or handler
+//! panics, gets a 500 `{error, error_type}` while the requests beside it complete, and the
+//! server keeps serving.
+//!
+//! The engine is the real mistral.rs engine on the real model, wrapped in a fault injector
+//! that fails or panics for prompts carrying a marker (real engines fail rarely and not on
+//! demand); every other prompt goes through untouched. The server runs in this process, built
+//! from the same router and service as the binary.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use entroll::config::Config;
+use entroll::engine::mistralrs::MistralRsEngine;
+use entroll::engine::{
+    Engine, EngineError, ModelInfo, PromptInput, SequenceOutput, SequenceRequest,
+};
+use entroll::rollout::RolloutService;
+use entroll::server::{router, AppState};
+use entroll::shutdown::Shutdown;
+use serde_json::{json, Value};
+
+/// What the injector does to a marked prompt.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// `generate` runs the real engine, then reports a generation error.
+    Fail,
+    /// `generate` panics inside its sequence task.
+    PanicInEngine,
+}
+
+/// The real engine with faults injected for marked prompts.
+struct FaultInjector {
+    inner: MistralRsEngine,
+    doomed: Mutex<HashMap<Vec<u32>, Fault>>,
+}
+
+#[async_trait]
+impl Engine for FaultInjector {
+    fn info(&self) -> &ModelInfo {
+        self.inner.info()
+    }
+
+    async fn tokenize(&self, prompt: &PromptInput) -> Result<Vec<u32>, EngineError> {
+        let text = match prompt {
+            PromptInput::Text(t) => t.clone(),
+            _ => String::new(),
+        };
+        if text.contains("[panic in handler]") {
+            panic!("injected panic while handling the request");
+        }
+        let ids = self.inner.tokenize(prompt).await?;
+        let fault = if text.contains("[fail in engine]") {
+            Some(Fault::Fail)
+        } else if text.contains("[panic in engine]") {
+            Some(Fault::PanicInEngine)
+        } else {
+            None
+        };
+        if let Some(f) = fault {
+            self.doomed.lock().unwrap().insert(ids.clone(), f);
+        }
+        Ok(ids)
+    }
+
+    async fn generate(&self, request: SequenceRequest) -> Result<SequenceOutput, EngineError> {
+        let fault = self.doomed.lock().unwrap().get(&*request.prompt).copied();
+        match fault {
+            None => self.inner.generate(request).await,
+            Some(Fault::Fail) => {
+                self.inner.generate(request).await?;
+                Err(EngineError::Generation(
+                    "injected generation failure".into(),
+                ))
+            }
+            Some(Fault::PanicInEngine) => panic!("injected panic inside the engine call"),
+        }
+    }
+}
+
+async fn start() -> String {
+    let config = Config {
+        model: common::default_model(),
+        ..Config::default()
+    };
+    let inner = MistralRsEngine::load(&config)
+        .await
+        .expect("load the model");
+    let engine = Arc::new(FaultInjector {
+        inner,
+        doomed: Mutex::new(HashMap::new()),
+    });
+    let state = Arc::new(AppState {
+        service: RolloutService::new(engine, &config),
+        config,
+        metrics: entroll::metrics::install().unwrap(),
+        shutdown: Arc::new(Shutdown::default()),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    base
+}
+
+async fn post(base: &str, text: &str) -> (u16, Value) {
+    let body = json!({
+        "prompts": [{"text": text}],
+        "group_size": 2,
+        "sampling": {"max_tokens": 8, "seed": 5}
+    });
+    common::post_to(base, body.to_string()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_and_panics_fail_only_their_own_request() {
+    let base = start().await;
+    let (normal, failing, engine_panic, handler_panic) = tokio::join!(
+        post(&base, "Name three colours."),
+        post(&base, "[fail in engine] Name three colours."),
+        post(&base, "[panic in engine] Name three colours."),
+        post(&base, "[panic in handler] Name three colours."),
+    );
+
+    assert_eq!(normal.0, 200, "{}", normal.1);
+    let samples = common::samples(&normal.1);
+    assert_eq!(samples.len(), 2);
+    assert!(samples.iter().all(|s| s["length"].as_u64().unwrap() >= 1));
+
+    for (what, (status, body), error_type) in [
+        ("generation failure", failing, "engine"),
+        ("panic in the engine call", engine_panic, "engine"),
+        ("panic in the handler", handler_panic, "internal"),
+    ] {
+        assert_eq!(status, 500, "{what}: {body}");
+        assert_eq!(body["error_type"], error_type, "{what}: {body}");
+        assert!(!body["error"].as_str().unwrap().is_empty());
+    }
+
+    // Nothing is left holding engine slots, and the server goes on serving.
+    assert_eq!(common::metric(&base, "entroll_requests_running").await, 0.0);
+    assert_eq!(
+        common::metric(&base, "entroll_sequences_running").await,
+        0.0
+    );
+    assert_eq!(
+        common::metric(
+            &base,
+            "entroll_requests_failed_total{error_type=\"engine\"}"
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        common::metric(
+            &base,
+            "entroll_requests_failed_total{error_type=\"internal\"}"
+        )
+        .await,
+        1.0
+    );
+    let (status, after) = post(&base, "Name three animals.").await;
+    assert_eq!(status, 200, "{after}");
+}
