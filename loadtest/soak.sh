@@ -32,7 +32,7 @@ url=$(sed -n 's/^entroll listening on //p' "$OUT/server.stdout")
     --scrape-every "$(( DURATION >= 300 ? 30 : 2 ))" --output "$OUT/report.json" "$@" > /dev/null
 
 # Still healthy, and idle again once the abandoned sequences are gone.
-curl -fsS "$url/health" > /dev/null
+python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/health", timeout=10)' "$url"
 python3 - "$OUT/report.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

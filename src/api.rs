@@ -375,3 +375,29 @@ pub struct ErrorBody {
     /// `validation`, `overloaded`, `timeout` or `engine`.
     pub error_type: String,
 }
+
+/// `POST /weights` body: serve new weights of the same architecture.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightsRequest {
+    /// A safetensors directory (`config.json`, `tokenizer.json`, `*.safetensors`) or a `.gguf`
+    /// file, on the server's filesystem.
+    pub path: String,
+    /// The new weights version; must exceed the one served. Default: the served one + 1.
+    pub version: Option<u64>,
+}
+
+/// `POST /weights` answer, once the new weights serve every new request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WeightsResponse {
+    /// The version now served.
+    pub weights_version: u64,
+    /// The version served before.
+    pub previous_version: u64,
+    /// Model id of the new weights.
+    pub model: String,
+    /// Where they were loaded from.
+    pub path: String,
+    /// Time spent loading them, in milliseconds.
+    pub load_ms: u64,
+}

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod assemble;
+pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -23,3 +24,4 @@ pub mod server;
 pub mod shutdown;
 pub mod stats;
 pub mod validation;
+pub mod weights;

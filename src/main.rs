@@ -7,13 +7,13 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio::io::AsyncReadExt;
 
-use entroll::config::{Config, ConfigLayer, EngineKind};
-use entroll::engine::mistralrs::MistralRsEngine;
-use entroll::engine::Engine;
+use entroll::config::{Config, ConfigLayer};
+use entroll::engine::{ConfiguredLoader, EngineLoader};
 use entroll::model_store;
 use entroll::rollout::RolloutService;
 use entroll::server::{router, AppState};
 use entroll::shutdown::Shutdown;
+use entroll::weights::WeightUpdater;
 
 #[derive(Parser)]
 #[command(
@@ -76,13 +76,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref(), args.settings)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let engine: Arc<dyn Engine> = match config.engine {
-            EngineKind::Mistralrs => Arc::new(
-                MistralRsEngine::load(&config)
-                    .await
-                    .with_context(|| format!("loading {}", config.model.display()))?,
-            ),
-        };
+        let loader = Arc::new(ConfiguredLoader(config.clone()));
+        let engine = loader
+            .load(&config.model)
+            .await
+            .with_context(|| format!("loading {}", config.model.display()))?;
         let info = engine.info().clone();
         let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
             .await
@@ -104,6 +102,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config,
             metrics,
             shutdown: shutdown.clone(),
+            weights: WeightUpdater::new(loader),
         });
         tracing::info!(model = %info.id, vocab = info.vocab_size, "model loaded");
         // Tests and scripts read this line to find the port (also with --port 0).

@@ -74,6 +74,10 @@ pub const ZERO_VARIANCE_GROUPS: &str = "entroll_zero_variance_groups_total";
 pub const LAST_REWARD_MEAN: &str = "entroll_last_reward_mean";
 /// Weights version being served.
 pub const WEIGHTS_VERSION: &str = "entroll_weights_version";
+/// Weight updates, by `outcome` (`swapped`, `rejected`).
+pub const WEIGHT_UPDATES: &str = "entroll_weight_updates_total";
+/// Time to load new weights before the swap.
+pub const WEIGHT_LOAD_DURATION: &str = "entroll_weight_load_seconds";
 
 /// Entropy buckets in nats: fine near 0, up to ln(151,936) ≈ 11.9.
 const ENTROPY_BUCKETS: &[f64] = &[
@@ -114,6 +118,7 @@ pub fn install() -> anyhow::Result<Exporter> {
         (STEP_DURATION, STEP_BUCKETS),
         (BATCH_SIZE, BATCH_BUCKETS),
         (GROUP_PASS_RATE, RATE_BUCKETS),
+        (WEIGHT_LOAD_DURATION, DURATION_BUCKETS),
     ];
     let mut builder = PrometheusBuilder::new();
     for (name, b) in buckets {
@@ -258,6 +263,16 @@ fn describe() {
         Unit::Count,
         "Groups whose rewards are all equal."
     );
+    describe_counter!(
+        WEIGHT_UPDATES,
+        Unit::Count,
+        "Weight updates, by outcome (swapped, rejected)."
+    );
+    describe_histogram!(
+        WEIGHT_LOAD_DURATION,
+        Unit::Seconds,
+        "Time to load new weights before the swap."
+    );
     describe_gauge!(
         LAST_REWARD_MEAN,
         "Mean reward of the last request with gold answers."
@@ -401,7 +416,18 @@ pub fn request_succeeded(r: &RolloutResponse, queue: Duration, first_token: Opti
     if rewarded > 0 {
         gauge!(LAST_REWARD_MEAN).set(rewards / rewarded as f64);
     }
-    gauge!(WEIGHTS_VERSION).set(r.weights_version as f64);
+}
+
+/// New weights were swapped in (after `load` loading them).
+pub fn weights_swapped(version: u64, load: Duration) {
+    counter!(WEIGHT_UPDATES, "outcome" => "swapped").increment(1);
+    histogram!(WEIGHT_LOAD_DURATION).record(load.as_secs_f64());
+    gauge!(WEIGHTS_VERSION).set(version as f64);
+}
+
+/// A weight update was refused; the old weights keep serving.
+pub fn weights_rejected() {
+    counter!(WEIGHT_UPDATES, "outcome" => "rejected").increment(1);
 }
 
 /// Every metric name, for checks that a dashboard queries only what entroll exports.
@@ -435,6 +461,8 @@ pub const ALL: &[&str] = &[
     ZERO_VARIANCE_GROUPS,
     LAST_REWARD_MEAN,
     WEIGHTS_VERSION,
+    WEIGHT_UPDATES,
+    WEIGHT_LOAD_DURATION,
 ];
 
 #[cfg(test)]

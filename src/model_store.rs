@@ -32,6 +32,14 @@ pub fn default_model_path() -> PathBuf {
     entroll_home().join("models").join(DEFAULT_MODEL_FILE)
 }
 
+/// Where the learner demo and the weight-update tests keep the default model converted to a
+/// safetensors directory (`scripts/learner-env` writes it).
+pub fn default_safetensors_path() -> PathBuf {
+    entroll_home()
+        .join("models")
+        .join("SmolLM2-135M-Instruct-hf")
+}
+
 /// Installs the default model unless a verified copy is already there; returns its path.
 pub fn fetch_default_model(python: &str) -> anyhow::Result<PathBuf> {
     let dest = default_model_path();

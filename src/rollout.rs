@@ -8,7 +8,7 @@
 //! the request's `JoinSet`: when the request future is dropped (the client went away) the
 //! tasks are aborted and their engine futures dropped.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use tokio::sync::Semaphore;
@@ -28,9 +28,19 @@ use crate::validation::{check_prompt_tokens, ValidRollout};
 /// A finished sequence and its verifier score (when its prompt has a gold answer).
 type ScoredOutput = (SequenceOutput, Option<Score>);
 
-/// Serves rollout requests on one engine.
+/// The engine being served and the version of its weights. A request takes one snapshot when
+/// it starts and runs every sample on it, so a weight swap never splits a request.
+#[derive(Clone)]
+pub struct Live {
+    /// The engine, with the weights loaded.
+    pub engine: Arc<dyn Engine>,
+    /// The weights version every sample it produces reports.
+    pub version: u64,
+}
+
+/// Serves rollout requests on the live engine.
 pub struct RolloutService {
-    engine: Arc<dyn Engine>,
+    live: RwLock<Live>,
     sampler: SamplerKind,
     requests: Semaphore,
     max_requests: usize,
@@ -38,7 +48,6 @@ pub struct RolloutService {
     sequence_slots: usize,
     rewards: RewardValues,
     verifier: Arc<verifier::Config>,
-    weights_version: u64,
 }
 
 /// Proof that a request was admitted; dropping it frees the slot.
@@ -54,7 +63,7 @@ impl RolloutService {
         Self {
             sequences: Arc::new(Semaphore::new(sequence_slots)),
             sequence_slots,
-            engine,
+            live: RwLock::new(Live { engine, version: 0 }),
             sampler: config.sampler,
             requests: Semaphore::new(config.max_requests),
             max_requests: config.max_requests,
@@ -63,18 +72,21 @@ impl RolloutService {
                 wrong: config.reward_wrong,
             },
             verifier: Arc::new(verifier::Config::default()),
-            weights_version: 0,
         }
     }
 
-    /// The engine.
-    pub fn engine(&self) -> &dyn Engine {
-        self.engine.as_ref()
+    /// The engine and weights version now serving new requests.
+    pub fn live(&self) -> Live {
+        self.live
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    /// The weights version currently served.
-    pub fn weights_version(&self) -> u64 {
-        self.weights_version
+    /// Makes `next` serve every request that starts from now on; requests already running
+    /// finish on the engine they started with, which is dropped after the last of them.
+    pub fn swap(&self, next: Live) {
+        *self.live.write().unwrap_or_else(PoisonError::into_inner) = next;
     }
 
     /// Admits a request, or answers overloaded at once.
@@ -120,10 +132,11 @@ impl RolloutService {
         _admission: Admission<'_>,
     ) -> Result<RolloutResponse, ApiError> {
         let started = Instant::now();
-        let info = self.engine.info();
+        let live = self.live();
+        let info = live.engine.info();
         let mut prompts = Vec::with_capacity(req.prompts.len());
         for (i, p) in req.prompts.iter().enumerate() {
-            let ids = self.engine.tokenize(&p.input).await?;
+            let ids = live.engine.tokenize(&p.input).await?;
             check_prompt_tokens(i, &ids, info, req.sampling.max_tokens)?;
             prompts.push(Arc::<[u32]>::from(ids));
         }
@@ -137,7 +150,7 @@ impl RolloutService {
                     stop: req.sampling.stop.clone(),
                     drawing: self.drawing(&req, pi as u32, si as u32),
                 };
-                let engine = self.engine.clone();
+                let engine = live.engine.clone();
                 let (slots, capacity) = (self.sequences.clone(), self.sequence_slots);
                 let gold = p.answer.clone();
                 let (values, verifier) = (self.rewards, self.verifier.clone());
@@ -211,13 +224,13 @@ impl RolloutService {
             finished,
             &req.stats,
             req.advantage,
-            self.weights_version,
+            live.version,
             elapsed_ms,
         );
         let response = RolloutResponse {
             model: info.id.clone(),
             vocab_size: info.vocab_size,
-            weights_version: self.weights_version,
+            weights_version: live.version,
             sampling: req.sampling,
             stats: req.stats,
             advantage: req.advantage,

@@ -1,4 +1,4 @@
-//! HTTP routes: thin axum handlers over [`RolloutService`].
+//! HTTP routes: thin axum handlers over [`RolloutService`] and [`WeightUpdater`].
 
 use std::any::Any;
 use std::sync::Arc;
@@ -12,15 +12,20 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::api::{Defaults, InfoResponse, Limits, RolloutResponse, SamplingDefaults};
+use crate::api::{
+    Defaults, InfoResponse, Limits, RolloutResponse, SamplingDefaults, WeightsResponse,
+};
 use crate::config::Config;
 use crate::error::{panic_message, ApiError};
-use crate::metrics::{request_failed, request_received, Exporter, RunningRequest};
+use crate::metrics::{
+    request_failed, request_received, weights_rejected, Exporter, RunningRequest,
+};
 use crate::rollout::RolloutService;
 use crate::shutdown::{Phase, Shutdown};
 use crate::validation::{
-    parse_request, validate, DEFAULT_ADVANTAGE, DEFAULT_STATS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
+    parse_json, validate, DEFAULT_ADVANTAGE, DEFAULT_STATS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
 };
+use crate::weights::WeightUpdater;
 
 /// Shared state of every handler.
 pub struct AppState {
@@ -32,6 +37,8 @@ pub struct AppState {
     pub metrics: Exporter,
     /// Shutdown phase, watched by every request.
     pub shutdown: Arc<Shutdown>,
+    /// Loads and swaps in new weights.
+    pub weights: WeightUpdater,
 }
 
 /// The router with every route.
@@ -39,6 +46,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.max_body_bytes;
     Router::new()
         .route("/rollouts", post(rollouts))
+        .route("/weights", post(weights))
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(metrics))
@@ -78,7 +86,7 @@ async fn rollouts(
         let body = read_body(body, state.config.max_body_bytes)?;
         let admission = state.service.admit()?;
         let _running = RunningRequest::start();
-        let request = parse_request(&body)?;
+        let request = parse_json(&body)?;
         let valid = validate(request, &state.config)?;
         let deadline = valid.timeout;
         let run = state.service.run(valid, admission);
@@ -103,6 +111,25 @@ async fn rollouts(
     Ok(Json(result?))
 }
 
+async fn weights(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<WeightsResponse>, ApiError> {
+    let result = async {
+        if state.shutdown.phase() != Phase::Serving {
+            return Err(ApiError::ShuttingDown);
+        }
+        let request = parse_json(&read_body(body, state.config.max_body_bytes)?)?;
+        state.weights.update(&state.service, request).await
+    }
+    .await;
+    if let Err(e) = &result {
+        weights_rejected();
+        tracing::warn!(error = %e, "weight update refused; the served weights are unchanged");
+    }
+    Ok(Json(result?))
+}
+
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(
@@ -120,16 +147,17 @@ async fn health() -> StatusCode {
 
 async fn info(State(state): State<Arc<AppState>>) -> Json<InfoResponse> {
     let c = &state.config;
-    let model = state.service.engine().info();
+    let live = state.service.live();
+    let model = live.engine.info();
     Json(InfoResponse {
         model: model.id.clone(),
-        model_path: c.model.display().to_string(),
+        model_path: model.source.display().to_string(),
         engine: format!("{:?}", c.engine).to_lowercase(),
         sampler: format!("{:?}", c.sampler).to_lowercase(),
         vocab_size: model.vocab_size,
         max_context: model.max_context,
         engine_batch: model.max_batch,
-        weights_version: state.service.weights_version(),
+        weights_version: live.version,
         defaults: Defaults {
             group_size: c.default_group_size,
             sampling: SamplingDefaults {

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 
+use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
 use crate::api::{
@@ -35,7 +36,7 @@ pub const DEFAULT_ADVANTAGE: AdvantageSpec = AdvantageSpec::Grpo;
 pub const MAX_STOP_STRINGS: usize = 16;
 
 /// Parses a request body, telling malformed JSON (400) from a wrong request shape (422).
-pub fn parse_request(body: &[u8]) -> Result<RolloutRequest, ApiError> {
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| match e.classify() {
         Category::Data => ApiError::Invalid(format!("invalid request: {e}")),
         Category::Syntax | Category::Eof | Category::Io => ApiError::Malformed(e.to_string()),
@@ -343,6 +344,8 @@ mod tests {
             vocab_size: 100,
             max_context: Some(50),
             max_batch: 1,
+            source: Default::default(),
+            shape: None,
         };
         assert!(check_prompt_tokens(0, &[1, 2, 3], &model, 10).is_ok());
         assert!(check_prompt_tokens(0, &[1, 100], &model, 10).is_err());

@@ -16,11 +16,12 @@ use async_trait::async_trait;
 use entroll::config::Config;
 use entroll::engine::mistralrs::MistralRsEngine;
 use entroll::engine::{
-    Engine, EngineError, ModelInfo, PromptInput, SequenceOutput, SequenceRequest,
+    ConfiguredLoader, Engine, EngineError, ModelInfo, PromptInput, SequenceOutput, SequenceRequest,
 };
 use entroll::rollout::RolloutService;
 use entroll::server::{router, AppState};
 use entroll::shutdown::Shutdown;
+use entroll::weights::WeightUpdater;
 use serde_json::{json, Value};
 
 /// What the injector does to a marked prompt.
@@ -95,6 +96,7 @@ async fn start() -> String {
     });
     let state = Arc::new(AppState {
         service: RolloutService::new(engine, &config),
+        weights: WeightUpdater::new(Arc::new(ConfiguredLoader(config.clone()))),
         config,
         metrics: entroll::metrics::install().unwrap(),
         shutdown: Arc::new(Shutdown::default()),

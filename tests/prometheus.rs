@@ -155,6 +155,9 @@ async fn prometheus_scrapes_statistics_consistent_with_the_responses() {
     // Throughput is a rate over the scraped counter.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(get("rate(entroll_generated_tokens_total[1m])").await >= 0.0);
+    // The process metrics are there too: the model alone is tens of MB resident.
+    assert!(get("process_resident_memory_bytes").await > 50e6);
+    assert!(get("process_threads").await >= 2.0);
     // Nothing is left running.
     assert_eq!(get("entroll_requests_running").await, 0.0);
     assert_eq!(get("entroll_sequences_running").await, 0.0);

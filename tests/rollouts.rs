@@ -255,14 +255,7 @@ async fn health_and_info_describe_the_server() {
     let c = common::client();
     let health = c.get(format!("{}/health", s.base)).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let info: Value = c
-        .get(format!("{}/info", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = common::get_json(&s.base, "/info").await;
     assert_eq!(info["vocab_size"], 49152);
     assert_eq!(info["engine"], "mistralrs");
     assert_eq!(info["sampler"], "entroll");

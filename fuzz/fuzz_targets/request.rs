@@ -5,12 +5,13 @@
 
 use entroll::config::Config;
 use entroll::engine::{ModelInfo, PromptInput};
-use entroll::validation::{check_prompt_tokens, parse_request, validate};
+use entroll::api::RolloutRequest;
+use entroll::validation::{check_prompt_tokens, parse_json, validate};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {
     let config = Config::default();
-    let outcome = parse_request(body).and_then(|request| validate(request, &config));
+    let outcome = parse_json::<RolloutRequest>(body).and_then(|request| validate(request, &config));
     let valid = match outcome {
         Ok(valid) => valid,
         Err(e) => {
@@ -27,6 +28,8 @@ fuzz_target!(|body: &[u8]| {
         vocab_size: 1 + body.len() % 50_000,
         max_context: Some(1 + body.len() % 8_192),
         max_batch: 1,
+        source: Default::default(),
+        shape: None,
     };
     for (i, prompt) in valid.prompts.iter().enumerate() {
         assert!(prompt.group_size >= 1 && prompt.group_size <= config.max_group_size);

@@ -157,6 +157,7 @@ impl MistralRsEngine {
             "model {} not found (run `entroll fetch-model` for the default model)",
             path.display()
         );
+        let shape = crate::checkpoint::inspect(path)?;
         let force_cpu = match config.device {
             DeviceKind::Cpu => true,
             DeviceKind::Cuda if cfg!(feature = "cuda") => false,
@@ -214,6 +215,8 @@ impl MistralRsEngine {
                 vocab_size: 0,
                 max_context,
                 max_batch,
+                source: path.to_path_buf(),
+                shape,
             },
         };
         engine.info.vocab_size = engine.probe_vocab_size().await?;

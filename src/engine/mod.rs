@@ -5,11 +5,14 @@
 //! [`Engine::generate`] calls itself; dropping a `generate` future cancels that sequence
 //! within one engine step.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::api::{ChatMessage, FinishReason};
+use crate::checkpoint::ModelShape;
+use crate::config::Config;
 use crate::sampling::{TokenRecord, TokenSampler};
 
 #[cfg(feature = "mistralrs")]
@@ -26,6 +29,10 @@ pub struct ModelInfo {
     pub max_context: Option<usize>,
     /// Most sequences the engine runs in one forward.
     pub max_batch: usize,
+    /// Where the weights came from.
+    pub source: PathBuf,
+    /// The architecture its `config.json` declares (safetensors directories only).
+    pub shape: Option<ModelShape>,
 }
 
 /// A prompt before tokenization.
@@ -109,4 +116,29 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Generates one sequence. Concurrent calls are batched by the engine.
     async fn generate(&self, request: SequenceRequest) -> Result<SequenceOutput, EngineError>;
+}
+
+/// Loads engines of one configured kind: the model at startup, and new weights later.
+#[async_trait]
+pub trait EngineLoader: Send + Sync {
+    /// Loads the model at `model` (a `.gguf` file or a safetensors directory).
+    async fn load(&self, model: &Path) -> anyhow::Result<Arc<dyn Engine>>;
+}
+
+/// Loads engines as `config` says (engine kind, device, batch, prefix cache).
+pub struct ConfiguredLoader(pub Config);
+
+#[cfg(feature = "mistralrs")]
+#[async_trait]
+impl EngineLoader for ConfiguredLoader {
+    async fn load(&self, model: &Path) -> anyhow::Result<Arc<dyn Engine>> {
+        use crate::config::EngineKind;
+        let config = Config {
+            model: model.to_path_buf(),
+            ..self.0.clone()
+        };
+        Ok(match config.engine {
+            EngineKind::Mistralrs => Arc::new(mistralrs::MistralRsEngine::load(&config).await?),
+        })
+    }
 }

@@ -56,12 +56,28 @@ pub fn default_model() -> std::path::PathBuf {
     path
 }
 
+/// The default model converted to a safetensors directory, failing with the command that
+/// makes it.
+pub fn safetensors_model() -> std::path::PathBuf {
+    let path = entroll::model_store::default_safetensors_path();
+    assert!(
+        path.join("model.safetensors").exists(),
+        "{} is missing: run `scripts/learner-env` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
 /// Starts a server with extra flags and waits until it listens.
 pub fn spawn(extra: &[&str]) -> Server {
-    let model = default_model();
+    spawn_model(&default_model(), extra)
+}
+
+/// Starts a server on `model` with extra flags and waits until it listens.
+pub fn spawn_model(model: &std::path::Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_entroll"))
         .args(["serve", "--port", "0", "--exit-on-stdin-eof", "--model"])
-        .arg(&model)
+        .arg(model)
         .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -168,4 +184,16 @@ pub async fn metric(base: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0.0)
+}
+
+/// `GET {base}{path}` as JSON.
+pub async fn get_json(base: &str, path: &str) -> Value {
+    client()
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }

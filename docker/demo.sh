@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The learner demo without Docker: for each method (SIREN, then AER) start entroll on the
+# default model (converted to safetensors, weights version 0), train STEPS learner steps
+# through it (rollouts -> loss -> optimizer step -> checkpoint -> POST /weights), stop it with
+# SIGTERM. Then plot both runs into one PNG and check the run: every step's rollouts came from
+# the weights of the step before, the served version advanced each step, and the entropy
+# statistics changed between steps.
+#
+#   docker/demo.sh                               # 5 steps of each method
+#   STEPS=2 PROFILE=dev docker/demo.sh           # the shortened run in scripts/test
+#   LEARNER_ARGS="--group-size 8 --max-tokens 128" docker/demo.sh
+#
+# Output in $OUT (default target/demo): <method>/steps.jsonl, <method>/training.png,
+# training.png (both methods), entroll-<method>.log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS=${STEPS:-5}
+METHODS=${METHODS:-siren aer}
+PROFILE=${PROFILE:-release}
+OUT=$(realpath -m "${OUT:-target/demo}")
+DATASET=$(realpath "${DATASET:-docker/learner/data/gsm8k-sample.jsonl}")
+read -r -a extra <<< "${LEARNER_ARGS:-}"
+
+python=$(scripts/learner-env)
+model=$("$python" -c 'import os; print(os.path.join(os.environ.get("ENTROLL_HOME") or os.path.expanduser("~/.cache/entroll"), "models", "SmolLM2-135M-Instruct-hf"))')
+cargo build --quiet --profile "$PROFILE" --bin entroll
+dir=target/$PROFILE; [ "$PROFILE" = dev ] && dir=target/debug
+rm -rf "$OUT"; mkdir -p "$OUT"
+
+for method in $METHODS; do
+  "$dir/entroll" serve --port 0 --model "$model" > "$OUT/entroll-$method.stdout" 2> "$OUT/entroll-$method.log" &
+  pid=$!
+  trap 'kill -9 $pid 2>/dev/null || true' EXIT
+  for _ in $(seq 600); do grep -q "listening on" "$OUT/entroll-$method.stdout" 2>/dev/null && break; sleep 0.2; done
+  url=$(sed -n 's/^entroll listening on //p' "$OUT/entroll-$method.stdout")
+  [ -n "$url" ] || { cat "$OUT/entroll-$method.log" >&2; exit 1; }
+  echo "== $method: $STEPS steps against $url" >&2
+  (cd docker/learner && "$python" -m entroll_learner.train --url "$url" --method "$method" \
+      --steps "$STEPS" --dataset "$DATASET" --model-dir "$model" \
+      --checkpoints "$OUT/checkpoints" --out "$OUT/$method" "${extra[@]}")
+  kill -TERM "$pid"
+  status=0; wait "$pid" || status=$?
+  trap - EXIT
+  [ "$status" -eq 0 ] || { echo "entroll exited with $status on SIGTERM" >&2; exit 1; }
+done
+rm -rf "$OUT/checkpoints"
+
+logs=()
+for method in $METHODS; do logs+=("$OUT/$method/steps.jsonl"); done
+(cd docker/learner && "$python" -m entroll_learner.plot "${logs[@]}" --png "$OUT/training.png" > /dev/null)
+"$python" - "$STEPS" "$OUT/training.png" "${logs[@]}" <<'PY'
+import json, os, sys
+steps, png, logs = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+assert os.path.getsize(png) > 10_000, "the plot is missing"
+for log in logs:
+    rows = [json.loads(l) for l in open(log)]
+    name = rows[0]["method"] if rows else log
+    assert len(rows) == steps, f"{name}: {len(rows)} of {steps} steps logged"
+    for i, r in enumerate(rows):
+        assert r["rollout_weights_version"] == i, f"{name} step {r['step']}: rollouts from version {r['rollout_weights_version']}"
+        assert r["served_weights_version"] == i + 1, f"{name} step {r['step']}: entroll serves {r['served_weights_version']}"
+    # Step 1 runs the learner on the weights entroll sampled with: its own recomputation must
+    # agree with entroll's statistics (log-probs; SIREN's masked top-p entropy = the anchor).
+    assert rows[0]["logprob_gap"] < 0.05, f"{name}: learner and entroll log-probs differ by {rows[0]['logprob_gap']}"
+    if name == "siren":
+        gap = abs(rows[0]["learner_entropy"] - rows[0]["siren_anchor"])
+        assert gap < 0.05, f"siren: learner H-bar {rows[0]['learner_entropy']} vs entroll anchor {rows[0]['siren_anchor']}"
+    entropies = [r["entropy_mean"] for r in rows]
+    assert steps < 2 or len(set(entropies)) > 1, f"{name}: entropy never changed: {entropies}"
+    print(f"{name}: {steps} steps, weights versions 0..{steps}, entropy "
+          + " -> ".join(f"{h:.3f}" for h in entropies)
+          + f", top-p entropy {rows[0]['top_p_entropy_mean']:.3f} -> {rows[-1]['top_p_entropy_mean']:.3f}")
+print(f"plot: {png}")
+PY
