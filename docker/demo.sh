@@ -24,7 +24,8 @@ read -r -a extra <<< "${LEARNER_ARGS:-}"
 python=$(scripts/learner-env)
 model=$("$python" -c 'import os; print(os.path.join(os.environ.get("ENTROLL_HOME") or os.path.expanduser("~/.cache/entroll"), "models", "SmolLM2-135M-Instruct-hf"))')
 cargo build --quiet --profile "$PROFILE" --bin entroll
-dir=target/$PROFILE; [ "$PROFILE" = dev ] && dir=target/debug
+target=${CARGO_TARGET_DIR:-target}
+dir=$target/$PROFILE; [ "$PROFILE" = dev ] && dir=$target/debug
 rm -rf "$OUT"; mkdir -p "$OUT"
 
 for method in $METHODS; do

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-release}
 DATASET=${DATASET:-../shared/datasets/gsm8k_test.jsonl}
 cargo build --quiet --profile "$PROFILE" -p entroll -p loadtest --bins
-dir=target/$PROFILE; [ "$PROFILE" = dev ] && dir=target/debug
+target=${CARGO_TARGET_DIR:-target}
+dir=$target/$PROFILE; [ "$PROFILE" = dev ] && dir=$target/debug
 out=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 

@@ -2,7 +2,8 @@
 # Soak and overload run: one server on the default model, small limits, and a mix of normal,
 # oversized, disconnecting and deadline requests from more clients than it admits, for
 # DURATION seconds. Fails if any request gets an answer a correct server would not give, if
-# the server is unhealthy afterwards, or if it does not exit 0 on SIGTERM.
+# resident memory grows by more than MAX_GROWTH_MIB (default 64) after the first tenth of the
+# run, if the server is unhealthy afterwards, or if it does not exit 0 on SIGTERM.
 #
 #   DURATION=1800 loadtest/soak.sh            # the 30-minute soak of docs/reliability.md
 #   DURATION=20 PROFILE=dev loadtest/soak.sh  # the smoke run in scripts/test
@@ -16,7 +17,8 @@ DATASET=${DATASET:-../shared/datasets/gsm8k_test.jsonl}
 OUT=${OUT:-target/soak}
 mkdir -p "$OUT"
 cargo build --quiet --profile "$PROFILE" -p entroll -p loadtest --bins
-dir=target/$PROFILE; [ "$PROFILE" = dev ] && dir=target/debug
+target=${CARGO_TARGET_DIR:-target}
+dir=$target/$PROFILE; [ "$PROFILE" = dev ] && dir=$target/debug
 
 "$dir/entroll" serve --port 0 --max-requests 4 --max-running-sequences 4 \
     --max-body-bytes 1048576 --shutdown-grace-ms 10000 > "$OUT/server.stdout" 2> "$OUT/server.log" &
@@ -33,9 +35,10 @@ url=$(sed -n 's/^entroll listening on //p' "$OUT/server.stdout")
 
 # Still healthy, and idle again once the abandoned sequences are gone.
 python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/health", timeout=10)' "$url"
-python3 - "$OUT/report.json" <<'PY'
+python3 - "$OUT/report.json" "${MAX_GROWTH_MIB:-64}" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
+bound = float(sys.argv[2])
 m = r["memory"]
 print(f"{r['wall_s']:.0f} s: {sum(sum(o.values()) for o in r['outcomes'].values())} requests, "
       f"unexpected {r['requests_unexpected']}")
@@ -45,6 +48,7 @@ print(f"  server: {r['server']['generated_tokens']:.0f} tokens, "
       f"{r['server']['sequences_cancelled']:.0f} sequences cancelled")
 print(f"  resident memory: start {m['start_bytes']/2**20:.0f} MiB, end {m['end_bytes']/2**20:.0f} MiB, "
       f"max {m['max_bytes']/2**20:.0f} MiB, growth after warm-up {m['growth_after_warmup_bytes']/2**20:+.1f} MiB")
+assert m["growth_after_warmup_bytes"] <= bound * 2**20, f"memory grew more than {bound} MiB after warm-up"
 PY
 kill -TERM "$pid"
 status=0; wait "$pid" || status=$?
