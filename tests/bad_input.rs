@@ -190,6 +190,65 @@ async fn bad_requests_get_4xx_and_the_server_keeps_serving() {
             json!({"prompts": vec![json!({"text": "x"}); 257]}).to_string(),
             422,
         ),
+        ("null body", "null".into(), 422),
+        ("string body", r#""prompts""#.into(), 422),
+        ("number body", "42".into(), 422),
+        ("whitespace body", "  \n\t ".into(), 400),
+        (
+            "trailing garbage",
+            r#"{"prompts": [{"text": "hi"}]} x"#.into(),
+            400,
+        ),
+        (
+            "NaN literal",
+            r#"{"prompts": [{"text": "hi"}], "sampling": {"temperature": NaN}}"#.into(),
+            400,
+        ),
+        (
+            "byte-order mark",
+            format!("\u{feff}{}", json!({"prompts": ok_prompt})),
+            400,
+        ),
+        (
+            "prompts not an array",
+            json!({"prompts": "hi"}).to_string(),
+            422,
+        ),
+        (
+            "group_size as a string",
+            json!({"prompts": ok_prompt, "group_size": "2"}).to_string(),
+            422,
+        ),
+        (
+            "group_size fractional",
+            json!({"prompts": ok_prompt, "group_size": 2.5}).to_string(),
+            422,
+        ),
+        (
+            "max_tokens negative",
+            json!({"prompts": ok_prompt, "sampling": {"max_tokens": -5}}).to_string(),
+            422,
+        ),
+        (
+            "message role not a string",
+            json!({"prompts": [{"messages": [{"role": 1, "content": "x"}]}]}).to_string(),
+            422,
+        ),
+        (
+            "message without content",
+            json!({"prompts": [{"messages": [{"role": "user"}]}]}).to_string(),
+            422,
+        ),
+        (
+            "stop not a list",
+            json!({"prompts": ok_prompt, "sampling": {"stop": "\n"}}).to_string(),
+            422,
+        ),
+        (
+            "timeout_ms zero",
+            json!({"prompts": ok_prompt, "timeout_ms": 0}).to_string(),
+            422,
+        ),
         (
             "deeply nested JSON",
             format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
@@ -217,9 +276,12 @@ async fn bad_requests_get_4xx_and_the_server_keeps_serving() {
     bytes.extend_from_slice(br#""}]}"#);
     let (status, err) = post_raw(s, bytes).await;
     assert_eq!(status, 400, "{err}");
-    // A body over the 32 MiB limit: the server answers 413 after reading the limit and closes
-    // the connection, so a client still uploading may see the close instead of the answer.
-    let huge = format!(r#"{{"prompts": [{{"text": "{}"}}]}}"#, "a".repeat(40 << 20));
+    // A 100 MB body, over the 32 MiB limit: the server answers 413 after reading the limit and
+    // closes the connection, so a client still uploading may see the close instead of the answer.
+    let huge = format!(
+        r#"{{"prompts": [{{"text": "{}"}}]}}"#,
+        "a".repeat(100 << 20)
+    );
     let sent = common::client()
         .post(format!("{}/rollouts", s.base))
         .body(huge)
