@@ -3,8 +3,8 @@
 # default model (converted to safetensors, weights version 0), train STEPS learner steps
 # through it (rollouts -> loss -> optimizer step -> checkpoint -> POST /weights), stop it with
 # SIGTERM. Then plot both runs into one PNG and check the run: every step's rollouts came from
-# the weights of the step before, the served version advanced each step, and the entropy
-# statistics changed between steps.
+# the weights of the step before, the served version advanced each step, the learner's float32
+# recomputation agrees with entroll's statistics, and the entropy statistics changed.
 #
 #   docker/demo.sh                               # 5 steps of each method
 #   STEPS=2 PROFILE=dev docker/demo.sh           # the shortened run in scripts/test
@@ -60,12 +60,15 @@ for log in logs:
     for i, r in enumerate(rows):
         assert r["rollout_weights_version"] == i, f"{name} step {r['step']}: rollouts from version {r['rollout_weights_version']}"
         assert r["served_weights_version"] == i + 1, f"{name} step {r['step']}: entroll serves {r['served_weights_version']}"
-    # Step 1 runs the learner on the weights entroll sampled with: its own recomputation must
-    # agree with entroll's statistics (log-probs; SIREN's masked top-p entropy = the anchor).
-    assert rows[0]["logprob_gap"] < 0.05, f"{name}: learner and entroll log-probs differ by {rows[0]['logprob_gap']}"
+    # Every step the learner recomputes, in float32 PyTorch, the policy entroll just sampled
+    # from (its own weights, served through POST /weights): the log-probs must agree, which
+    # also shows the swap served exactly the saved checkpoint; at step 1 SIREN's masked top-p
+    # entropy must equal entroll's anchor.
+    for r in rows:
+        assert r["logprob_gap"] < 1e-3, f"{name} step {r['step']}: log-probs differ by {r['logprob_gap']}"
     if name == "siren":
         gap = abs(rows[0]["learner_entropy"] - rows[0]["siren_anchor"])
-        assert gap < 0.05, f"siren: learner H-bar {rows[0]['learner_entropy']} vs entroll anchor {rows[0]['siren_anchor']}"
+        assert gap < 1e-2, f"siren: learner H-bar {rows[0]['learner_entropy']} vs entroll anchor {rows[0]['siren_anchor']}"
     entropies = [r["entropy_mean"] for r in rows]
     assert steps < 2 or len(set(entropies)) > 1, f"{name}: entropy never changed: {entropies}"
     print(f"{name}: {steps} steps, weights versions 0..{steps}, entropy "

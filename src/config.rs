@@ -20,6 +20,20 @@ pub enum DeviceKind {
     Cuda,
 }
 
+/// The dtype a safetensors model's weights are loaded in (GGUF files keep their quantization).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightsDType {
+    /// float32 on CPU (exact, and faster there than bf16); the engine's choice on CUDA.
+    Auto,
+    /// float32.
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// float16.
+    F16,
+}
+
 /// Which engine implementation serves the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -84,6 +98,9 @@ settings! {
     model: PathBuf = model_store::default_model_path(), env "ENTROLL_MODEL";
     /// Device the model runs on.
     device: DeviceKind = DeviceKind::Cpu, env "ENTROLL_DEVICE";
+    /// Dtype of safetensors weights: `auto` (f32 on CPU, the engine's choice on CUDA), `f32`,
+    /// `bf16`, `f16`. Match the learner's dtype so the statistics describe its weights.
+    dtype: WeightsDType = WeightsDType::Auto, env "ENTROLL_DTYPE";
     /// Engine implementation.
     engine: EngineKind = EngineKind::Mistralrs, env "ENTROLL_ENGINE";
     /// Who draws tokens: `entroll` (statistics) or `engine` (baseline without statistics).

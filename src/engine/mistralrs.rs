@@ -18,15 +18,16 @@ use async_trait::async_trait;
 use either::Either;
 use mistralrs::core::RequestMessage;
 use mistralrs::{
-    Constraint, CustomLogitsProcessor, DType, GgufModelBuilder, Model, NormalRequest, Request,
-    Response, SamplingParams, StopTokens, Tensor, TextMessageRole, TextMessages, TextModelBuilder,
+    Constraint, CustomLogitsProcessor, DType, GgufModelBuilder, Model, ModelDType, NormalRequest,
+    Request, Response, SamplingParams, StopTokens, Tensor, TextMessageRole, TextMessages,
+    TextModelBuilder,
 };
 
 use super::{
     Drawing, Engine, EngineError, ModelInfo, PromptInput, SequenceOutput, SequenceRequest,
 };
 use crate::api::FinishReason;
-use crate::config::{Config, DeviceKind};
+use crate::config::{Config, DeviceKind, WeightsDType};
 use crate::error::panic_message;
 use crate::sampling::{TokenRecord, TokenSampler};
 use crate::stats::Workspace;
@@ -181,7 +182,16 @@ impl MistralRsEngine {
         };
         let prefix_cache = config.prefix_cache.then_some(16);
         let model = if path.is_dir() {
+            // mistral.rs's own `auto` picks bf16 on CPU, which would round a learner's float32
+            // checkpoint before measuring it.
+            let dtype = match (config.dtype, force_cpu) {
+                (WeightsDType::Auto, true) | (WeightsDType::F32, _) => ModelDType::F32,
+                (WeightsDType::Auto, false) => ModelDType::Auto,
+                (WeightsDType::Bf16, _) => ModelDType::BF16,
+                (WeightsDType::F16, _) => ModelDType::F16,
+            };
             let mut b = TextModelBuilder::new(path.display())
+                .with_dtype(dtype)
                 .with_max_num_seqs(max_batch)
                 .with_prefix_cache_n(prefix_cache);
             if force_cpu {
