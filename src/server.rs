@@ -64,6 +64,14 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     error.into_response()
 }
 
+/// Refuses new work once shutdown has begun.
+fn accepting(state: &AppState) -> Result<(), ApiError> {
+    match state.shutdown.phase() {
+        Phase::Serving => Ok(()),
+        Phase::Draining | Phase::Cancelling => Err(ApiError::ShuttingDown),
+    }
+}
+
 /// The request body, or 413 if it exceeded the limit (400 if it could not be read at all).
 fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| match rejection.status() {
@@ -78,9 +86,7 @@ async fn rollouts(
 ) -> Result<Json<RolloutResponse>, ApiError> {
     request_received();
     let result = async {
-        if state.shutdown.phase() != Phase::Serving {
-            return Err(ApiError::ShuttingDown);
-        }
+        accepting(&state)?;
         // A body that could not be read (too large) is refused before admission: it is the
         // request's fault, whatever the load.
         let body = read_body(body, state.config.max_body_bytes)?;
@@ -116,9 +122,7 @@ async fn weights(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<WeightsResponse>, ApiError> {
     let result = async {
-        if state.shutdown.phase() != Phase::Serving {
-            return Err(ApiError::ShuttingDown);
-        }
+        accepting(&state)?;
         let request = parse_json(&read_body(body, state.config.max_body_bytes)?)?;
         state.weights.update(&state.service, request).await
     }

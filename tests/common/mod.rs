@@ -171,29 +171,28 @@ pub fn floats(sample: &Value, field: &str) -> Vec<f64> {
         .collect()
 }
 
-/// The value of the first `/metrics` line that starts with `name` (labels included), or 0.
-pub async fn metric(base: &str, name: &str) -> f64 {
-    let text = client()
-        .get(format!("{base}/metrics"))
+/// `GET {base}{path}`: the response.
+async fn get(base: &str, path: &str) -> reqwest::Response {
+    client()
+        .get(format!("{base}{path}"))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// The value of the `/metrics` sample named exactly `name` (labels included, as in
+/// `entroll_requests_failed_total{error_type="timeout"}`), or 0 if absent.
+pub async fn metric(base: &str, name: &str) -> f64 {
+    let text = get(base, "/metrics").await.text().await.unwrap();
     text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .find_map(|l| {
+            let (sample, value) = l.rsplit_once(' ')?;
+            (sample == name).then(|| value.parse().ok())?
+        })
         .unwrap_or(0.0)
 }
 
 /// `GET {base}{path}` as JSON.
 pub async fn get_json(base: &str, path: &str) -> Value {
-    client()
-        .get(format!("{base}{path}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get(base, path).await.json().await.unwrap()
 }
