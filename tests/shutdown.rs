@@ -13,10 +13,10 @@ async fn post(base: String, body: Value) -> (u16, Value) {
     common::post_to(&base, body.to_string()).await
 }
 
-/// Waits until `n` requests are admitted.
-async fn wait_running(base: &str, n: f64) {
+/// Waits until the gauge `name` reaches `n`.
+async fn wait_for(base: &str, name: &str, n: f64) {
     let started = Instant::now();
-    while metric(base, "entroll_requests_running").await < n {
+    while metric(base, name).await < n {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "requests never started"
@@ -35,14 +35,16 @@ async fn sigterm_finishes_or_cancels_accepted_requests_and_exits_0() {
         json!({"prompts": [{"text": "Say hello."}], "group_size": 1,
                "sampling": {"max_tokens": 6, "seed": 1}}),
     ));
-    wait_running(&server.base, 1.0).await;
+    // Its sequence is inside the engine before the long request exists, so it cannot queue
+    // behind the long one (the engine runs one sequence at a time on CPU).
+    wait_for(&server.base, "entroll_sequences_running", 1.0).await;
     // Long: thousands of tokens, still running when the grace period ends.
     let long = tokio::spawn(post(
         server.base.clone(),
         json!({"prompts": [{"text": "Write a very long story about a dragon."}],
                "group_size": 2, "sampling": {"max_tokens": 4000, "seed": 1}}),
     ));
-    wait_running(&server.base, 2.0).await;
+    wait_for(&server.base, "entroll_requests_running", 2.0).await;
 
     let signalled = Instant::now();
     server.terminate();
