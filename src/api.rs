@@ -306,7 +306,7 @@ pub struct InfoResponse {
     pub model: String,
     /// Model source path.
     pub model_path: String,
-    /// Engine implementation.
+    /// Engine implementation serving the model (`native` or `mistralrs`).
     pub engine: String,
     /// Who draws tokens.
     pub sampler: String,

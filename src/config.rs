@@ -20,11 +20,13 @@ pub enum DeviceKind {
     Cuda,
 }
 
-/// The dtype a safetensors model's weights are loaded in (GGUF files keep their quantization).
+/// The dtype weights are loaded in. Safetensors weights are converted to it; GGUF weights are
+/// dequantized to it by the native engine (mistral.rs keeps a GGUF file's quantization).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum WeightsDType {
-    /// float32 on CPU (exact, and faster there than bf16); the engine's choice on CUDA.
+    /// float32 on CPU (exact, and faster there than bf16 or quantized kernels); on CUDA the
+    /// engine's choice (native: bf16, or a GGUF file's own quantization).
     Auto,
     /// float32.
     F32,
@@ -38,6 +40,11 @@ pub enum WeightsDType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum EngineKind {
+    /// The native engine where it supports the model (Llama, Qwen2, Qwen3), mistral.rs
+    /// otherwise.
+    Auto,
+    /// entroll's own batched engine on candle.
+    Native,
     /// mistral.rs 0.8 (GGUF files and safetensors directories).
     Mistralrs,
 }
@@ -98,11 +105,12 @@ settings! {
     model: PathBuf = model_store::default_model_path(), env "ENTROLL_MODEL";
     /// Device the model runs on.
     device: DeviceKind = DeviceKind::Cpu, env "ENTROLL_DEVICE";
-    /// Dtype of safetensors weights: `auto` (f32 on CPU, the engine's choice on CUDA), `f32`,
-    /// `bf16`, `f16`. Match the learner's dtype so the statistics describe its weights.
+    /// Dtype of the weights: `auto` (f32 on CPU, the engine's choice on CUDA), `f32`, `bf16`,
+    /// `f16`. Match the learner's dtype so the statistics describe its weights.
     dtype: WeightsDType = WeightsDType::Auto, env "ENTROLL_DTYPE";
-    /// Engine implementation.
-    engine: EngineKind = EngineKind::Mistralrs, env "ENTROLL_ENGINE";
+    /// Engine: `auto` (native where it supports the model, else mistral.rs), `native`,
+    /// `mistralrs`.
+    engine: EngineKind = EngineKind::Auto, env "ENTROLL_ENGINE";
     /// Who draws tokens: `entroll` (statistics) or `engine` (baseline without statistics).
     sampler: SamplerKind = SamplerKind::Entroll, env "ENTROLL_SAMPLER";
     /// Sequences the engine runs at once (its batch); more wait in entroll's queue.

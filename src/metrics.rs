@@ -78,6 +78,14 @@ pub const WEIGHTS_VERSION: &str = "entroll_weights_version";
 pub const WEIGHT_UPDATES: &str = "entroll_weight_updates_total";
 /// Time to load new weights before the swap.
 pub const WEIGHT_LOAD_DURATION: &str = "entroll_weight_load_seconds";
+/// Prompt tokens the engine computed (native engine; a group's shared prompt counts once).
+pub const PREFILL_TOKENS: &str = "entroll_engine_prefill_tokens_total";
+/// Sequences in each decode forward (native engine).
+pub const DECODE_BATCH: &str = "entroll_engine_decode_batch";
+/// Time of each phase of a native-engine iteration, by `phase`: `prefill` (prompt forwards),
+/// `forward` (the decode forward), `copy` (logits to the host), `draw` (statistics and
+/// sampling of every row).
+pub const ENGINE_PHASE: &str = "entroll_engine_phase_seconds";
 
 /// Entropy buckets in nats: fine near 0, up to ln(151,936) ≈ 11.9.
 const ENTROPY_BUCKETS: &[f64] = &[
@@ -119,6 +127,8 @@ pub fn install() -> anyhow::Result<Exporter> {
         (BATCH_SIZE, BATCH_BUCKETS),
         (GROUP_PASS_RATE, RATE_BUCKETS),
         (WEIGHT_LOAD_DURATION, DURATION_BUCKETS),
+        (DECODE_BATCH, BATCH_BUCKETS),
+        (ENGINE_PHASE, STEP_BUCKETS),
     ];
     let mut builder = PrometheusBuilder::new();
     for (name, b) in buckets {
@@ -278,6 +288,21 @@ fn describe() {
         "Mean reward of the last request with gold answers."
     );
     describe_gauge!(WEIGHTS_VERSION, "Weights version being served.");
+    describe_counter!(
+        PREFILL_TOKENS,
+        Unit::Count,
+        "Prompt tokens computed by the engine (shared prompts once)."
+    );
+    describe_histogram!(
+        DECODE_BATCH,
+        Unit::Count,
+        "Sequences in each decode forward."
+    );
+    describe_histogram!(
+        ENGINE_PHASE,
+        Unit::Seconds,
+        "Time per engine iteration phase (prefill, forward, copy, draw)."
+    );
 }
 
 /// A request arrived.
@@ -343,6 +368,20 @@ impl Drop for SequenceGauge {
 /// The engine asked for a step of a sequence whose request is gone, and was refused.
 pub fn sequence_cancelled() {
     counter!(SEQUENCES_CANCELLED).increment(1);
+}
+
+/// The engine computed `tokens` prompt tokens in `took`.
+pub fn prefilled(tokens: usize, took: Duration) {
+    counter!(PREFILL_TOKENS).increment(tokens as u64);
+    histogram!(ENGINE_PHASE, "phase" => "prefill").record(took.as_secs_f64());
+}
+
+/// A decode step of `batch` sequences: its forward, logits copy and draw times.
+pub fn decode_step(batch: usize, forward: Duration, copy: Duration, draw: Duration) {
+    histogram!(DECODE_BATCH).record(batch as f64);
+    histogram!(ENGINE_PHASE, "phase" => "forward").record(forward.as_secs_f64());
+    histogram!(ENGINE_PHASE, "phase" => "copy").record(copy.as_secs_f64());
+    histogram!(ENGINE_PHASE, "phase" => "draw").record(draw.as_secs_f64());
 }
 
 /// A sequence finished: its prompt and generated tokens and its mean step time.
@@ -463,6 +502,9 @@ pub const ALL: &[&str] = &[
     WEIGHTS_VERSION,
     WEIGHT_UPDATES,
     WEIGHT_LOAD_DURATION,
+    PREFILL_TOKENS,
+    DECODE_BATCH,
+    ENGINE_PHASE,
 ];
 
 #[cfg(test)]

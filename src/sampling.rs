@@ -106,6 +106,17 @@ impl TokenSampler {
             top_p_entropy: nucleus.entropy as f32,
         })
     }
+
+    /// Draws token number `index` and measures nothing else: the no-statistics baseline.
+    pub fn draw_only(
+        &self,
+        logits: &[f32],
+        index: u32,
+        ws: &mut Workspace,
+    ) -> Result<u32, StatsError> {
+        let mut dist = Distribution::new(logits, self.temperature, ws)?;
+        Ok(dist.draw(&self.truncation, self.key.uniform(index)).token)
+    }
 }
 
 #[cfg(test)]

@@ -156,7 +156,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<InfoResponse> {
     Json(InfoResponse {
         model: model.id.clone(),
         model_path: model.source.display().to_string(),
-        engine: format!("{:?}", c.engine).to_lowercase(),
+        engine: model.engine.to_string(),
         sampler: format!("{:?}", c.sampler).to_lowercase(),
         vocab_size: model.vocab_size,
         max_context: model.max_context,

@@ -340,6 +340,7 @@ mod tests {
     #[test]
     fn prompt_tokens_are_checked_against_the_model() {
         let model = ModelInfo {
+            engine: "test",
             id: "m".into(),
             vocab_size: 100,
             max_context: Some(50),

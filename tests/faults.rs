@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use entroll::config::Config;
-use entroll::engine::mistralrs::MistralRsEngine;
 use entroll::engine::{
-    ConfiguredLoader, Engine, EngineError, ModelInfo, PromptInput, SequenceOutput, SequenceRequest,
+    ConfiguredLoader, Engine, EngineError, EngineLoader, ModelInfo, PromptInput, SequenceOutput,
+    SequenceRequest,
 };
 use entroll::rollout::RolloutService;
 use entroll::server::{router, AppState};
@@ -35,7 +35,7 @@ enum Fault {
 
 /// The real engine with faults injected for marked prompts.
 struct FaultInjector {
-    inner: MistralRsEngine,
+    inner: Arc<dyn Engine>,
     doomed: Mutex<HashMap<Vec<u32>, Fault>>,
 }
 
@@ -87,16 +87,15 @@ async fn start() -> String {
         model: common::default_model(),
         ..Config::default()
     };
-    let inner = MistralRsEngine::load(&config)
-        .await
-        .expect("load the model");
+    let loader = Arc::new(ConfiguredLoader(config.clone()));
+    let inner = loader.load(&config.model).await.expect("load the model");
     let engine = Arc::new(FaultInjector {
         inner,
         doomed: Mutex::new(HashMap::new()),
     });
     let state = Arc::new(AppState {
         service: RolloutService::new(engine, &config),
-        weights: WeightUpdater::new(Arc::new(ConfiguredLoader(config.clone()))),
+        weights: WeightUpdater::new(loader),
         config,
         metrics: entroll::metrics::install().unwrap(),
         shutdown: Arc::new(Shutdown::default()),

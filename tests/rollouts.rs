@@ -257,12 +257,13 @@ async fn health_and_info_describe_the_server() {
     assert_eq!(health.status(), 200);
     let info = common::get_json(&s.base, "/info").await;
     assert_eq!(info["vocab_size"], 49152);
-    assert_eq!(info["engine"], "mistralrs");
+    // The default model is a Llama GGUF file, which the native engine serves.
+    assert_eq!(info["engine"], "native");
     assert_eq!(info["sampler"], "entroll");
     assert_eq!(info["weights_version"], 0);
     assert_eq!(info["limits"]["max_running_sequences"], 32);
-    // mistral.rs batches incorrectly on CPU, so the engine runs one sequence at a time there.
-    assert_eq!(info["engine_batch"], 1);
+    // The native engine batches every running sequence: its batch is max_running_sequences.
+    assert_eq!(info["engine_batch"], 32);
     assert_eq!(info["defaults"]["stats"]["top_k_candidates"], 10_000);
     assert!(info["max_context"].as_u64().unwrap() >= 2048);
 }

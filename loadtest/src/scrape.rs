@@ -1,5 +1,5 @@
 //! Reads the server's own figures from `GET /metrics` (Prometheus text): memory, tokens,
-//! engine steps, batch sizes, cancellations.
+//! engine steps, batch sizes, cancellations, and the native engine's per-phase step times.
 
 use serde::Serialize;
 
@@ -22,7 +22,17 @@ pub struct Snapshot {
     pub sequences_cancelled: f64,
     /// `entroll_sequences_running` + `entroll_sequences_waiting`.
     pub sequences_held: f64,
+    /// `entroll_engine_decode_batch` sum and count (native engine).
+    pub decode_batch_sum: f64,
+    pub decode_steps: f64,
+    /// `entroll_engine_prefill_tokens_total` (native engine).
+    pub prefill_tokens: f64,
+    /// `entroll_engine_phase_seconds_sum` by phase: prefill, forward, copy, draw.
+    pub phase_seconds: [f64; 4],
 }
+
+/// The native engine's iteration phases, as labelled in `entroll_engine_phase_seconds`.
+pub const PHASES: [&str; 4] = ["prefill", "forward", "copy", "draw"];
 
 /// Sum of every sample of `name` (all label sets), or 0 if absent.
 fn value(text: &str, name: &str) -> f64 {
@@ -41,6 +51,18 @@ fn value(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The sample of `name` whose labels include `label` (`phase="draw"`), or 0 if absent.
+fn labelled(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = rest.split_once('}')?;
+            labels.split(',').any(|l| l == label).then_some(value)?;
+            value.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
 /// Parses an exposition text.
 pub fn parse(text: &str, at_s: f64) -> Snapshot {
     Snapshot {
@@ -54,6 +76,16 @@ pub fn parse(text: &str, at_s: f64) -> Snapshot {
         sequences_cancelled: value(text, "entroll_sequences_cancelled_total"),
         sequences_held: value(text, "entroll_sequences_running")
             + value(text, "entroll_sequences_waiting"),
+        decode_batch_sum: value(text, "entroll_engine_decode_batch_sum"),
+        decode_steps: value(text, "entroll_engine_decode_batch_count"),
+        prefill_tokens: value(text, "entroll_engine_prefill_tokens_total"),
+        phase_seconds: PHASES.map(|p| {
+            labelled(
+                text,
+                "entroll_engine_phase_seconds_sum",
+                &format!("phase=\"{p}\""),
+            )
+        }),
     }
 }
 
@@ -81,6 +113,15 @@ pub struct ServerDelta {
     pub mean_batch: Option<f64>,
     /// Sequences stopped because their client left or their deadline passed.
     pub sequences_cancelled: f64,
+    /// Decode forwards of the native engine and their mean batch.
+    pub decode_steps: f64,
+    pub mean_decode_batch: Option<f64>,
+    /// Prompt tokens the native engine computed.
+    pub prefill_tokens: f64,
+    /// Native engine: seconds spent in each phase (prefill, forward, copy, draw), in all.
+    pub phase_seconds: std::collections::BTreeMap<&'static str, f64>,
+    /// Native engine: mean milliseconds per decode step in the forward, copy and draw phases.
+    pub decode_step_ms: std::collections::BTreeMap<&'static str, f64>,
 }
 
 impl ServerDelta {
@@ -88,6 +129,10 @@ impl ServerDelta {
     pub fn between(start: &Snapshot, end: &Snapshot) -> Self {
         let steps = end.steps - start.steps;
         let batches = end.batches - start.batches;
+        let decode_steps = end.decode_steps - start.decode_steps;
+        let phase: Vec<f64> = (0..PHASES.len())
+            .map(|i| end.phase_seconds[i] - start.phase_seconds[i])
+            .collect();
         Self {
             generated_tokens: end.generated_tokens - start.generated_tokens,
             steps,
@@ -96,6 +141,20 @@ impl ServerDelta {
             mean_batch: (batches > 0.0)
                 .then(|| (end.batch_size_sum - start.batch_size_sum) / batches),
             sequences_cancelled: end.sequences_cancelled - start.sequences_cancelled,
+            decode_steps,
+            mean_decode_batch: (decode_steps > 0.0)
+                .then(|| (end.decode_batch_sum - start.decode_batch_sum) / decode_steps),
+            prefill_tokens: end.prefill_tokens - start.prefill_tokens,
+            phase_seconds: PHASES.iter().copied().zip(phase.iter().copied()).collect(),
+            decode_step_ms: if decode_steps > 0.0 {
+                PHASES[1..]
+                    .iter()
+                    .copied()
+                    .zip(phase[1..].iter().map(|s| 1e3 * s / decode_steps))
+                    .collect()
+            } else {
+                Default::default()
+            },
         }
     }
 }
@@ -112,13 +171,21 @@ mod tests {
                     entroll_engine_step_seconds_sum{engine=\"a\"} 1.5\n\
                     entroll_engine_step_seconds_sum{engine=\"b\"} 0.5\n\
                     entroll_engine_step_seconds_count 4\n\
-                    process_resident_memory_bytes 1e6\n";
+                    process_resident_memory_bytes 1e6\n\
+                    entroll_engine_phase_seconds_sum{phase=\"draw\"} 0.25\n\
+                    entroll_engine_phase_seconds_sum{phase=\"forward\"} 2\n\
+                    entroll_engine_decode_batch_sum 40\n\
+                    entroll_engine_decode_batch_count 10\n";
         let s = parse(text, 0.0);
+        assert_eq!(s.phase_seconds, [0.0, 2.0, 0.0, 0.25]);
         assert_eq!(s.generated_tokens, 12.0);
         assert_eq!(s.step_seconds_sum, 2.0);
         assert_eq!(s.resident_bytes, 1e6);
         let d = ServerDelta::between(&Snapshot::default(), &s);
         assert_eq!(d.mean_step_ms, Some(500.0));
         assert_eq!(d.mean_batch, None);
+        assert_eq!(d.mean_decode_batch, Some(4.0));
+        assert_eq!(d.decode_step_ms["forward"], 200.0);
+        assert_eq!(d.decode_step_ms["draw"], 25.0);
     }
 }

@@ -153,12 +153,7 @@ impl MistralRsEngine {
     /// Loads the model `config.model` (a `.gguf` file or a safetensors directory) and probes it.
     pub async fn load(config: &Config) -> anyhow::Result<Self> {
         let path = config.model.as_path();
-        anyhow::ensure!(
-            path.exists(),
-            "model {} not found (run `entroll fetch-model` for the default model)",
-            path.display()
-        );
-        let shape = crate::checkpoint::inspect(path)?;
+        let shape = super::inspect_model(path)?;
         let force_cpu = match config.device {
             DeviceKind::Cpu => true,
             DeviceKind::Cuda if cfg!(feature = "cuda") => false,
@@ -214,13 +209,12 @@ impl MistralRsEngine {
             }
             b.build().await?
         };
-        let id = path
-            .file_stem()
-            .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+        let id = super::model_id(path);
         let max_context = model.max_sequence_length().ok().flatten();
         let mut engine = Self {
             model: Arc::new(model),
             info: ModelInfo {
+                engine: "mistralrs",
                 id,
                 vocab_size: 0,
                 max_context,

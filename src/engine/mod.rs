@@ -17,10 +17,14 @@ use crate::sampling::{TokenRecord, TokenSampler};
 
 #[cfg(feature = "mistralrs")]
 pub mod mistralrs;
+#[cfg(feature = "native")]
+pub mod native;
 
 /// What the engine serves.
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
+    /// The engine implementation (`native` or `mistralrs`).
+    pub engine: &'static str,
     /// Model id (the file or directory name).
     pub id: String,
     /// Rows of the output distribution (V), the model's own padding rows included.
@@ -118,6 +122,25 @@ pub trait Engine: Send + Sync + 'static {
     async fn generate(&self, request: SequenceRequest) -> Result<SequenceOutput, EngineError>;
 }
 
+/// Checks that `path` holds a model (a GGUF file or a complete safetensors directory) and
+/// returns the architecture a directory declares.
+#[cfg_attr(not(any(feature = "mistralrs", feature = "native")), allow(dead_code))]
+fn inspect_model(path: &Path) -> anyhow::Result<Option<ModelShape>> {
+    anyhow::ensure!(
+        path.exists(),
+        "model {} not found (run `entroll fetch-model` for the default model)",
+        path.display()
+    );
+    Ok(crate::checkpoint::inspect(path)?)
+}
+
+/// The id a model is served under: its file or directory name, extension left out.
+#[cfg_attr(not(any(feature = "mistralrs", feature = "native")), allow(dead_code))]
+fn model_id(path: &Path) -> String {
+    path.file_stem()
+        .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
+}
+
 /// Loads engines of one configured kind: the model at startup, and new weights later.
 #[async_trait]
 pub trait EngineLoader: Send + Sync {
@@ -128,7 +151,7 @@ pub trait EngineLoader: Send + Sync {
 /// Loads engines as `config` says (engine kind, device, batch, prefix cache).
 pub struct ConfiguredLoader(pub Config);
 
-#[cfg(feature = "mistralrs")]
+#[cfg(all(feature = "mistralrs", feature = "native"))]
 #[async_trait]
 impl EngineLoader for ConfiguredLoader {
     async fn load(&self, model: &Path) -> anyhow::Result<Arc<dyn Engine>> {
@@ -137,8 +160,19 @@ impl EngineLoader for ConfiguredLoader {
             model: model.to_path_buf(),
             ..self.0.clone()
         };
-        Ok(match config.engine {
+        let kind = match config.engine {
+            EngineKind::Auto => match native::architecture(model) {
+                Ok(_) => EngineKind::Native,
+                Err(why) => {
+                    tracing::info!("{why}: serving {} on mistral.rs", model.display());
+                    EngineKind::Mistralrs
+                }
+            },
+            kind => kind,
+        };
+        Ok(match kind {
             EngineKind::Mistralrs => Arc::new(mistralrs::MistralRsEngine::load(&config).await?),
+            _ => Arc::new(native::NativeEngine::load(&config).await?),
         })
     }
 }

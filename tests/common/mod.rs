@@ -68,6 +68,19 @@ pub fn safetensors_model() -> std::path::PathBuf {
     path
 }
 
+/// A small random `family` (qwen2, qwen3) checkpoint, failing with the command that makes it.
+pub fn tiny_random_model(family: &str) -> std::path::PathBuf {
+    let path = entroll::model_store::entroll_home()
+        .join("models")
+        .join(format!("tiny-random-{family}"));
+    assert!(
+        path.join("model.safetensors").exists(),
+        "{} is missing: run `scripts/learner-env` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
 /// Starts a server with extra flags and waits until it listens.
 pub fn spawn(extra: &[&str]) -> Server {
     spawn_model(&default_model(), extra)

@@ -1,7 +1,10 @@
 """Checkpoints entroll can serve: Hugging Face safetensors directories.
 
-`python -m entroll_learner.checkpoints MODEL.gguf OUT_DIR` converts the default GGUF model
+`python -m entroll_learner.checkpoints convert MODEL.gguf OUT_DIR` converts the default GGUF model
 (transformers dequantizes it to float32; the tokenizer and chat template come from its metadata).
+`python -m entroll_learner.checkpoints random FAMILY TOKENIZER_DIR OUT_DIR` writes a small
+randomly initialised Qwen2 or Qwen3 model with the tokenizer of TOKENIZER_DIR: entroll's tests
+check its two engines against each other on these architectures.
 """
 
 from __future__ import annotations
@@ -57,12 +60,57 @@ def convert_gguf(gguf: str, out: str, dtype: torch.dtype = torch.float32) -> str
     return save(model, tokenizer, out)
 
 
+def random_model(family: str, tokenizer_dir: str, out: str, seed: int = 0) -> str:
+    """A 2-layer `family` (qwen2 or qwen3) model with random weights, biases and norm gains
+    (large enough that its distributions depend on the context), saved in float32 at `out`
+    (kept if already there) with the tokenizer and chat template of `tokenizer_dir`."""
+    if os.path.exists(os.path.join(out, "model.safetensors")):
+        return out
+    from transformers import AutoConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = AutoConfig.for_model(
+        family,
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.4 if name.endswith("bias") else 0.2)
+    return save(model, tokenizer, out)
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Convert a GGUF model into a safetensors directory.")
-    parser.add_argument("gguf")
-    parser.add_argument("out")
+    parser = argparse.ArgumentParser(description="Write safetensors checkpoints entroll serves.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser("convert", help="convert a GGUF model")
+    convert.add_argument("gguf")
+    convert.add_argument("out")
+    random = commands.add_parser("random", help="a small random Qwen2/Qwen3 model")
+    random.add_argument("family", choices=["qwen2", "qwen3"])
+    random.add_argument("tokenizer_dir")
+    random.add_argument("out")
     args = parser.parse_args()
-    print(convert_gguf(args.gguf, args.out))
+    if args.command == "convert":
+        print(convert_gguf(args.gguf, args.out))
+    else:
+        print(random_model(args.family, args.tokenizer_dir, args.out))
     return 0
 
 

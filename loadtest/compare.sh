@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Rollout throughput of several server configurations on the same binary, model, prompts and
+# load, one after the other in one run, with ratios to the first.
+#
+#   loadtest/compare.sh [loadtest flags...]
+#
+# CONFIGS lists the configurations as `label=server flags`, separated by `;`. The default
+# compares the native engine with all statistics, the native engine drawing without
+# statistics, and mistral.rs with all statistics:
+#   CONFIGS='native=--engine native;native-nostats=--engine native --sampler engine;mistralrs=--engine mistralrs'
+# Needs the default model (`cargo run -- fetch-model`). Prints every report and the ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROFILE=${PROFILE:-release}
+DATASET=${DATASET:-../shared/datasets/gsm8k_test.jsonl}
+CONFIGS=${CONFIGS:-"native=--engine native;native-nostats=--engine native --sampler engine;mistralrs=--engine mistralrs"}
+cargo build --quiet --profile "$PROFILE" -p entroll -p loadtest --bins
+target=${CARGO_TARGET_DIR:-target}
+dir=$target/$PROFILE; [ "$PROFILE" = dev ] && dir=$target/debug
+out=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+
+run() { # label "server flags" loadtest-flags...
+  local label=$1 flags=$2; shift 2
+  local fifo=$out/$label.stdout
+  # shellcheck disable=SC2086
+  "$dir/entroll" serve --port 0 $flags --exit-on-stdin-eof < <(sleep infinity) > "$fifo" 2>"$out/$label.log" &
+  local pid=$!
+  for _ in $(seq 600); do grep -q "listening on" "$fifo" 2>/dev/null && break; sleep 0.2; done
+  local url; url=$(sed -n 's/^entroll listening on //p' "$fifo")
+  [ -n "$url" ] || { cat "$out/$label.log" >&2; exit 1; }
+  "$dir/loadtest" --url "$url" --dataset "$DATASET" --label "$label" --quiet \
+      --output "$out/$label.json" "$@" > /dev/null
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+labels=()
+IFS=';' read -ra configs <<< "$CONFIGS"
+for config in "${configs[@]}"; do
+  label=${config%%=*}
+  run "$label" "${config#*=}" "$@"
+  labels+=("$label")
+done
+python3 - "$out" "${labels[@]}" <<'PY'
+import json, sys, os
+d, labels = sys.argv[1], sys.argv[2:]
+reports = [json.load(open(os.path.join(d, f"{n}.json"))) for n in labels]
+base = reports[0]["tokens_per_s"]
+for r in reports:
+    print(f"{r['label']:16s} {r['tokens_per_s']:8.1f} tok/s  {r['samples_per_s']:6.2f} samples/s  "
+          f"p50 {r['latency_p50_s']:.2f}s  p99 {r['latency_p99_s']:.2f}s  "
+          f"tokens {r['generated_tokens']}  ratio to {labels[0]} {r['tokens_per_s'] / base:.3f}")
+PY

@@ -1,0 +1,164 @@
+//! [`Engine`] on entroll's own batched decoder, built on candle.
+//!
+//! A thread runs the batching loop ([`scheduler`]): every decode step is one forward for all
+//! running sequences over a slot KV cache ([`kv`]); new prompts are prefilled between steps,
+//! once per group of samples that share them. Each logits row is measured and drawn by the same
+//! [`crate::sampling::TokenSampler`] as under mistral.rs, so both engines report identical
+//! statistics for identical logits. Dropping a `generate` future closes its answer channel; the
+//! loop frees that sequence's slot at the next step.
+
+mod kv;
+mod model;
+mod scheduler;
+mod text;
+
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+
+use async_trait::async_trait;
+use candle_core::{DType, Device};
+
+use super::{Engine, EngineError, ModelInfo, PromptInput, SequenceOutput, SequenceRequest};
+use crate::config::{Config, DeviceKind, WeightsDType};
+use model::Transformer;
+pub use model::{Architecture, ModelError};
+use scheduler::{Job, Limits, Scheduler};
+use text::TextCodec;
+
+/// Prompt tokens prefilled per scheduler iteration (at least one chunk of one prompt).
+const PREFILL_CHUNK: usize = 512;
+
+/// The native engine serving one model.
+pub struct NativeEngine {
+    info: ModelInfo,
+    text: Arc<TextCodec>,
+    jobs: mpsc::Sender<Job>,
+}
+
+/// The architecture of the model at `path` if the native engine can serve it, or why not.
+pub fn architecture(path: &Path) -> Result<Architecture, ModelError> {
+    if path.is_dir() {
+        Architecture::from_config(&model::read_config(path)?)
+    } else {
+        let (content, _) = model::read_gguf(path)?;
+        let arch = Architecture::from_gguf(&content)?;
+        let kind = content
+            .metadata
+            .get("tokenizer.ggml.model")
+            .and_then(|v| v.to_string().ok())
+            .cloned();
+        if kind.as_deref() != Some("gpt2") {
+            return Err(ModelError::Unsupported(format!(
+                "GGUF tokenizer model {kind:?} (only gpt2 BPE)"
+            )));
+        }
+        Ok(arch)
+    }
+}
+
+fn device(kind: DeviceKind) -> anyhow::Result<Device> {
+    Ok(match kind {
+        DeviceKind::Cpu => Device::Cpu,
+        DeviceKind::Cuda if cfg!(feature = "cuda") => Device::new_cuda(0)?,
+        DeviceKind::Cuda => anyhow::bail!("device = cuda needs a build with --features cuda"),
+    })
+}
+
+impl NativeEngine {
+    /// Loads `config.model` (a GGUF file or a safetensors directory) and starts its loop.
+    pub async fn load(config: &Config) -> anyhow::Result<Self> {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Self::load_blocking(&config)).await?
+    }
+
+    fn load_blocking(config: &Config) -> anyhow::Result<Self> {
+        let path = config.model.as_path();
+        let shape = super::inspect_model(path)?;
+        let device = device(config.device)?;
+        // `auto`: float32 on CPU (GGUF weights dequantized: exact, and with a batch several
+        // times faster there than candle's quantized kernels); on CUDA bf16 for safetensors and
+        // the file's own quantization for GGUF.
+        let dtype = match (config.dtype, &device) {
+            (WeightsDType::Auto, Device::Cpu) | (WeightsDType::F32, _) => Some(DType::F32),
+            (WeightsDType::Auto, _) => None,
+            (WeightsDType::Bf16, _) => Some(DType::BF16),
+            (WeightsDType::F16, _) => Some(DType::F16),
+        };
+        let (model, text) = if path.is_dir() {
+            let dtype = dtype.unwrap_or(DType::BF16);
+            (
+                Transformer::from_safetensors(path, dtype, &device)?,
+                TextCodec::from_dir(path)?,
+            )
+        } else {
+            let (content, _) = model::read_gguf(path)?;
+            (
+                Transformer::from_gguf(path, dtype, &device)?,
+                TextCodec::from_gguf(&content)?,
+            )
+        };
+        let arch = model.arch().clone();
+        let slots = config.max_running_sequences.max(1);
+        let text = Arc::new(text);
+        let scheduler = Scheduler::new(
+            model,
+            text.clone(),
+            Limits {
+                slots,
+                prefill_chunk: PREFILL_CHUNK,
+            },
+        )?;
+        let (jobs, receiver) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("entroll-native".into())
+            .spawn(move || scheduler.run(receiver))?;
+        let id = super::model_id(path);
+        tracing::info!(
+            "native engine: {} ({} layers, V = {}), {slots} slots on {:?}",
+            arch.family,
+            arch.layers,
+            arch.vocab,
+            config.device
+        );
+        Ok(Self {
+            info: ModelInfo {
+                engine: "native",
+                id,
+                vocab_size: arch.vocab,
+                max_context: Some(arch.max_context),
+                max_batch: slots,
+                source: path.to_path_buf(),
+                shape,
+            },
+            text,
+            jobs,
+        })
+    }
+}
+
+#[async_trait]
+impl Engine for NativeEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    async fn tokenize(&self, prompt: &PromptInput) -> Result<Vec<u32>, EngineError> {
+        if let PromptInput::TokenIds(ids) = prompt {
+            return Ok(ids.clone());
+        }
+        let (text, prompt) = (self.text.clone(), prompt.clone());
+        tokio::task::spawn_blocking(move || text.encode(&prompt))
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("tokenization task failed: {e}")))?
+    }
+
+    async fn generate(&self, request: SequenceRequest) -> Result<SequenceOutput, EngineError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Job { request, reply })
+            .map_err(|_| EngineError::Unavailable("the engine loop has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| EngineError::Unavailable("the engine loop dropped the sequence".into()))?
+    }
+}
