@@ -8,7 +8,9 @@
 # compares the native engine with all statistics, the native engine drawing without
 # statistics, and mistral.rs with all statistics:
 #   CONFIGS='native=--engine native;native-nostats=--engine native --sampler engine;mistralrs=--engine mistralrs'
-# Needs the default model (`cargo run -- fetch-model`). Prints every report and the ratios.
+# Needs the default model (`cargo run -- fetch-model`). Prints a line per configuration and the
+# ratios; the full JSON reports (with the server's step breakdown) stay in $OUT (default: a
+# temporary directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-release}
@@ -17,7 +19,7 @@ CONFIGS=${CONFIGS:-"native=--engine native;native-nostats=--engine native --samp
 cargo build --quiet --profile "$PROFILE" -p entroll -p loadtest --bins
 target=${CARGO_TARGET_DIR:-target}
 dir=$target/$PROFILE; [ "$PROFILE" = dev ] && dir=$target/debug
-out=$(mktemp -d)
+out=${OUT:-$(mktemp -d)}; mkdir -p "$out"
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 
 run() { # label "server flags" loadtest-flags...

@@ -139,6 +139,39 @@ async fn native_and_mistralrs_agree_on(dir: &std::path::Path, min_common: f64) {
 }
 
 #[tokio::test]
+async fn a_long_prompt_prefilled_in_chunks_agrees() {
+    // Over 1,500 prompt tokens: the native engine computes them in chunks of 512, each
+    // attending to the cached chunks before it; mistral.rs computes the prompt at once.
+    let dir = common::safetensors_model();
+    let native = common::spawn_model(&dir, &["--engine", "native"]);
+    let reference = common::spawn_model(&dir, &["--engine", "mistralrs"]);
+    let story = "The river ran past the old mill, and the miller counted his sacks of grain. ";
+    let request = json!({
+        "prompts": [{"text": format!("{}How many sacks were there?", story.repeat(90)),
+                     "group_size": 2}],
+        "sampling": {"temperature": 1.0, "max_tokens": 12, "seed": 3},
+        "stats": {"top_p": 0.9}
+    });
+    let (a, b) = tokio::join!(
+        common::post_to(&native.base, request.to_string()),
+        common::post_to(&reference.base, request.to_string())
+    );
+    assert_eq!(a.0, 200, "{}", a.1);
+    assert_eq!(b.0, 200, "{}", b.1);
+    let prompt = a.1["groups"][0]["prompt_token_ids"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(prompt > 1500, "the prompt has only {prompt} tokens");
+    let (compared, total, largest) = compare(&a.1, &b.1, "long prompt");
+    eprintln!("long prompt ({prompt} tokens): {compared} of {total} tokens compared, largest difference {largest:.2e}");
+    assert!(
+        compared * 10 >= total * 9,
+        "{compared} of {total} tokens in common"
+    );
+}
+
+#[tokio::test]
 async fn native_and_mistralrs_agree_on_llama() {
     native_and_mistralrs_agree_on(&common::safetensors_model(), 0.9).await;
 }
