@@ -1,7 +1,7 @@
 //! The inference engine seen by the rest of entroll: a trait over one-sequence generation.
 //!
-//! The scheduler and HTTP layer only ever see these types; engine crates (mistral.rs, and later
-//! entroll's own batched engine) stay behind the trait. An engine batches concurrent
+//! The scheduler and HTTP layer only ever see these types; the engines (entroll's own batched
+//! engine in [`native`], mistral.rs in [`mistralrs`]) stay behind the trait. An engine batches concurrent
 //! [`Engine::generate`] calls itself; dropping a `generate` future cancels that sequence
 //! within one engine step.
 
@@ -55,7 +55,8 @@ pub enum PromptInput {
 pub enum Drawing {
     /// entroll draws every token with this sampler and records its statistics.
     Entroll(TokenSampler),
-    /// The engine's own sampler (no statistics, no seed): a baseline for benchmarks.
+    /// A draw without statistics and without a seed (mistral.rs's own sampler; the native
+    /// engine's plain draw): a baseline for benchmarks.
     Engine {
         /// Temperature.
         temperature: f64,
