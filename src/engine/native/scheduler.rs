@@ -297,15 +297,17 @@ impl Scheduler {
                 group.push(self.running.len());
                 self.running.push(f);
             }
-            let mut finished = Vec::new();
+            let mut ended = Vec::new();
             for j in group {
-                if self.draw(j, &row)? {
-                    finished.push(j);
+                match self.draw(j, &row) {
+                    Ok(true) => ended.push((j, None)),
+                    Ok(false) => {}
+                    Err(e) => ended.push((j, Some(e.to_string()))),
                 }
             }
-            // `finish` swaps the finished out; whatever lands at `i` is looked at again.
-            let leader_done = finished.contains(&i);
-            self.finish(finished);
+            // `retire` swaps the ended out; whatever lands at `i` is looked at again.
+            let leader_done = ended.iter().any(|(j, _)| *j == i);
+            self.retire(ended);
             if !leader_done {
                 i += 1;
             }
@@ -356,11 +358,14 @@ impl Scheduler {
                 )
             })
             .collect();
-        let mut finished = Vec::new();
+        let mut ended = Vec::new();
         for (&i, drawn) in ready.iter().zip(drawn) {
             self.running[i].cached += 1;
-            if self.accept(i, drawn?) {
-                finished.push(i);
+            match drawn {
+                Ok(drawn) if self.accept(i, drawn) => ended.push((i, None)),
+                Ok(_) => {}
+                // A row that cannot be measured (non-finite logits) fails its sequence only.
+                Err(e) => ended.push((i, Some(e.to_string()))),
             }
         }
         crate::metrics::decode_step(
@@ -369,7 +374,7 @@ impl Scheduler {
             copied - forwarded,
             copied.elapsed(),
         );
-        self.finish(finished);
+        self.retire(ended);
         Ok(())
     }
 
@@ -407,14 +412,18 @@ impl Scheduler {
             })
     }
 
-    /// Answers the sequences at `indices` and frees their slots.
-    fn finish(&mut self, mut indices: Vec<usize>) {
-        indices.sort_unstable();
-        for i in indices.into_iter().rev() {
+    /// Answers the sequences at the given indices, with their output or, where a failure is
+    /// given, with that failure, and frees their slots.
+    fn retire(&mut self, mut ended: Vec<(usize, Option<String>)>) {
+        ended.sort_unstable_by_key(|(i, _)| std::cmp::Reverse(*i));
+        for (i, failure) in ended {
             let seq = self.running.swap_remove(i);
             self.free_slots.push(seq.slot);
-            let output = self.output(&seq);
-            let _ = seq.job.reply.send(Ok(output));
+            let answer = match failure {
+                None => Ok(self.output(&seq)),
+                Some(why) => Err(EngineError::Generation(why)),
+            };
+            let _ = seq.job.reply.send(answer);
         }
     }
 
