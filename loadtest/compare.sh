@@ -26,7 +26,7 @@ run() { # label "server flags" loadtest-flags...
   local label=$1 flags=$2; shift 2
   local fifo=$out/$label.stdout
   # shellcheck disable=SC2086
-  "$dir/entroll" serve --port 0 $flags --exit-on-stdin-eof < <(sleep infinity) > "$fifo" 2>"$out/$label.log" &
+  "$dir/entroll" serve --port 0 $flags < /dev/null > "$fifo" 2>"$out/$label.log" &
   local pid=$!
   for _ in $(seq 600); do grep -q "listening on" "$fifo" 2>/dev/null && break; sleep 0.2; done
   local url; url=$(sed -n 's/^entroll listening on //p' "$fifo")

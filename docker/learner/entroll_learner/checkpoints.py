@@ -2,9 +2,10 @@
 
 `python -m entroll_learner.checkpoints convert MODEL.gguf OUT_DIR` converts the default GGUF model
 (transformers dequantizes it to float32; the tokenizer and chat template come from its metadata).
-`python -m entroll_learner.checkpoints random FAMILY TOKENIZER_DIR OUT_DIR` writes a small
-randomly initialised Qwen2 or Qwen3 model with the tokenizer of TOKENIZER_DIR: entroll's tests
-check its two engines against each other on these architectures.
+`python -m entroll_learner.checkpoints random FAMILY TOKENIZER_DIR OUT_DIR [--shape S]` writes a
+randomly initialised Qwen2 or Qwen3 model with the tokenizer of TOKENIZER_DIR: `tiny` (entroll's
+tests check its two engines against each other on these architectures) or `qwen2-1.5b` (the
+shape of Qwen2-1.5B, in bf16, for throughput benchmarks).
 """
 
 from __future__ import annotations
@@ -60,39 +61,51 @@ def convert_gguf(gguf: str, out: str, dtype: torch.dtype = torch.float32) -> str
     return save(model, tokenizer, out)
 
 
-def random_model(family: str, tokenizer_dir: str, out: str, seed: int = 0) -> str:
-    """A 2-layer `family` (qwen2 or qwen3) model with random weights, biases and norm gains
-    (large enough that its distributions depend on the context), saved in float32 at `out`
-    (kept if already there) with the tokenizer and chat template of `tokenizer_dir`."""
-    if os.path.exists(os.path.join(out, "model.safetensors")):
+# Random model shapes: config overrides, and the weights' dtype.
+SHAPES = {
+    # 2 layers; weights, biases and norm gains large enough that the distributions depend on
+    # the context (a test of the forward, not of a trained model).
+    "tiny": (
+        dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=32, max_position_embeddings=2048,
+             tie_word_embeddings=False, rope_theta=10000.0, rms_norm_eps=1e-6),
+        torch.float32,
+    ),
+    # Qwen2-1.5B's published shape (151,936 vocabulary rows, tied embeddings).
+    "qwen2-1.5b": (
+        dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+             num_attention_heads=12, num_key_value_heads=2, head_dim=128,
+             max_position_embeddings=32768, tie_word_embeddings=True, rope_theta=1000000.0,
+             rms_norm_eps=1e-6),
+        torch.bfloat16,
+    ),
+}
+
+
+def random_model(family: str, tokenizer_dir: str, out: str, shape: str = "tiny", seed: int = 0) -> str:
+    """A `family` (qwen2 or qwen3) model of `shape` (see SHAPES) with random weights, saved at
+    `out` (kept if already there) with the tokenizer and chat template of `tokenizer_dir`."""
+    if os.path.exists(os.path.join(out, "config.json")):
         return out
     from transformers import AutoConfig
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    overrides, dtype = SHAPES[shape]
     config = AutoConfig.for_model(
         family,
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-6,
+        **{"vocab_size": len(tokenizer), **overrides},
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.4 if name.endswith("bias") else 0.2)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if shape == "tiny":
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.copy_(1.0 + 0.1 * torch.randn_like(p))
+                else:
+                    p.normal_(0.0, 0.4 if name.endswith("bias") else 0.2)
     return save(model, tokenizer, out)
 
 
@@ -106,11 +119,12 @@ def main() -> int:
     random.add_argument("family", choices=["qwen2", "qwen3"])
     random.add_argument("tokenizer_dir")
     random.add_argument("out")
+    random.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     args = parser.parse_args()
     if args.command == "convert":
         print(convert_gguf(args.gguf, args.out))
     else:
-        print(random_model(args.family, args.tokenizer_dir, args.out))
+        print(random_model(args.family, args.tokenizer_dir, args.out, args.shape))
     return 0
 
 

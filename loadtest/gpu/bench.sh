@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Runs entroll's throughput benchmark on a GPU machine, from the parts loadtest/gpu/ship.sh
+# staged. Results (one JSON report per run, and a markdown table) go to $OUT.
+#
+#   loadtest/gpu/bench.sh stage target/ship/partN   # once per carried part
+#   loadtest/gpu/bench.sh prepare                   # unpack; make the Qwen2-1.5B-shaped model
+#   loadtest/gpu/bench.sh run MODEL G MAX_TOKENS CONCURRENCY [CONFIGS]
+#   loadtest/gpu/bench.sh baseline MODEL G MAX_TOKENS BATCH_PROMPTS
+#   loadtest/gpu/bench.sh table                     # $OUT/*.json → $OUT/table.md
+#
+# MODEL is `smollm2` (the default GGUF) or `qwen2-1.5b` (a Qwen2-1.5B-shaped checkpoint with
+# random bf16 weights and the real 151,936-token Qwen tokenizer: throughput does not depend on
+# the weights' values, the statistics' cost does depend on the vocabulary). CONFIGS as in
+# loadtest/compare.sh; default: native with all statistics, native without, mistral.rs.
+# Environment: STAGE (default /root/entroll-stage), DEVICE (cuda), ENTROLL_BIN and LOADTEST_BIN
+# (default: the staged binaries), PYTHON (python3 with torch and transformers), OUT, QWEN_SHAPE
+# (`tiny` for a smoke run on CPU).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+STAGE=${STAGE:-/root/entroll-stage}
+DEVICE=${DEVICE:-cuda}
+PYTHON=${PYTHON:-python3}
+OUT=${OUT:-$STAGE/out}
+ENTROLL_BIN=${ENTROLL_BIN:-$STAGE/entroll}
+LOADTEST_BIN=${LOADTEST_BIN:-$STAGE/loadtest}
+# GSM8K problems (MIT), in the repository: ../shared does not travel to the GPU machine.
+DATASET=${DATASET:-$(pwd)/docker/learner/data/gsm8k-sample.jsonl}
+mkdir -p "$STAGE" "$OUT"
+
+model_path() {
+  case $1 in
+    smollm2) echo "$STAGE/SmolLM2-135M-Instruct.Q4_1.gguf" ;;
+    qwen2-1.5b) echo "$STAGE/qwen2-1.5b-random" ;;
+    *) echo "unknown model $1 (smollm2 or qwen2-1.5b)" >&2; exit 2 ;;
+  esac
+}
+
+cmd=${1:-}
+shift || true
+case $cmd in
+  stage)
+    cp -r "$1"/. "$STAGE/"
+    ;;
+  prepare)
+    [ -f "$STAGE/entroll.xz" ] && xz -d -f "$STAGE/entroll.xz" && chmod +x "$STAGE/entroll"
+    [ -f "$STAGE/loadtest.xz" ] && xz -d -f "$STAGE/loadtest.xz" && chmod +x "$STAGE/loadtest"
+    gguf=$(model_path smollm2)
+    if ls "$STAGE"/model.gguf.part* >/dev/null 2>&1; then
+      cat "$STAGE"/model.gguf.part* > "$gguf"
+      rm "$STAGE"/model.gguf.part*
+    fi
+    [ ! -f "$STAGE/model.sha256" ] || [ "$(sha256sum "$gguf" | cut -d' ' -f1)" = "$(cat "$STAGE/model.sha256")" ] ||
+      { echo "the joined GGUF does not match its checksum" >&2; exit 1; }
+    qwen=$(model_path qwen2-1.5b)
+    (cd docker/learner && "$PYTHON" -m entroll_learner.checkpoints random qwen2 \
+        "$STAGE/qwen-tokenizer" "$qwen" --shape "${QWEN_SHAPE:-qwen2-1.5b}")
+    ;;
+  run)
+    model=$1 g=$2 tokens=$3 conc=$4
+    configs=${5:-"native=--engine native;native-nostats=--engine native --sampler engine;mistralrs=--engine mistralrs"}
+    IFS=';' read -ra list <<< "$configs"
+    for config in "${list[@]}"; do
+      label=${config%%=*}
+      name="$model-G$g-T$tokens-C$conc-$label"
+      log=$OUT/$name.log
+      # shellcheck disable=SC2086
+      "$ENTROLL_BIN" serve --port 0 --device "$DEVICE" --model "$(model_path "$model")" \
+          --max-running-sequences 256 --max-requests 256 --max-group-size 64 \
+          ${config#*=} < /dev/null > "$log.stdout" 2> "$log" &
+      pid=$!
+      for _ in $(seq 900); do grep -q "listening on" "$log.stdout" 2>/dev/null && break; sleep 0.2; done
+      url=$(sed -n 's/^entroll listening on //p' "$log.stdout")
+      [ -n "$url" ] || { tail -20 "$log" >&2; kill "$pid" 2>/dev/null; continue; }
+      # Saturating loads send many requests at once; each request is 8 prompts × G samples.
+      "$LOADTEST_BIN" --url "$url" --dataset "$DATASET" --label "$name" --quiet \
+          --prompts-per-request 8 --group-size "$g" --max-tokens "$tokens" \
+          --concurrency "$conc" --requests "$((conc * 2))" --output "$OUT/$name.json" > /dev/null ||
+        echo "$name: load generator failed" >&2
+      kill "$pid"; wait "$pid" 2>/dev/null || true
+    done
+    ;;
+  baseline)
+    model=$1 g=$2 tokens=$3 batch=$4
+    path=$(model_path "$model")
+    [ -d "$path" ] || { echo "the transformers baseline needs a safetensors directory" >&2; exit 2; }
+    "$PYTHON" loadtest/baseline/transformers_generate.py --model "$path" --dataset "$DATASET" \
+        --prompts "$((batch * 2))" --group-size "$g" --max-tokens "$tokens" \
+        --batch-prompts "$batch" --device "$DEVICE" --dtype bfloat16 \
+        --output "$OUT/$model-G$g-T$tokens-B$batch-transformers.json"
+    ;;
+  table)
+    "$PYTHON" - "$OUT" <<'PY'
+import glob, json, os, sys
+out = sys.argv[1]
+rows = []
+for path in sorted(glob.glob(os.path.join(out, "*.json"))):
+    r = json.load(open(path))
+    name = os.path.basename(path)[:-5]
+    tps = r.get("tokens_per_s")
+    step = (r.get("server") or {}).get("decode_step_ms") or {}
+    rows.append(f"| {name} | {tps:.0f} | " + " | ".join(f"{step.get(k, float('nan')):.2f}" for k in ("forward", "copy", "draw")) + " |")
+table = "| run | tok/s | forward ms/step | copy ms/step | draw ms/step |\n|---|---|---|---|---|\n" + "\n".join(rows)
+open(os.path.join(out, "table.md"), "w").write(table + "\n")
+print(table)
+PY
+    ;;
+  *)
+    sed -n '2,20p' "$0" >&2
+    exit 2
+    ;;
+esac
