@@ -181,3 +181,82 @@ impl KvCache {
         Ok((pick(&self.keys[layer])?, pick(&self.values[layer])?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row whose every entry encodes (layer, slot, position).
+    fn row(layer: usize, slot: usize, position: usize, width: usize) -> Vec<f32> {
+        vec![(layer * 10_000 + slot * 1_000 + position) as f32; width]
+    }
+
+    fn write(cache: &mut KvCache, layer: usize, slot: usize, positions: std::ops::Range<usize>) {
+        let width = cache.width;
+        let rows: Vec<usize> = positions.clone().map(|p| cache.row(slot, p)).collect();
+        let index = cache.row_index(&rows, &Device::Cpu).unwrap();
+        let data: Vec<f32> = positions.flat_map(|p| row(layer, slot, p, width)).collect();
+        let t = Tensor::from_vec(data, (rows.len(), width), &Device::Cpu).unwrap();
+        cache
+            .write(layer, &index, &t, &(&t + 0.5).unwrap())
+            .unwrap();
+    }
+
+    fn first_column(t: &Tensor) -> Vec<f32> {
+        t.narrow(t.rank() - 1, 0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn rows_survive_growth_and_are_read_back_per_slot() {
+        let mut cache = KvCache::new(2, 3, 4, 1_000, DType::F32, &Device::Cpu).unwrap();
+        cache.reserve(10).unwrap();
+        write(&mut cache, 1, 2, 0..10);
+        write(&mut cache, 1, 0, 0..5);
+        // Growing past the first capacity keeps what was written.
+        cache.reserve(300).unwrap();
+        assert!(cache.capacity >= 300);
+        write(&mut cache, 1, 2, 10..300);
+        let (k, v) = cache.slot_rows(1, 2, 300).unwrap();
+        let expected: Vec<f32> = (0..300).map(|p| (10_000 + 2_000 + p) as f32).collect();
+        assert_eq!(first_column(&k), expected);
+        assert_eq!(
+            first_column(&v),
+            expected.iter().map(|x| x + 0.5).collect::<Vec<_>>()
+        );
+        // Layer 0 was never written.
+        assert!(first_column(&cache.slot_rows(0, 2, 300).unwrap().0)
+            .iter()
+            .all(|&x| x == 0.0));
+        assert!(cache.reserve(1_001).is_err());
+    }
+
+    #[test]
+    fn gather_and_copy_address_the_right_slots() {
+        let mut cache = KvCache::new(1, 4, 2, 64, DType::F32, &Device::Cpu).unwrap();
+        cache.reserve(8).unwrap();
+        write(&mut cache, 0, 1, 0..8);
+        write(&mut cache, 0, 3, 0..8);
+        // Positions 0..5 of slot 3 into slot 0; position 5 and later stay empty there.
+        cache.copy_prefix(3, 0, 5).unwrap();
+        let (k, _) = cache.slot_rows(0, 0, 8).unwrap();
+        let copied: Vec<f32> = (0..8)
+            .map(|p| if p < 5 { (3_000 + p) as f32 } else { 0.0 })
+            .collect();
+        assert_eq!(first_column(&k), copied);
+        // A decode gather of slots [3, 1] over 6 positions: [6, 2, width], position-major.
+        let slots = Tensor::new(&[3u32, 1], &Device::Cpu).unwrap();
+        let (k, _) = cache.gather(0, &slots, 6).unwrap();
+        assert_eq!(k.dims(), &[6, 2, 2]);
+        let expected: Vec<f32> = (0..6)
+            .flat_map(|p| [(3_000 + p) as f32, (1_000 + p) as f32])
+            .collect();
+        assert_eq!(first_column(&k), expected);
+        cache.clear().unwrap();
+        assert_eq!(cache.capacity, 0);
+    }
+}
