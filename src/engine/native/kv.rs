@@ -10,8 +10,10 @@ use candle_core::{DType, Device, Tensor};
 
 /// Keys and values of every layer for a fixed number of sequence slots.
 pub struct KvCache {
+    /// One tensor per layer, or none while the capacity is 0 (CUDA cannot allocate 0 bytes).
     keys: Vec<Tensor>,
     values: Vec<Tensor>,
+    layers: usize,
     slots: usize,
     width: usize,
     capacity: usize,
@@ -29,30 +31,18 @@ impl KvCache {
         max_capacity: usize,
         dtype: DType,
         device: &Device,
-    ) -> candle_core::Result<Self> {
-        let mut cache = Self {
-            keys: Vec::with_capacity(layers),
-            values: Vec::with_capacity(layers),
+    ) -> Self {
+        Self {
+            keys: Vec::new(),
+            values: Vec::new(),
+            layers,
             slots,
             width,
             capacity: 0,
             max_capacity,
             dtype,
             device: device.clone(),
-        };
-        for _ in 0..layers {
-            cache.keys.push(cache.zeros(0)?);
-            cache.values.push(cache.zeros(0)?);
         }
-        Ok(cache)
-    }
-
-    fn zeros(&self, capacity: usize) -> candle_core::Result<Tensor> {
-        Tensor::zeros(
-            (capacity * self.slots, self.width),
-            self.dtype,
-            &self.device,
-        )
     }
 
     /// Grows the cache so that every slot holds `positions` positions.
@@ -70,28 +60,32 @@ impl KvCache {
             .max(self.capacity * 2)
             .max(64)
             .min(self.max_capacity);
-        for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
+        let grow = |old: Option<&Tensor>| -> candle_core::Result<Tensor> {
             let grown = Tensor::zeros(
                 (capacity * self.slots, self.width),
                 self.dtype,
                 &self.device,
             )?;
-            if t.dim(0)? > 0 {
-                grown.slice_set(t, 0, 0)?;
+            if let Some(old) = old {
+                grown.slice_set(old, 0, 0)?;
             }
-            *t = grown;
-        }
-        self.capacity = capacity;
+            Ok(grown)
+        };
+        let keys = (0..self.layers)
+            .map(|l| grow(self.keys.get(l)))
+            .collect::<candle_core::Result<_>>()?;
+        let values = (0..self.layers)
+            .map(|l| grow(self.values.get(l)))
+            .collect::<candle_core::Result<_>>()?;
+        (self.keys, self.values, self.capacity) = (keys, values, capacity);
         Ok(())
     }
 
     /// Frees every row (the capacity returns to 0), for when no sequence is running.
-    pub fn clear(&mut self) -> candle_core::Result<()> {
-        for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            *t = Tensor::zeros((0, self.width), self.dtype, &self.device)?;
-        }
+    pub fn clear(&mut self) {
+        self.keys.clear();
+        self.values.clear();
         self.capacity = 0;
-        Ok(())
     }
 
     /// Copies positions `0..len` of slot `from` into slot `to`, in every layer.
@@ -213,7 +207,7 @@ mod tests {
 
     #[test]
     fn rows_survive_growth_and_are_read_back_per_slot() {
-        let mut cache = KvCache::new(2, 3, 4, 1_000, DType::F32, &Device::Cpu).unwrap();
+        let mut cache = KvCache::new(2, 3, 4, 1_000, DType::F32, &Device::Cpu);
         cache.reserve(10).unwrap();
         write(&mut cache, 1, 2, 0..10);
         write(&mut cache, 1, 0, 0..5);
@@ -237,7 +231,7 @@ mod tests {
 
     #[test]
     fn gather_and_copy_address_the_right_slots() {
-        let mut cache = KvCache::new(1, 4, 2, 64, DType::F32, &Device::Cpu).unwrap();
+        let mut cache = KvCache::new(1, 4, 2, 64, DType::F32, &Device::Cpu);
         cache.reserve(8).unwrap();
         write(&mut cache, 0, 1, 0..8);
         write(&mut cache, 0, 3, 0..8);
@@ -256,7 +250,14 @@ mod tests {
             .flat_map(|p| [(3_000 + p) as f32, (1_000 + p) as f32])
             .collect();
         assert_eq!(first_column(&k), expected);
-        cache.clear().unwrap();
+        cache.clear();
         assert_eq!(cache.capacity, 0);
+        // Usable again after a clear.
+        cache.reserve(3).unwrap();
+        write(&mut cache, 0, 2, 0..3);
+        assert_eq!(
+            first_column(&cache.slot_rows(0, 2, 3).unwrap().0),
+            vec![2_000.0, 2_001.0, 2_002.0]
+        );
     }
 }

@@ -107,7 +107,7 @@ impl NativeEngine {
                 slots,
                 prefill_chunk: PREFILL_CHUNK,
             },
-        )?;
+        );
         let (jobs, receiver) = mpsc::channel();
         std::thread::Builder::new()
             .name("entroll-native".into())

@@ -73,11 +73,7 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// A loop over `model` with an empty cache.
-    pub fn new(
-        model: Transformer,
-        text: Arc<TextCodec>,
-        limits: Limits,
-    ) -> candle_core::Result<Self> {
+    pub fn new(model: Transformer, text: Arc<TextCodec>, limits: Limits) -> Self {
         let a = model.arch();
         let cache = KvCache::new(
             a.layers,
@@ -86,8 +82,8 @@ impl Scheduler {
             a.max_context,
             model.dtype(),
             model.device(),
-        )?;
-        Ok(Self {
+        );
+        Self {
             free_slots: (0..limits.slots).rev().collect(),
             model,
             text,
@@ -99,7 +95,7 @@ impl Scheduler {
             unseeded: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
-        })
+        }
     }
 
     /// Runs until every sender of `jobs` is gone and no sequence is left.
@@ -107,9 +103,7 @@ impl Scheduler {
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
                 // Idle: give the cache's memory back until the next sequence arrives.
-                if let Err(e) = self.cache.clear() {
-                    tracing::warn!("could not clear the KV cache: {e}");
-                }
+                self.cache.clear();
                 match jobs.recv() {
                     Ok(job) => self.waiting.push_back(job),
                     Err(_) => return,
