@@ -42,17 +42,10 @@ pub fn architecture(path: &Path) -> Result<Architecture, ModelError> {
     } else {
         let (content, _) = model::read_gguf(path)?;
         let arch = Architecture::from_gguf(&content)?;
-        let kind = content
-            .metadata
-            .get("tokenizer.ggml.model")
-            .and_then(|v| v.to_string().ok())
-            .cloned();
-        if kind.as_deref() != Some("gpt2") {
-            return Err(ModelError::Unsupported(format!(
-                "GGUF tokenizer model {kind:?} (only gpt2 BPE)"
-            )));
+        match text::unsupported_gguf_tokenizer(&content) {
+            Some(why) => Err(ModelError::Unsupported(why)),
+            None => Ok(arch),
         }
-        Ok(arch)
     }
 }
 
@@ -91,10 +84,12 @@ impl NativeEngine {
                 TextCodec::from_dir(path)?,
             )
         } else {
-            let (content, _) = model::read_gguf(path)?;
+            // The header (vocabulary and merges included) is read once, for both.
+            let (content, file) = model::read_gguf(path)?;
+            let text = TextCodec::from_gguf(&content)?;
             (
-                Transformer::from_gguf(path, dtype, &device)?,
-                TextCodec::from_gguf(&content)?,
+                Transformer::from_gguf(content, file, path, dtype, &device)?,
+                text,
             )
         };
         let arch = model.arch().clone();

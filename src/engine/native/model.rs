@@ -380,14 +380,16 @@ pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, std::fs::File), Mod
 }
 
 impl Transformer {
-    /// Loads a GGUF file, its weights dequantized to `dequantize` (which is then also the
-    /// activation dtype), or kept quantized with `f32` activations.
+    /// Loads the weights of a GGUF file whose header [`read_gguf`] read, dequantized to
+    /// `dequantize` (which is then also the activation dtype), or kept quantized with `f32`
+    /// activations.
     pub fn from_gguf(
+        content: gguf_file::Content,
+        file: std::fs::File,
         path: &Path,
         dequantize: Option<DType>,
         device: &Device,
     ) -> Result<Self, ModelError> {
-        let (content, file) = read_gguf(path)?;
         let arch = Architecture::from_gguf(&content)?;
         let source = Source::Gguf {
             content,

@@ -40,6 +40,19 @@ fn invalid(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("{e}")
 }
 
+/// Why the native engine cannot rebuild a GGUF file's tokenizer, if it cannot (it rebuilds
+/// gpt2-style BPE vocabularies only).
+pub fn unsupported_gguf_tokenizer(content: &gguf_file::Content) -> Option<String> {
+    let kind = content
+        .metadata
+        .get("tokenizer.ggml.model")
+        .and_then(|v| v.to_string().ok());
+    match kind.map(String::as_str) {
+        Some("gpt2") => None,
+        other => Some(format!("GGUF tokenizer model {other:?} (only gpt2 BPE)")),
+    }
+}
+
 impl TextCodec {
     /// Rebuilds the tokenizer a GGUF file describes.
     pub fn from_gguf(content: &gguf_file::Content) -> anyhow::Result<Self> {
@@ -55,11 +68,9 @@ impl TextCodec {
                 .collect()
         };
         let id = |k: &str| get(k).and_then(|v| v.to_u32().ok());
-        let kind = get("model").and_then(|v| v.to_string().ok()).cloned();
-        anyhow::ensure!(
-            kind.as_deref() == Some("gpt2"),
-            "the native engine rebuilds only gpt2 (BPE) GGUF tokenizers, not {kind:?}"
-        );
+        if let Some(why) = unsupported_gguf_tokenizer(content) {
+            anyhow::bail!("the native engine does not support {why}");
+        }
         let tokens = strings("tokens")?;
         let merges: Vec<(String, String)> = strings("merges")?
             .into_iter()
