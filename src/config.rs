@@ -115,6 +115,9 @@ settings! {
     sampler: SamplerKind = SamplerKind::Entroll, env "ENTROLL_SAMPLER";
     /// Sequences the engine runs at once (its batch); more wait in entroll's queue.
     max_running_sequences: usize = 32, env "ENTROLL_MAX_RUNNING_SEQUENCES";
+    /// Prompt tokens the native engine computes per forward (and per iteration of its loop):
+    /// a longer prompt runs in chunks, so it delays running sequences by one chunk at most.
+    prefill_chunk: usize = 512, env "ENTROLL_PREFILL_CHUNK";
     /// Requests admitted at once (running or queued); beyond this `/rollouts` answers 429.
     max_requests: usize = 64, env "ENTROLL_MAX_REQUESTS";
     /// Most prompts in one request.
@@ -162,6 +165,7 @@ impl Config {
     fn check(&self) -> anyhow::Result<()> {
         for (name, value) in [
             ("max_running_sequences", self.max_running_sequences),
+            ("prefill_chunk", self.prefill_chunk),
             ("max_requests", self.max_requests),
             ("max_prompts", self.max_prompts),
             ("max_group_size", self.max_group_size),

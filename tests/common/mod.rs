@@ -68,7 +68,7 @@ pub fn safetensors_model() -> std::path::PathBuf {
     path
 }
 
-/// A small random `family` (qwen2, qwen3) checkpoint, failing with the command that makes it.
+/// A small random `family` (llama, qwen2, qwen3) checkpoint, failing with the command that makes it.
 pub fn tiny_random_model(family: &str) -> std::path::PathBuf {
     let path = entroll::model_store::entroll_home()
         .join("models")

@@ -3,8 +3,8 @@
 `python -m entroll_learner.checkpoints convert MODEL.gguf OUT_DIR` converts the default GGUF model
 (transformers dequantizes it to float32; the tokenizer and chat template come from its metadata).
 `python -m entroll_learner.checkpoints random FAMILY TOKENIZER_DIR OUT_DIR [--shape S]` writes a
-randomly initialised Qwen2 or Qwen3 model with the tokenizer of TOKENIZER_DIR: `tiny` (entroll's
-tests check its two engines against each other on these architectures) or `qwen2-1.5b` (the
+randomly initialised Llama, Qwen2 or Qwen3 model with the tokenizer of TOKENIZER_DIR: `tiny` (entroll's
+tests check its engines on these architectures) or `qwen2-1.5b` (the
 shape of Qwen2-1.5B, in bf16, for throughput benchmarks).
 """
 
@@ -83,7 +83,7 @@ SHAPES = {
 
 
 def random_model(family: str, tokenizer_dir: str, out: str, shape: str = "tiny", seed: int = 0) -> str:
-    """A `family` (qwen2 or qwen3) model of `shape` (see SHAPES) with random weights, saved at
+    """A `family` (llama, qwen2 or qwen3) model of `shape` (see SHAPES) with random weights, saved at
     `out` (kept if already there) with the tokenizer and chat template of `tokenizer_dir`."""
     if os.path.exists(os.path.join(out, "config.json")):
         return out
@@ -115,8 +115,8 @@ def main() -> int:
     convert = commands.add_parser("convert", help="convert a GGUF model")
     convert.add_argument("gguf")
     convert.add_argument("out")
-    random = commands.add_parser("random", help="a small random Qwen2/Qwen3 model")
-    random.add_argument("family", choices=["qwen2", "qwen3"])
+    random = commands.add_parser("random", help="a small random Llama/Qwen2/Qwen3 model")
+    random.add_argument("family", choices=["llama", "qwen2", "qwen3"])
     random.add_argument("tokenizer_dir")
     random.add_argument("out")
     random.add_argument("--shape", choices=sorted(SHAPES), default="tiny")

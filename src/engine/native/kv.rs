@@ -103,6 +103,17 @@ impl KvCache {
         Ok(())
     }
 
+    /// Keys and values of layer `layer`, `[capacity · slots, kv_width]` each (the capacity
+    /// must be positive).
+    pub fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
+        (&self.keys[layer], &self.values[layer])
+    }
+
+    /// Sequence slots.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
     /// The row of `slot` at `position`.
     pub fn row(&self, slot: usize, position: usize) -> usize {
         position * self.slots + slot

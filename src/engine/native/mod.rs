@@ -7,8 +7,11 @@
 //! statistics for identical logits. Dropping a `generate` future closes its answer channel; the
 //! loop frees that sequence's slot at the next step.
 
+mod attention;
 mod kv;
 mod model;
+mod oracle;
+mod plan;
 mod scheduler;
 mod text;
 
@@ -22,11 +25,9 @@ use super::{Engine, EngineError, ModelInfo, PromptInput, SequenceOutput, Sequenc
 use crate::config::{Config, DeviceKind, WeightsDType};
 use model::Transformer;
 pub use model::{Architecture, ModelError};
+pub use oracle::{Oracle, Rescored};
 use scheduler::{Job, Limits, Scheduler};
 use text::TextCodec;
-
-/// Prompt tokens prefilled per scheduler iteration (at least one chunk of one prompt).
-const PREFILL_CHUNK: usize = 512;
 
 /// The native engine serving one model.
 pub struct NativeEngine {
@@ -100,7 +101,7 @@ impl NativeEngine {
             text.clone(),
             Limits {
                 slots,
-                prefill_chunk: PREFILL_CHUNK,
+                prefill_chunk: config.prefill_chunk,
             },
         );
         let (jobs, receiver) = mpsc::channel();

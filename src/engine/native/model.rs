@@ -11,6 +11,7 @@ use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{DType, Device, Module, Tensor};
 use serde_json::Value;
 
+use super::attention::Attention;
 use super::kv::KvCache;
 
 /// How rotary embeddings pair the dimensions of a head.
@@ -185,13 +186,54 @@ impl Architecture {
 }
 
 /// A linear layer: quantized or dense weight `[out, in]`, optional bias.
-struct Linear {
+pub(super) struct Linear {
     weight: QMatMul,
     bias: Option<Tensor>,
+    /// Fewest rows run through the weight on the CPU (see [`invariant_rows`]).
+    min_rows: usize,
+}
+
+/// The fewest rows with which candle's CPU matmul (the `gemm` crate) computes every output
+/// element of a `[rows, input] × [input, output]` product by its general kernel, whose order
+/// of summation depends on `input` alone. Fewer rows take other kernels (a matrix-vector
+/// product for one row, a horizontal kernel while `rows · output <= 256`, other blocking
+/// while both are at most 64), which round differently: a row's result would depend on how
+/// many rows ran beside it. Padding to this many rows makes it the same bits at any batch
+/// size; `linear_rows_do_not_depend_on_the_batch` checks it.
+fn invariant_rows(input: usize, output: usize) -> usize {
+    let mut rows = (256 / output.max(1) + 1).max(2);
+    if output <= 64 && input > 512 {
+        rows = rows.max(65);
+    }
+    rows
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn new(weight: QMatMul, bias: Option<Tensor>) -> candle_core::Result<Self> {
+        let (output, input) = match &weight {
+            QMatMul::QTensor(q) => q.shape().dims2()?,
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims2()?,
+        };
+        Ok(Self {
+            weight,
+            bias,
+            min_rows: invariant_rows(input, output),
+        })
+    }
+
+    /// `x · Wᵀ + b` for `x` of `[rows, input]`; on the CPU each row's result is the same
+    /// whatever the number of rows.
+    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let rows = x.dim(0)?;
+        if !x.device().is_cpu() || rows >= self.min_rows {
+            return self.product(x);
+        }
+        let padding = Tensor::zeros((self.min_rows - rows, x.dim(1)?), x.dtype(), x.device())?;
+        self.product(&Tensor::cat(&[x, &padding], 0)?)?
+            .narrow(0, 0, rows)
+    }
+
+    fn product(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = self.weight.forward(x)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -200,32 +242,33 @@ impl Linear {
     }
 }
 
-struct Layer {
-    attn_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+/// One decoder layer's weights.
+pub(super) struct Layer {
+    pub(super) attn_norm: Tensor,
+    pub(super) q: Linear,
+    pub(super) k: Linear,
+    pub(super) v: Linear,
+    pub(super) o: Linear,
     /// Per-head RMSNorm of queries and keys (Qwen3).
-    q_norm: Option<Tensor>,
-    k_norm: Option<Tensor>,
-    ffn_norm: Tensor,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    pub(super) q_norm: Option<Tensor>,
+    pub(super) k_norm: Option<Tensor>,
+    pub(super) ffn_norm: Tensor,
+    pub(super) gate: Linear,
+    pub(super) up: Linear,
+    pub(super) down: Linear,
 }
 
 /// The decoder with its weights on one device.
 pub struct Transformer {
-    arch: Architecture,
-    embed: Tensor,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    lm_head: Linear,
-    cos: Tensor,
-    sin: Tensor,
-    dtype: DType,
-    device: Device,
+    pub(super) arch: Architecture,
+    pub(super) embed: Tensor,
+    pub(super) layers: Vec<Layer>,
+    pub(super) norm: Tensor,
+    pub(super) lm_head: Linear,
+    pub(super) cos: Tensor,
+    pub(super) sin: Tensor,
+    pub(super) dtype: DType,
+    pub(super) device: Device,
 }
 
 /// Reads named tensors from a GGUF file or a safetensors directory.
@@ -271,7 +314,7 @@ impl Source {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear::new(weight, bias)?)
     }
 
     fn dense(&mut self, name: &str, device: &Device) -> Result<Tensor, ModelError> {
@@ -501,41 +544,38 @@ impl Transformer {
         self.dtype
     }
 
-    /// Runs `tokens[i]` of slot `slots[i]` at position `positions[i]` for every `i`, attending
-    /// to each slot's cached rows before it, writes their keys and values into the cache, and
-    /// returns the `f32` logits `[rows.len(), V]` of the rows listed in `rows`.
-    ///
-    /// Two shapes are used: many slots with one token each (a decode step), or one prompt
-    /// chunk of one slot at consecutive positions, whose keys and values are also written to
-    /// `copies` (the other samples of its group).
+    /// Runs `batch`: each row's token at its slot and position, attending to that slot's
+    /// cached positions up to its own; writes the rows' keys and values into the cache (and a
+    /// prompt chunk's into its copy slots), and returns the `f32` logits `[rows.len(), V]` of
+    /// the rows listed in `rows`.
     pub fn forward(
         &self,
         batch: &Batch,
         cache: &mut KvCache,
         rows: &[usize],
     ) -> candle_core::Result<Tensor> {
-        let n = batch.tokens.len();
         let a = &self.arch;
-        let ids = Tensor::new(batch.tokens.as_slice(), &self.device)?;
+        let tokens = batch.tokens();
+        let queries = batch.queries();
+        let n = tokens.len();
+        let ids = Tensor::new(tokens.as_slice(), &self.device)?;
         let pos = Tensor::new(
-            batch
-                .positions
-                .iter()
-                .map(|&p| p as u32)
-                .collect::<Vec<_>>(),
+            queries.iter().map(|&(_, p)| p as u32).collect::<Vec<_>>(),
             &self.device,
         )?;
         let half = a.head_dim / 2;
         let cos = self.cos.index_select(&pos, 0)?.reshape((n, 1, half))?;
         let sin = self.sin.index_select(&pos, 0)?.reshape((n, 1, half))?;
-        let attention = AttentionPlan::new(batch, cache, &self.device, self.dtype)?;
+        cache.reserve(queries.iter().map(|&(_, p)| p + 1).max().unwrap_or(0))?;
+        let writes = cache.row_index(&batch.writes(cache), &self.device)?;
+        let attention = Attention::plan(batch, cache, &self.device, self.dtype)?;
         let mut x = self.embed.index_select(&ids, 0)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, a.rms_eps as f32)?;
             let q = self.project_heads(&layer.q, &layer.q_norm, &h, a.heads, &cos, &sin)?;
             let k = self.project_heads(&layer.k, &layer.k_norm, &h, a.kv_heads, &cos, &sin)?;
             let v = layer.v.forward(&h)?;
-            cache.write(li, &attention.writes, &k.reshape((n, a.kv_width()))?, &v)?;
+            cache.write(li, &writes, &k.reshape((n, a.kv_width()))?, &v)?;
             let mixed = attention.attend(li, &q, cache, a)?;
             x = (x + layer.o.forward(&mixed)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, a.rms_eps as f32)?;
@@ -579,189 +619,75 @@ impl Transformer {
     }
 }
 
-/// Tokens to run in one forward, each with its slot and position.
-#[derive(Debug, Default, Clone)]
-pub struct Batch {
-    /// Token ids.
-    pub tokens: Vec<u32>,
-    /// Slot of each token.
-    pub slots: Vec<usize>,
-    /// Position of each token in its sequence.
-    pub positions: Vec<usize>,
-    /// Other slots that receive a copy of a prompt chunk's keys and values.
-    pub copies: Vec<usize>,
-}
-
-/// How one forward reads and writes the cache: decided once, used by every layer.
-struct AttentionPlan {
-    /// Cache rows written, one per token and copy (see [`KvCache::write`]).
-    writes: Tensor,
-    shape: AttentionShape,
-}
-
-enum AttentionShape {
-    /// One prompt chunk of one slot at positions `start..start + n`.
-    Chunk {
+/// What one forward computes. The scheduler says which kind it is; the model never infers it
+/// from the batch's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Batch {
+    /// Consecutive prompt tokens of one sequence at positions `start..start + tokens.len()` of
+    /// `slot`. Their keys and values are also written to every slot of `copies` (the other
+    /// samples of the prompt, which prefill with it).
+    Prompt {
+        /// The slot whose cache the chunk extends.
         slot: usize,
+        /// Position of the first token.
         start: usize,
-        n: usize,
-        mask: Option<Tensor>,
+        /// The chunk's tokens.
+        tokens: Vec<u32>,
+        /// Slots that receive copies of the chunk's keys and values.
+        copies: Vec<usize>,
     },
-    /// One token for each of `slots`, attending to `lengths[i]` rows each (up to `max_len`).
+    /// One token for each of several sequences.
     Decode {
-        slots: Tensor,
-        max_len: usize,
-        mask: Tensor,
+        /// One row per sequence.
+        rows: Vec<DecodeRow>,
     },
 }
 
-impl AttentionPlan {
-    fn new(
-        batch: &Batch,
-        cache: &mut KvCache,
-        device: &Device,
-        dtype: DType,
-    ) -> candle_core::Result<Self> {
-        let n = batch.tokens.len();
-        let chunk = n > 1 && batch.slots.iter().all(|&s| s == batch.slots[0]);
-        let needed = batch.positions.iter().max().map_or(0, |&p| p + 1);
-        cache.reserve(needed)?;
-        let mut rows: Vec<usize> = batch
-            .slots
-            .iter()
-            .zip(&batch.positions)
-            .map(|(&s, &p)| cache.row(s, p))
-            .collect();
-        if chunk {
-            for &copy in &batch.copies {
-                rows.extend(batch.positions.iter().map(|&p| cache.row(copy, p)));
-            }
+/// One sequence's token in a decode step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeRow {
+    /// The sequence's slot.
+    pub slot: usize,
+    /// Position of the token (the positions before it are cached).
+    pub position: usize,
+    /// The token fed.
+    pub token: u32,
+}
+
+impl Batch {
+    /// The tokens, one per row of the forward.
+    pub fn tokens(&self) -> Vec<u32> {
+        match self {
+            Self::Prompt { tokens, .. } => tokens.clone(),
+            Self::Decode { rows } => rows.iter().map(|r| r.token).collect(),
         }
-        let writes = cache.row_index(&rows, device)?;
-        let shape = if chunk {
-            let start = batch.positions[0];
-            // Causal mask over `start + n` keys for the `n` queries.
-            let mask = (n > 1).then(|| {
-                let keys = start + n;
-                let m: Vec<f32> = (0..n)
-                    .flat_map(|i| {
-                        (0..keys).map(move |j| {
-                            if j <= start + i {
-                                0.0
-                            } else {
-                                f32::NEG_INFINITY
-                            }
-                        })
-                    })
-                    .collect();
-                Tensor::from_vec(m, (n, keys), device).and_then(|t| t.to_dtype(dtype))
-            });
-            AttentionShape::Chunk {
-                slot: batch.slots[0],
-                start,
-                n,
-                mask: mask.transpose()?,
-            }
-        } else {
-            let max_len = needed;
-            let m: Vec<f32> = batch
-                .positions
-                .iter()
-                .flat_map(|&p| {
-                    (0..max_len).map(move |j| if j <= p { 0.0 } else { f32::NEG_INFINITY })
-                })
-                .collect();
-            AttentionShape::Decode {
-                slots: Tensor::new(
-                    batch.slots.iter().map(|&s| s as u32).collect::<Vec<_>>(),
-                    device,
-                )?,
-                max_len,
-                mask: Tensor::from_vec(m, (n, 1, 1, max_len), device)?.to_dtype(dtype)?,
-            }
-        };
-        Ok(Self { writes, shape })
     }
 
-    /// Attention of queries `q` `[n, heads, head_dim]` over the cache of layer `layer`:
-    /// `[n, heads · head_dim]`.
-    fn attend(
-        &self,
-        layer: usize,
-        q: &Tensor,
-        cache: &KvCache,
-        a: &Architecture,
-    ) -> candle_core::Result<Tensor> {
-        let groups = a.heads / a.kv_heads;
-        let scale = 1.0 / (a.head_dim as f64).sqrt();
-        match &self.shape {
-            AttentionShape::Chunk {
+    /// `(slot, position)` of each row: a row attends to positions `0..=position` of its slot.
+    pub fn queries(&self) -> Vec<(usize, usize)> {
+        match self {
+            Self::Prompt {
                 slot,
                 start,
-                n,
-                mask,
-            } => {
-                let keys = start + n;
-                // [keys, kv_heads, d] → [kv_heads, keys, d]
-                let (k, v) = cache.slot_rows(layer, *slot, keys)?;
-                let k = k
-                    .reshape((keys, a.kv_heads, a.head_dim))?
-                    .transpose(0, 1)?
-                    .contiguous()?;
-                let v = v
-                    .reshape((keys, a.kv_heads, a.head_dim))?
-                    .transpose(0, 1)?
-                    .contiguous()?;
-                // [n, heads, d] → [kv_heads, groups · n, d] (query head = kv head · groups + g)
-                let q = q
-                    .reshape((*n, a.kv_heads, groups, a.head_dim))?
-                    .permute((1, 2, 0, 3))?
-                    .contiguous()?
-                    .reshape((a.kv_heads, groups * n, a.head_dim))?;
-                let scores = (q.matmul(&k.t()?)? * scale)?;
-                let scores = match mask {
-                    Some(m) => scores
-                        .reshape((a.kv_heads, groups, *n, keys))?
-                        .broadcast_add(m)?
-                        .reshape((a.kv_heads, groups * n, keys))?,
-                    None => scores,
-                };
-                let probs = softmax_f32(&scores)?;
-                let out = probs.matmul(&v)?; // [kv_heads, groups · n, d]
-                out.reshape((a.kv_heads, groups, *n, a.head_dim))?
-                    .permute((2, 0, 1, 3))?
-                    .contiguous()?
-                    .reshape((*n, a.heads * a.head_dim))
-            }
-            AttentionShape::Decode {
-                slots,
-                max_len,
-                mask,
-            } => {
-                let n = slots.dim(0)?;
-                // [max_len, n, kv_width] → [n, kv_heads, max_len, d]
-                let (k, v) = cache.gather(layer, slots, *max_len)?;
-                let to_heads = |t: Tensor| {
-                    t.reshape((*max_len, n, a.kv_heads, a.head_dim))?
-                        .permute((1, 2, 0, 3))?
-                        .contiguous()
-                };
-                let (k, v) = (to_heads(k)?, to_heads(v)?);
-                let q = q.reshape((n, a.kv_heads, groups, a.head_dim))?;
-                let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-                let probs = softmax_f32(&scores)?;
-                probs
-                    .matmul(&v)? // [n, kv_heads, groups, d]
-                    .reshape((n, a.heads * a.head_dim))
-            }
+                tokens,
+                ..
+            } => (*start..start + tokens.len()).map(|p| (*slot, p)).collect(),
+            Self::Decode { rows } => rows.iter().map(|r| (r.slot, r.position)).collect(),
         }
     }
-}
 
-/// Softmax over the last dimension, computed in `f32` whatever the activation dtype.
-fn softmax_f32(scores: &Tensor) -> candle_core::Result<Tensor> {
-    let dtype = scores.dtype();
-    candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)
+    /// The cache rows each row's keys and values are written to: the rows of the queries,
+    /// then (for a prompt chunk) the same positions of every copy slot.
+    fn writes(&self, cache: &KvCache) -> Vec<usize> {
+        let queries = self.queries();
+        let mut rows: Vec<usize> = queries.iter().map(|&(s, p)| cache.row(s, p)).collect();
+        if let Self::Prompt { copies, .. } = self {
+            for &copy in copies {
+                rows.extend(queries.iter().map(|&(_, p)| cache.row(copy, p)));
+            }
+        }
+        rows
+    }
 }
 
 /// RoPE cos and sin tables `[max_context, head_dim / 2]`.
@@ -780,4 +706,61 @@ fn rope_tables(
         .reshape((a.max_context, 1))?;
     let freqs = t.broadcast_mul(&inv)?;
     Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn linear_rows_do_not_depend_on_the_batch() {
+        // (input, output): the default model's and the tiny test models' shapes, and edges of
+        // the matmul's kernel choices.
+        let shapes = [
+            (576, 576),
+            (576, 192),
+            (576, 1536),
+            (1536, 576),
+            (576, 4099),
+            (128, 64),
+            (128, 128),
+            (64, 32),
+            (600, 40),
+            (1000, 64),
+            (32, 300),
+        ];
+        for (i, &(input, output)) in shapes.iter().enumerate() {
+            let w = Tensor::from_vec(
+                values(input * output, i as u64),
+                (output, input),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let b = Tensor::from_vec(values(output, 99), output, &Device::Cpu).unwrap();
+            let linear = Linear::new(QMatMul::Tensor(w), Some(b)).unwrap();
+            let x = Tensor::from_vec(values(70 * input, 7 + i as u64), (70, input), &Device::Cpu)
+                .unwrap();
+            let all: Vec<Vec<f32>> = linear.forward(&x).unwrap().to_vec2().unwrap();
+            for rows in [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33, 64, 65] {
+                let some: Vec<Vec<f32>> = linear
+                    .forward(&x.narrow(0, 0, rows).unwrap())
+                    .unwrap()
+                    .to_vec2()
+                    .unwrap();
+                assert_eq!(some, all[..rows], "{input}→{output} with {rows} rows");
+            }
+        }
+    }
 }

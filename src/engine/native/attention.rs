@@ -1,0 +1,591 @@
+//! Attention of each query token over the cached keys and values of its own sequence.
+//!
+//! On the CPU every query token is computed on its own ([`RowwiseAttention`]): its scores over
+//! positions `0..=p` of its slot, a softmax and the weighted sum of values, each reduction in a
+//! fixed order that depends on nothing but the token's own position. A token's result is
+//! therefore the same bits whether it runs in a decode step beside 1 or 31 other sequences, as
+//! the last row of a prompt chunk or alone, which is what makes seeded samples independent of
+//! concurrent load. It reads the cache in place (no gather, no padding to the batch's longest
+//! sequence).
+//!
+//! Other devices (CUDA) use candle's tensor operations over gathered cache rows
+//! ([`Gathered`]): correct, not batch-invariant (a decode step pads every sequence to the
+//! longest one, and the reductions' blocking follows that length).
+
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::kv::KvCache;
+use super::model::{Architecture, Batch};
+
+/// How one forward's query tokens attend: decided once, used by every layer.
+pub enum Attention {
+    /// The CPU kernel: `(slot, position)` of each query token.
+    Rowwise(Vec<(usize, usize)>),
+    /// Candle operations on other devices.
+    Gathered(Gathered),
+}
+
+impl Attention {
+    /// Plans `batch` on `device`; the cache must already hold its positions.
+    pub fn plan(
+        batch: &Batch,
+        cache: &KvCache,
+        device: &Device,
+        dtype: DType,
+    ) -> candle_core::Result<Self> {
+        if device.is_cpu() {
+            return Ok(Self::Rowwise(batch.queries()));
+        }
+        Gathered::plan(batch, cache, device, dtype).map(Self::Gathered)
+    }
+
+    /// Attention of queries `q` (`[n, heads, head_dim]`) over layer `layer` of the cache:
+    /// `[n, heads · head_dim]`.
+    pub fn attend(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        cache: &KvCache,
+        a: &Architecture,
+    ) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Rowwise(queries) => {
+                let (k, v) = cache.layer(layer);
+                let op = RowwiseAttention {
+                    queries,
+                    slots: cache.slots(),
+                    heads: a.heads,
+                    kv_heads: a.kv_heads,
+                    head_dim: a.head_dim,
+                };
+                q.contiguous()?.apply_op3_no_bwd(k, v, &op)
+            }
+            Self::Gathered(g) => g.attend(layer, q, cache, a),
+        }
+    }
+}
+
+/// The CPU attention kernel (see the module's documentation).
+pub struct RowwiseAttention<'a> {
+    /// `(slot, position)` of each query token: it attends to positions `0..=position`.
+    pub queries: &'a [(usize, usize)],
+    /// Slots of the cache (rows are `position · slots + slot`).
+    pub slots: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Width of a head.
+    pub head_dim: usize,
+}
+
+/// The element types the kernel reads, computed in `f32`.
+trait Element: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    fn from_f32(x: f32) -> Self;
+    /// `row` as `f32`: itself for `f32`, converted into `buffer` otherwise.
+    fn as_f32<'a>(row: &'a [Self], buffer: &'a mut Vec<f32>) -> &'a [f32] {
+        buffer.clear();
+        buffer.extend(row.iter().map(|x| x.to_f32()));
+        buffer
+    }
+}
+
+impl Element for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    fn as_f32<'a>(row: &'a [Self], _: &'a mut Vec<f32>) -> &'a [f32] {
+        row
+    }
+}
+
+impl Element for half::bf16 {
+    fn to_f32(self) -> f32 {
+        self.to_f32()
+    }
+    fn from_f32(x: f32) -> Self {
+        half::bf16::from_f32(x)
+    }
+}
+
+impl Element for half::f16 {
+    fn to_f32(self) -> f32 {
+        self.to_f32()
+    }
+    fn from_f32(x: f32) -> Self {
+        half::f16::from_f32(x)
+    }
+}
+
+/// `Σ a_i b_i` in a fixed order: eight lanes over the chunks of eight, summed pairwise, then
+/// the tail in order. The same inputs give the same bits wherever they are computed.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    let mut sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+    for (x, y) in ta.iter().zip(tb) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// Per-thread buffers.
+#[derive(Default)]
+struct Scratch {
+    q: Vec<f32>,
+    scores: Vec<f32>,
+    sums: Vec<f32>,
+    acc: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl RowwiseAttention<'_> {
+    fn run<T: Element>(&self, q: &[T], k: &[T], v: &[T]) -> candle_core::Result<Vec<T>> {
+        let (d, heads, kv_heads) = (self.head_dim, self.heads, self.kv_heads);
+        let groups = heads / kv_heads;
+        let width = kv_heads * d;
+        let rows = k.len() / width.max(1);
+        for &(slot, position) in self.queries {
+            if slot >= self.slots || (position + 1) * self.slots > rows {
+                candle_core::bail!("attention: position {position} of slot {slot} is not cached");
+            }
+        }
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![T::from_f32(0.0); self.queries.len() * heads * d];
+        // One chunk per (query token, key/value head): the `groups` query heads that share
+        // that key/value head, `groups · d` outputs.
+        out.par_chunks_mut(groups * d).enumerate().for_each_init(
+            Scratch::default,
+            |s, (c, out)| {
+                let (t, h) = (c / kv_heads, c % kv_heads);
+                let (slot, position) = self.queries[t];
+                let len = position + 1;
+                s.q.clear();
+                let first = (t * heads + h * groups) * d;
+                s.q.extend(q[first..first + groups * d].iter().map(|x| x.to_f32()));
+                s.scores.clear();
+                s.scores.resize(groups * len, 0.0);
+                for p in 0..len {
+                    let at = (p * self.slots + slot) * width + h * d;
+                    let key = T::as_f32(&k[at..at + d], &mut s.k);
+                    for g in 0..groups {
+                        s.scores[g * len + p] = dot(&s.q[g * d..(g + 1) * d], key) * scale;
+                    }
+                }
+                s.sums.clear();
+                s.sums.resize(groups, 0.0);
+                for (g, sum) in s.sums.iter_mut().enumerate() {
+                    let row = &mut s.scores[g * len..(g + 1) * len];
+                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                    for x in row.iter_mut() {
+                        *x = (*x - max).exp();
+                        *sum += *x;
+                    }
+                }
+                s.acc.clear();
+                s.acc.resize(groups * d, 0.0);
+                for p in 0..len {
+                    let at = (p * self.slots + slot) * width + h * d;
+                    let value = T::as_f32(&v[at..at + d], &mut s.v);
+                    for g in 0..groups {
+                        let w = s.scores[g * len + p];
+                        for (a, x) in s.acc[g * d..(g + 1) * d].iter_mut().zip(value) {
+                            *a += w * x;
+                        }
+                    }
+                }
+                for (g, sum) in s.sums.iter().enumerate() {
+                    for (o, a) in out[g * d..(g + 1) * d]
+                        .iter_mut()
+                        .zip(&s.acc[g * d..(g + 1) * d])
+                    {
+                        *o = T::from_f32(a / sum);
+                    }
+                }
+            },
+        );
+        Ok(out)
+    }
+}
+
+/// The contiguous elements of a CPU tensor.
+fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> candle_core::Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((from, to)) => Ok(&data[from..to]),
+        None => candle_core::bail!("attention: inputs must be contiguous"),
+    }
+}
+
+impl CustomOp3 for RowwiseAttention<'_> {
+    fn name(&self) -> &'static str {
+        "entroll-rowwise-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        lq: &Layout,
+        k: &CpuStorage,
+        lk: &Layout,
+        v: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let expected = self.queries.len() * self.heads * self.head_dim;
+        if lq.shape().elem_count() != expected {
+            candle_core::bail!("attention: queries of shape {:?}", lq.shape());
+        }
+        use CpuStorage as S;
+        let out = match (q, k, v) {
+            (S::F32(q), S::F32(k), S::F32(v)) => {
+                S::F32(self.run(contiguous(q, lq)?, contiguous(k, lk)?, contiguous(v, lv)?)?)
+            }
+            (S::BF16(q), S::BF16(k), S::BF16(v)) => {
+                S::BF16(self.run(contiguous(q, lq)?, contiguous(k, lk)?, contiguous(v, lv)?)?)
+            }
+            (S::F16(q), S::F16(k), S::F16(v)) => {
+                S::F16(self.run(contiguous(q, lq)?, contiguous(k, lk)?, contiguous(v, lv)?)?)
+            }
+            _ => candle_core::bail!("attention: unsupported or mixed dtypes"),
+        };
+        Ok((
+            out,
+            Shape::from((self.queries.len(), self.heads * self.head_dim)),
+        ))
+    }
+}
+
+/// Attention through candle operations over gathered cache rows, for devices without the
+/// row-wise kernel.
+pub enum Gathered {
+    /// A prompt chunk of one slot at positions `start..start + n`.
+    Chunk {
+        slot: usize,
+        start: usize,
+        n: usize,
+        mask: Option<Tensor>,
+    },
+    /// One token for each of `slots`, attending to `max_len` rows each under `mask`.
+    Decode {
+        slots: Tensor,
+        max_len: usize,
+        mask: Tensor,
+    },
+}
+
+impl Gathered {
+    fn plan(
+        batch: &Batch,
+        _cache: &KvCache,
+        device: &Device,
+        dtype: DType,
+    ) -> candle_core::Result<Self> {
+        Ok(match batch {
+            Batch::Prompt {
+                slot,
+                start,
+                tokens,
+                ..
+            } => {
+                let (start, n) = (*start, tokens.len());
+                // Causal mask over `start + n` keys for the `n` queries.
+                let mask = (n > 1).then(|| {
+                    let keys = start + n;
+                    let m: Vec<f32> = (0..n)
+                        .flat_map(|i| {
+                            (0..keys).map(move |j| {
+                                if j <= start + i {
+                                    0.0
+                                } else {
+                                    f32::NEG_INFINITY
+                                }
+                            })
+                        })
+                        .collect();
+                    Tensor::from_vec(m, (n, keys), device).and_then(|t| t.to_dtype(dtype))
+                });
+                Self::Chunk {
+                    slot: *slot,
+                    start,
+                    n,
+                    mask: mask.transpose()?,
+                }
+            }
+            Batch::Decode { rows } => {
+                let n = rows.len();
+                let max_len = rows.iter().map(|r| r.position + 1).max().unwrap_or(0);
+                let m: Vec<f32> = rows
+                    .iter()
+                    .flat_map(|r| {
+                        (0..max_len).map(move |j| {
+                            if j <= r.position {
+                                0.0
+                            } else {
+                                f32::NEG_INFINITY
+                            }
+                        })
+                    })
+                    .collect();
+                Self::Decode {
+                    slots: Tensor::new(
+                        rows.iter().map(|r| r.slot as u32).collect::<Vec<_>>(),
+                        device,
+                    )?,
+                    max_len,
+                    mask: Tensor::from_vec(m, (n, 1, 1, max_len), device)?.to_dtype(dtype)?,
+                }
+            }
+        })
+    }
+
+    fn attend(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        cache: &KvCache,
+        a: &Architecture,
+    ) -> candle_core::Result<Tensor> {
+        let groups = a.heads / a.kv_heads;
+        let scale = 1.0 / (a.head_dim as f64).sqrt();
+        match self {
+            Self::Chunk {
+                slot,
+                start,
+                n,
+                mask,
+            } => {
+                let keys = start + n;
+                // [keys, kv_heads, d] → [kv_heads, keys, d]
+                let (k, v) = cache.slot_rows(layer, *slot, keys)?;
+                let heads_first = |t: Tensor| {
+                    t.reshape((keys, a.kv_heads, a.head_dim))?
+                        .transpose(0, 1)?
+                        .contiguous()
+                };
+                let (k, v) = (heads_first(k)?, heads_first(v)?);
+                // [n, heads, d] → [kv_heads, groups · n, d] (query head = kv head · groups + g)
+                let q = q
+                    .reshape((*n, a.kv_heads, groups, a.head_dim))?
+                    .permute((1, 2, 0, 3))?
+                    .contiguous()?
+                    .reshape((a.kv_heads, groups * n, a.head_dim))?;
+                let scores = (q.matmul(&k.t()?)? * scale)?;
+                let scores = match mask {
+                    Some(m) => scores
+                        .reshape((a.kv_heads, groups, *n, keys))?
+                        .broadcast_add(m)?
+                        .reshape((a.kv_heads, groups * n, keys))?,
+                    None => scores,
+                };
+                let probs = softmax_f32(&scores)?;
+                probs
+                    .matmul(&v)? // [kv_heads, groups · n, d]
+                    .reshape((a.kv_heads, groups, *n, a.head_dim))?
+                    .permute((2, 0, 1, 3))?
+                    .contiguous()?
+                    .reshape((*n, a.heads * a.head_dim))
+            }
+            Self::Decode {
+                slots,
+                max_len,
+                mask,
+            } => {
+                let n = slots.dim(0)?;
+                // [max_len, n, kv_width] → [n, kv_heads, max_len, d]
+                let (k, v) = cache.gather(layer, slots, *max_len)?;
+                let to_heads = |t: Tensor| {
+                    t.reshape((*max_len, n, a.kv_heads, a.head_dim))?
+                        .permute((1, 2, 0, 3))?
+                        .contiguous()
+                };
+                let (k, v) = (to_heads(k)?, to_heads(v)?);
+                let q = q.reshape((n, a.kv_heads, groups, a.head_dim))?;
+                let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+                let probs = softmax_f32(&scores)?;
+                probs
+                    .matmul(&v)? // [n, kv_heads, groups, d]
+                    .reshape((n, a.heads * a.head_dim))
+            }
+        }
+    }
+}
+
+/// Softmax over the last dimension, computed in `f32` whatever the activation dtype.
+pub fn softmax_f32(scores: &Tensor) -> candle_core::Result<Tensor> {
+    let dtype = scores.dtype();
+    candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::native::model::{DecodeRow, RopeStyle};
+
+    fn arch(heads: usize, kv_heads: usize, head_dim: usize) -> Architecture {
+        Architecture {
+            family: "llama".into(),
+            hidden: heads * head_dim,
+            layers: 1,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab: 16,
+            rms_eps: 1e-6,
+            rope_theta: 10_000.0,
+            rope_style: RopeStyle::Halves,
+            max_context: 256,
+        }
+    }
+
+    /// Deterministic values in [-2, 2).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    /// A cache of 4 slots × 40 positions filled with random keys and values.
+    fn filled_cache(a: &Architecture) -> KvCache {
+        let mut cache = KvCache::new(1, 4, a.kv_width(), 64, DType::F32, &Device::Cpu);
+        cache.reserve(40).unwrap();
+        let rows: Vec<usize> = (0..160).collect();
+        let index = cache.row_index(&rows, &Device::Cpu).unwrap();
+        let k = Tensor::from_vec(
+            values(160 * a.kv_width(), 1),
+            (160, a.kv_width()),
+            &Device::Cpu,
+        );
+        let v = Tensor::from_vec(
+            values(160 * a.kv_width(), 2),
+            (160, a.kv_width()),
+            &Device::Cpu,
+        );
+        cache.write(0, &index, &k.unwrap(), &v.unwrap()).unwrap();
+        cache
+    }
+
+    fn queries_tensor(a: &Architecture, n: usize, seed: u64) -> Tensor {
+        Tensor::from_vec(
+            values(n * a.heads * a.head_dim, seed),
+            (n, a.heads, a.head_dim),
+            &Device::Cpu,
+        )
+        .unwrap()
+    }
+
+    fn decode(rows: &[(usize, usize)]) -> Batch {
+        Batch::Decode {
+            rows: rows
+                .iter()
+                .map(|&(slot, position)| DecodeRow {
+                    slot,
+                    position,
+                    token: 0,
+                })
+                .collect(),
+        }
+    }
+
+    fn attend_on(batch: &Batch, q: &Tensor, cache: &KvCache, a: &Architecture) -> Vec<Vec<f32>> {
+        let plan = Attention::plan(batch, cache, &Device::Cpu, DType::F32).unwrap();
+        plan.attend(0, q, cache, a).unwrap().to_vec2().unwrap()
+    }
+
+    #[test]
+    fn a_token_gets_the_same_bits_alone_in_a_batch_or_in_a_prompt_chunk() {
+        for (heads, kv_heads, d) in [(4, 2, 32), (9, 3, 64), (2, 2, 12)] {
+            let a = arch(heads, kv_heads, d);
+            let cache = filled_cache(&a);
+            // Slot 2 at position 30, with different neighbours and as a chunk's last row.
+            let q = queries_tensor(&a, 4, 7);
+            let mine = q.narrow(0, 0, 1).unwrap();
+            let alone = attend_on(&decode(&[(2, 30)]), &mine, &cache, &a);
+            let crowd = attend_on(&decode(&[(2, 30), (0, 3), (1, 39), (3, 0)]), &q, &cache, &a);
+            assert_eq!(
+                alone[0], crowd[0],
+                "{heads}/{kv_heads}/{d}: decode neighbours"
+            );
+            let chunk_q = Tensor::cat(&[&q.narrow(0, 1, 3).unwrap(), &mine], 0).unwrap();
+            let chunk = Batch::Prompt {
+                slot: 2,
+                start: 27,
+                tokens: vec![0; 4],
+                copies: vec![],
+            };
+            let chunk = attend_on(&chunk, &chunk_q, &cache, &a);
+            assert_eq!(alone[0], chunk[3], "{heads}/{kv_heads}/{d}: prompt chunk");
+        }
+    }
+
+    #[test]
+    fn the_kernel_agrees_with_candle_operations_on_gathered_rows() {
+        let a = arch(4, 2, 32);
+        let cache = filled_cache(&a);
+        let rows = [(2, 30), (0, 3), (1, 39), (3, 0)];
+        let q = queries_tensor(&a, rows.len(), 11);
+        let batch = decode(&rows);
+        let kernel = attend_on(&batch, &q, &cache, &a);
+        let gathered = Gathered::plan(&batch, &cache, &Device::Cpu, DType::F32).unwrap();
+        let reference: Vec<Vec<f32>> = gathered
+            .attend(0, &q, &cache, &a)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        for (x, y) in kernel.iter().flatten().zip(reference.iter().flatten()) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
+        // The same for a prompt chunk (causal within the chunk).
+        let chunk = Batch::Prompt {
+            slot: 1,
+            start: 5,
+            tokens: vec![0; 4],
+            copies: vec![],
+        };
+        let kernel = attend_on(&chunk, &q, &cache, &a);
+        let gathered = Gathered::plan(&chunk, &cache, &Device::Cpu, DType::F32).unwrap();
+        let reference: Vec<Vec<f32>> = gathered
+            .attend(0, &q, &cache, &a)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        for (x, y) in kernel.iter().flatten().zip(reference.iter().flatten()) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn a_position_beyond_the_cache_is_an_error_not_a_read_out_of_bounds() {
+        let a = arch(4, 2, 32);
+        let cache = filled_cache(&a);
+        let q = queries_tensor(&a, 1, 3);
+        let plan = Attention::plan(&decode(&[(1, 64)]), &cache, &Device::Cpu, DType::F32).unwrap();
+        assert!(plan.attend(0, &q, &cache, &a).is_err());
+    }
+
+    #[test]
+    fn dot_products_are_exact_on_small_integers() {
+        let a: Vec<f32> = (0..19).map(|x| x as f32).collect();
+        let b: Vec<f32> = (0..19).map(|x| (x % 3) as f32).collect();
+        let expected: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert_eq!(dot(&a, &b), expected);
+    }
+}
