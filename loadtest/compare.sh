@@ -8,6 +8,8 @@
 # compares the native engine with all statistics, the native engine drawing without
 # statistics, and mistral.rs with all statistics:
 #   CONFIGS='native=--engine native;native-nostats=--engine native --sampler engine;mistralrs=--engine mistralrs'
+# Flags that start with `@PATH ` run the entroll binary at PATH instead of this tree's (an A/B
+# of two builds on the same load): `CONFIGS='before=@/tmp/entroll-old --engine native;after=--engine native'`.
 # Needs the default model (`cargo run -- fetch-model`). Prints a line per configuration and the
 # ratios; the full JSON reports (with the server's step breakdown) stay in $OUT (default: a
 # temporary directory).
@@ -23,10 +25,11 @@ out=${OUT:-$(mktemp -d)}; mkdir -p "$out"
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 
 run() { # label "server flags" loadtest-flags...
-  local label=$1 flags=$2; shift 2
+  local label=$1 flags=$2 bin=$dir/entroll; shift 2
+  if [[ $flags == @* ]]; then bin=${flags%% *}; bin=${bin#@}; flags=${flags#* }; fi
   local fifo=$out/$label.stdout
   # shellcheck disable=SC2086
-  "$dir/entroll" serve --port 0 $flags < /dev/null > "$fifo" 2>"$out/$label.log" &
+  "$bin" serve --port 0 $flags < /dev/null > "$fifo" 2>"$out/$label.log" &
   local pid=$!
   for _ in $(seq 600); do grep -q "listening on" "$fifo" 2>/dev/null && break; sleep 0.2; done
   local url; url=$(sed -n 's/^entroll listening on //p' "$fifo")

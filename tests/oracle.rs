@@ -169,13 +169,18 @@ fn edge_lengths(chunk: usize, rng: &mut Rng, random: usize, longest: usize) -> V
 }
 
 /// Greedy groups of every edge length (random ones up to `longest`) on `model` with `chunk`,
-/// each length in `sizes` groups whose sizes cycle through 1 to 8.
+/// each length in `sizes` groups whose sizes cycle through 1 to 8 (`ENTROLL_ORACLE_SIZES`
+/// overrides it: 8 runs every size with every length).
 async fn greedy_groups_agree_and_match_the_oracle(
     model: &Path,
     chunk: usize,
     sizes: usize,
     longest: usize,
 ) {
+    let sizes = std::env::var("ENTROLL_ORACLE_SIZES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(sizes, |n| n.clamp(1, 8));
     let oracle = Oracle::load(model).unwrap();
     let s = server(model, chunk, 32);
     let mut rng = Rng(chunk as u64);
@@ -245,12 +250,11 @@ fn random_request(rng: &mut Rng, chunk: usize, pool: &mut Vec<Vec<u32>>) -> Valu
             json!({"token_ids": tokens, "group_size": 1 + rng.below(8)})
         })
         .collect();
-    let sampling = match rng.below(3) {
+    let mut sampling = match rng.below(3) {
         0 => json!({"temperature": 1.0, "top_k": 1}),
         1 => json!({"temperature": 0.7}),
         _ => json!({"temperature": 1.0, "top_p": 0.95}),
     };
-    let mut sampling = sampling;
     sampling["max_tokens"] = json!(1 + rng.below(14));
     sampling["seed"] = json!(rng.next() % 1000);
     json!({"prompts": prompts, "sampling": sampling, "stats": {"top_p": 0.9}})
@@ -350,6 +354,15 @@ async fn seeded_requests_give_the_same_bytes_alone_together_and_in_another_order
     }
 }
 
+/// A directory removed when dropped (also when the test fails).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Copies the checkpoint at `from` to `to` with every weight scaled by `factor` (a model of
 /// the same shape that answers differently).
 fn scaled_checkpoint(from: &Path, to: &Path, factor: f64) {
@@ -372,9 +385,9 @@ fn scaled_checkpoint(from: &Path, to: &Path, factor: f64) {
 #[tokio::test]
 async fn after_a_weight_swap_samples_match_the_new_weights() {
     let model = common::tiny_random_model("qwen2");
-    let other: PathBuf =
-        std::env::temp_dir().join(format!("entroll-scaled-{}", std::process::id()));
-    scaled_checkpoint(&model, &other, 1.3);
+    let other =
+        TempDir(std::env::temp_dir().join(format!("entroll-scaled-{}", std::process::id())));
+    scaled_checkpoint(&model, &other.0, 1.3);
     let s = server(&model, 8, 4);
     let mut rng = Rng(5);
     let request = json!({
@@ -407,10 +420,10 @@ async fn after_a_weight_swap_samples_match_the_new_weights() {
         &first,
         "before the swap",
     );
-    swap(&other, 1).await;
+    swap(&other.0, 1).await;
     let swapped = rollout(&s.base, &request).await;
     check_oracle(
-        &Oracle::load(&other).unwrap(),
+        &Oracle::load(&other.0).unwrap(),
         &request,
         &swapped,
         "after the swap",
@@ -436,7 +449,6 @@ async fn after_a_weight_swap_samples_match_the_new_weights() {
         unversioned(&first),
         "the old weights again, other samples"
     );
-    std::fs::remove_dir_all(&other).unwrap();
 }
 
 /// Waits until the `/metrics` sample `name` reaches `value`.

@@ -27,17 +27,12 @@ pub enum Attention {
 }
 
 impl Attention {
-    /// Plans `batch` on `device`; the cache must already hold its positions.
-    pub fn plan(
-        batch: &Batch,
-        cache: &KvCache,
-        device: &Device,
-        dtype: DType,
-    ) -> candle_core::Result<Self> {
+    /// Plans `batch` on `device` (with activations in `dtype`).
+    pub fn plan(batch: &Batch, device: &Device, dtype: DType) -> candle_core::Result<Self> {
         if device.is_cpu() {
             return Ok(Self::Rowwise(batch.queries()));
         }
-        Gathered::plan(batch, cache, device, dtype).map(Self::Gathered)
+        Gathered::plan(batch, device, dtype).map(Self::Gathered)
     }
 
     /// Attention of queries `q` (`[n, heads, head_dim]`) over layer `layer` of the cache:
@@ -106,7 +101,7 @@ impl Element for f32 {
 
 impl Element for half::bf16 {
     fn to_f32(self) -> f32 {
-        self.to_f32()
+        f32::from(self)
     }
     fn from_f32(x: f32) -> Self {
         half::bf16::from_f32(x)
@@ -115,7 +110,7 @@ impl Element for half::bf16 {
 
 impl Element for half::f16 {
     fn to_f32(self) -> f32 {
-        self.to_f32()
+        f32::from(self)
     }
     fn from_f32(x: f32) -> Self {
         half::f16::from_f32(x)
@@ -129,8 +124,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ta, tb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            lanes[l] += x[l] * y[l];
+        for ((lane, x), y) in lanes.iter_mut().zip(x).zip(y) {
+            *lane += x * y;
         }
     }
     let mut sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
@@ -286,12 +281,7 @@ pub enum Gathered {
 }
 
 impl Gathered {
-    fn plan(
-        batch: &Batch,
-        _cache: &KvCache,
-        device: &Device,
-        dtype: DType,
-    ) -> candle_core::Result<Self> {
+    fn plan(batch: &Batch, device: &Device, dtype: DType) -> candle_core::Result<Self> {
         Ok(match batch {
             Batch::Prompt {
                 slot,
@@ -506,7 +496,7 @@ mod tests {
     }
 
     fn attend_on(batch: &Batch, q: &Tensor, cache: &KvCache, a: &Architecture) -> Vec<Vec<f32>> {
-        let plan = Attention::plan(batch, cache, &Device::Cpu, DType::F32).unwrap();
+        let plan = Attention::plan(batch, &Device::Cpu, DType::F32).unwrap();
         plan.attend(0, q, cache, a).unwrap().to_vec2().unwrap()
     }
 
@@ -540,35 +530,25 @@ mod tests {
     fn the_kernel_agrees_with_candle_operations_on_gathered_rows() {
         let a = arch(4, 2, 32);
         let cache = filled_cache(&a);
-        let rows = [(2, 30), (0, 3), (1, 39), (3, 0)];
-        let q = queries_tensor(&a, rows.len(), 11);
-        let batch = decode(&rows);
-        let kernel = attend_on(&batch, &q, &cache, &a);
-        let gathered = Gathered::plan(&batch, &cache, &Device::Cpu, DType::F32).unwrap();
-        let reference: Vec<Vec<f32>> = gathered
-            .attend(0, &q, &cache, &a)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
-        for (x, y) in kernel.iter().flatten().zip(reference.iter().flatten()) {
-            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
-        }
-        // The same for a prompt chunk (causal within the chunk).
+        let q = queries_tensor(&a, 4, 11);
         let chunk = Batch::Prompt {
             slot: 1,
             start: 5,
             tokens: vec![0; 4],
             copies: vec![],
         };
-        let kernel = attend_on(&chunk, &q, &cache, &a);
-        let gathered = Gathered::plan(&chunk, &cache, &Device::Cpu, DType::F32).unwrap();
-        let reference: Vec<Vec<f32>> = gathered
-            .attend(0, &q, &cache, &a)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
-        for (x, y) in kernel.iter().flatten().zip(reference.iter().flatten()) {
-            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        // A decode step over slots of other lengths, and a prompt chunk (causal within it).
+        for batch in [decode(&[(2, 30), (0, 3), (1, 39), (3, 0)]), chunk] {
+            let kernel = attend_on(&batch, &q, &cache, &a);
+            let gathered = Gathered::plan(&batch, &Device::Cpu, DType::F32).unwrap();
+            let reference: Vec<Vec<f32>> = gathered
+                .attend(0, &q, &cache, &a)
+                .unwrap()
+                .to_vec2()
+                .unwrap();
+            for (x, y) in kernel.iter().flatten().zip(reference.iter().flatten()) {
+                assert!((x - y).abs() < 1e-5, "{batch:?}: {x} vs {y}");
+            }
         }
     }
 
@@ -577,7 +557,7 @@ mod tests {
         let a = arch(4, 2, 32);
         let cache = filled_cache(&a);
         let q = queries_tensor(&a, 1, 3);
-        let plan = Attention::plan(&decode(&[(1, 64)]), &cache, &Device::Cpu, DType::F32).unwrap();
+        let plan = Attention::plan(&decode(&[(1, 64)]), &Device::Cpu, DType::F32).unwrap();
         assert!(plan.attend(0, &q, &cache, &a).is_err());
     }
 

@@ -568,7 +568,7 @@ impl Transformer {
         let sin = self.sin.index_select(&pos, 0)?.reshape((n, 1, half))?;
         cache.reserve(queries.iter().map(|&(_, p)| p + 1).max().unwrap_or(0))?;
         let writes = cache.row_index(&batch.writes(cache), &self.device)?;
-        let attention = Attention::plan(batch, cache, &self.device, self.dtype)?;
+        let attention = Attention::plan(batch, &self.device, self.dtype)?;
         let mut x = self.embed.index_select(&ids, 0)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, a.rms_eps as f32)?;
@@ -655,6 +655,14 @@ pub struct DecodeRow {
 }
 
 impl Batch {
+    /// Rows of the forward (tokens computed).
+    pub fn rows(&self) -> usize {
+        match self {
+            Self::Prompt { tokens, .. } => tokens.len(),
+            Self::Decode { rows } => rows.len(),
+        }
+    }
+
     /// The tokens, one per row of the forward.
     pub fn tokens(&self) -> Vec<u32> {
         match self {

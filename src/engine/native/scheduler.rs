@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use super::kv::KvCache;
 use super::model::Transformer;
-use super::plan::{Batch, Batcher, SeqId};
+use super::plan::{Batcher, SeqId};
 use super::text::TextCodec;
 use crate::api::FinishReason;
 use crate::engine::{Drawing, EngineError, SequenceOutput, SequenceRequest};
@@ -176,10 +176,7 @@ impl Scheduler {
     fn prefill(&mut self) -> candle_core::Result<()> {
         let mut budget = self.limits.prefill_chunk;
         while let Some(work) = self.batcher.next_prompt(budget) {
-            let Batch::Prompt { tokens, .. } = &work.batch else {
-                unreachable!("next_prompt plans prompt chunks");
-            };
-            let take = tokens.len();
+            let take = work.batch.rows();
             let started = Instant::now();
             let logits = self
                 .model
