@@ -51,7 +51,17 @@ impl ApiError {
         }
     }
 
-    /// The `error_type` string clients switch on.
+    /// Every `error_type` an answer can carry.
+    pub const ERROR_TYPES: [&'static str; 6] = [
+        "validation",
+        "overloaded",
+        "timeout",
+        "engine",
+        "shutting_down",
+        "internal",
+    ];
+
+    /// The `error_type` string clients switch on (one of [`ApiError::ERROR_TYPES`]).
     pub fn error_type(&self) -> &'static str {
         match self {
             ApiError::Malformed(_) | ApiError::Invalid(_) | ApiError::TooLarge(_) => "validation",
@@ -95,5 +105,26 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_type_is_listed() {
+        for e in [
+            ApiError::Malformed(String::new()),
+            ApiError::Invalid(String::new()),
+            ApiError::TooLarge(1),
+            ApiError::Overloaded(1),
+            ApiError::Timeout(1),
+            ApiError::Engine(String::new()),
+            ApiError::ShuttingDown,
+            ApiError::Internal(String::new()),
+        ] {
+            assert!(ApiError::ERROR_TYPES.contains(&e.error_type()), "{e:?}");
+        }
     }
 }

@@ -19,11 +19,15 @@ use entroll::weights::WeightUpdater;
 #[command(
     name = "entroll",
     version,
-    about = "Rollout and scoring server with per-token entropy statistics"
+    about = "Rollout and scoring server with per-token entropy statistics",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Without a subcommand, `entroll` is `entroll serve`: the same flags and variables.
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
@@ -34,7 +38,7 @@ enum Command {
     FetchModel(FetchArgs),
 }
 
-#[derive(Args, Default)]
+#[derive(Args)]
 struct ServeArgs {
     /// TOML file of settings (flags and ENTROLL_* variables override it).
     #[arg(long, env = "ENTROLL_CONFIG")]
@@ -61,14 +65,15 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command {
         Some(Command::FetchModel(args)) => {
             let path = model_store::fetch_default_model(&args.python)?;
             println!("{}", path.display());
             Ok(())
         }
         Some(Command::Serve(args)) => serve(*args),
-        None => serve(ServeArgs::default()),
+        None => serve(cli.serve),
     }
 }
 

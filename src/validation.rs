@@ -2,7 +2,6 @@
 //! applied, before any engine work. Token-level checks run after tokenization
 //! ([`check_prompt_tokens`]).
 
-use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 
 use serde::de::DeserializeOwned;
@@ -225,13 +224,10 @@ pub fn validate(req: RolloutRequest, config: &Config) -> Result<ValidRollout, Ap
     }
     let timeout = req.timeout_ms.map(std::time::Duration::from_millis);
 
-    let mut seen = HashSet::new();
     let mut prompts = Vec::with_capacity(req.prompts.len());
     for (i, p) in req.prompts.iter().enumerate() {
+        // A label echoed back, not a key: training batches repeat problems.
         let id = p.id.clone().unwrap_or_else(|| i.to_string());
-        if !seen.insert(id.clone()) {
-            return Err(invalid(format!("prompts[{i}].id {id:?} is not unique")));
-        }
         let group_size = match p.group_size {
             Some(g) => check_group_size(&format!("prompts[{i}].group_size"), g, config)?,
             None => group_size,

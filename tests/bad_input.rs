@@ -181,11 +181,6 @@ async fn bad_requests_get_4xx_and_the_server_keeps_serving() {
             422,
         ),
         (
-            "duplicate prompt ids",
-            json!({"prompts": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]}).to_string(),
-            422,
-        ),
-        (
             "too many prompts",
             json!({"prompts": vec![json!({"text": "x"}); 257]}).to_string(),
             422,

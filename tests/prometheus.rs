@@ -161,4 +161,45 @@ async fn prometheus_scrapes_statistics_consistent_with_the_responses() {
     // Nothing is left running.
     assert_eq!(get("entroll_requests_running").await, 0.0);
     assert_eq!(get("entroll_sequences_running").await, 0.0);
+    // Every panel of the shipped dashboards has data: each expression returns a series.
+    let mut checked = 0;
+    for expr in dashboard_expressions() {
+        let q = expr.replace("$__rate_interval", "1m");
+        assert!(
+            series(&prom, &q).await > 0,
+            "dashboard query with no data: {expr}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 30, "only {checked} dashboard queries found");
+}
+
+/// Every PromQL expression of the dashboards in `configs/grafana/dashboards/`.
+fn dashboard_expressions() -> Vec<String> {
+    let mut exprs = Vec::new();
+    for entry in std::fs::read_dir("configs/grafana/dashboards").unwrap() {
+        let dashboard: Value =
+            serde_json::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap()).unwrap();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                exprs.extend(target["expr"].as_str().map(str::to_string));
+            }
+        }
+    }
+    exprs
+}
+
+/// How many series the instant query `q` returns.
+async fn series(prom: &str, q: &str) -> usize {
+    let r: Value = common::client()
+        .get(format!("{prom}/api/v1/query"))
+        .query(&[("query", q)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["status"], "success", "{q}: {r}");
+    r["data"]["result"].as_array().map_or(0, Vec::len)
 }

@@ -267,3 +267,40 @@ async fn health_and_info_describe_the_server() {
     assert_eq!(info["defaults"]["stats"]["top_k_candidates"], 10_000);
     assert!(info["max_context"].as_u64().unwrap() >= 2048);
 }
+
+#[tokio::test]
+async fn repeated_prompt_ids_are_labels_echoed_back() {
+    // Training batches repeat problems: the id is a label, not a key.
+    let r = rollout(
+        server(),
+        &json!({"prompts": [{"id": "add", "text": "1 + 1 ="}, {"id": "add", "text": "2 + 2 ="},
+                            {"text": "3 + 3 ="}],
+                "group_size": 1, "sampling": {"max_tokens": 2, "seed": 1}}),
+    )
+    .await;
+    let ids: Vec<&str> = r["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["add", "add", "2"]);
+}
+
+#[tokio::test]
+async fn without_a_subcommand_entroll_serves_with_its_environment() {
+    let model = common::default_model();
+    let s = common::spawn_command(
+        &["--exit-on-stdin-eof"],
+        &[
+            ("ENTROLL_PORT", "0"),
+            ("ENTROLL_MODEL", model.to_str().unwrap()),
+            ("ENTROLL_MAX_PROMPTS", "1"),
+        ],
+    );
+    let two = json!({"prompts": [{"text": "a"}, {"text": "b"}], "sampling": {"max_tokens": 1}});
+    let (status, body) = common::post_raw(&s, two.to_string()).await;
+    assert_eq!(status, 422, "ENTROLL_MAX_PROMPTS=1 ignored: {body}");
+    let one = json!({"prompts": [{"text": "a"}], "group_size": 1, "sampling": {"max_tokens": 1}});
+    rollout(&s, &one).await;
+}

@@ -88,10 +88,25 @@ pub fn spawn(extra: &[&str]) -> Server {
 
 /// Starts a server on `model` with extra flags and waits until it listens.
 pub fn spawn_model(model: &std::path::Path, extra: &[&str]) -> Server {
+    let model = model.to_str().expect("a UTF-8 model path");
+    let mut args = vec![
+        "serve",
+        "--port",
+        "0",
+        "--exit-on-stdin-eof",
+        "--model",
+        model,
+    ];
+    args.extend(extra);
+    spawn_command(&args, &[])
+}
+
+/// Runs `entroll` with `args` and the environment variables `envs`, and waits until it
+/// listens. The arguments must include `--exit-on-stdin-eof`.
+pub fn spawn_command(args: &[&str], envs: &[(&str, &str)]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_entroll"))
-        .args(["serve", "--port", "0", "--exit-on-stdin-eof", "--model"])
-        .arg(model)
-        .args(extra)
+        .args(args)
+        .envs(envs.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

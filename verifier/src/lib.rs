@@ -41,6 +41,29 @@ pub enum Status {
     TimedOut,
 }
 
+impl Status {
+    /// Every status, in declaration order (dashboards and metrics list them all up front).
+    pub const ALL: [Status; 5] = [
+        Status::Correct,
+        Status::Wrong,
+        Status::NoAnswer,
+        Status::Unparsable,
+        Status::TimedOut,
+    ];
+
+    /// The status as it appears in JSON and in metric labels (`status_names_match_json`
+    /// checks it against serde).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Correct => "correct",
+            Status::Wrong => "wrong",
+            Status::NoAnswer => "no_answer",
+            Status::Unparsable => "unparsable",
+            Status::TimedOut => "timed_out",
+        }
+    }
+}
+
 /// The outcome of one verification.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {

@@ -163,3 +163,13 @@ fn core_rules() {
         Status::NoAnswer
     );
 }
+
+#[test]
+fn status_names_match_json() {
+    for status in Status::ALL {
+        assert_eq!(
+            serde_json::to_value(status).unwrap(),
+            serde_json::Value::from(status.as_str())
+        );
+    }
+}

@@ -115,10 +115,18 @@ impl Scheduler {
             let step = std::panic::catch_unwind(AssertUnwindSafe(|| self.step()));
             let failure = match step {
                 Ok(Ok(())) => continue,
-                Ok(Err(e)) => e.to_string(),
-                Err(panic) => format!("the engine panicked: {}", panic_message(panic.as_ref())),
+                Ok(Err(e)) => {
+                    // The log keeps candle's backtrace (set `RUST_BACKTRACE`); the answer gets
+                    // the sentence.
+                    tracing::error!("native engine step failed: {e:?}");
+                    error_message(&e)
+                }
+                Err(panic) => {
+                    let failure = format!("the engine panicked: {}", panic_message(panic.as_ref()));
+                    tracing::error!("native engine step failed: {failure}");
+                    failure
+                }
             };
-            tracing::error!("native engine step failed: {failure}");
             for id in self.batcher.clear_running() {
                 self.answer(id, Err(EngineError::Generation(failure.clone())));
             }
@@ -262,7 +270,7 @@ impl Scheduler {
     ) -> Option<Result<(), String>> {
         let (token, record) = match drawn {
             Ok(drawn) => drawn,
-            Err(e) => return Some(Err(e.to_string())),
+            Err(e) => return Some(Err(error_message(&e))),
         };
         let seq = self.sequences.get_mut(&id).expect("a known sequence");
         seq.records.extend(record);
@@ -334,6 +342,18 @@ impl Scheduler {
     }
 }
 
+/// The message of a candle error without the backtrace candle attaches when `RUST_BACKTRACE`
+/// is set: an API answer carries one clear sentence, the log the frames.
+fn error_message(e: &candle_core::Error) -> String {
+    use candle_core::Error;
+    match e {
+        Error::WithBacktrace { inner, .. } => error_message(inner),
+        Error::WithPath { inner, path } => format!("{}: {}", path.display(), error_message(inner)),
+        Error::Context { inner, context } => format!("{context}: {}", error_message(inner)),
+        other => other.to_string(),
+    }
+}
+
 /// Measures `row` and draws token `index` as `drawing` says: the token, and its statistics
 /// unless the engine-sampler baseline draws it (with `unseeded` as its key).
 fn measure(
@@ -376,5 +396,22 @@ fn baseline_sampler(temperature: f64, top_p: f64, top_k: Option<usize>, key: u64
             prompt: 0,
             sample: 0,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages_leave_backtraces_to_the_log() {
+        let with_frames = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("the cache is full".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert!(with_frames.to_string().lines().count() > 1);
+        assert_eq!(error_message(&with_frames), "the cache is full");
+        let located = candle_core::Error::Msg("bad tensor".into()).with_path("/m.gguf");
+        assert_eq!(error_message(&located), "/m.gguf: bad tensor");
     }
 }
