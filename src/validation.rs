@@ -324,7 +324,6 @@ mod tests {
             r#"{"prompts":[{"text":"a"}],"stats":{"peak_quantile":2}}"#,
             r#"{"prompts":[{"text":"a"}],"stats":{"top_k_candidates":0}}"#,
             r#"{"prompts":[{"text":"a"}],"advantage":{"qae":3}}"#,
-            r#"{"prompts":[{"id":"x","text":"a"},{"id":"x","text":"b"}]}"#,
             r#"{"prompts":[{"text":"a"}],"temperature":1}"#,
             r#"{"prompts":[{"text":"a"}],"advantage":"ppo"}"#,
             r#"{"prompts":[{"text":"a"}],"timeout_ms":0}"#,
