@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-release}
-DATASET=${DATASET:-../shared/datasets/gsm8k_test.jsonl}
+DATASET=${DATASET:-loadtest/data/gsm8k_test.jsonl}
 CONFIGS=${CONFIGS:-"native=--engine native;native-nostats=--engine native --sampler engine;mistralrs=--engine mistralrs"}
 cargo build --quiet --profile "$PROFILE" -p entroll -p loadtest --bins
 target=${CARGO_TARGET_DIR:-target}

@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-dev}
 DURATION=${DURATION:-60}
-DATASET=${DATASET:-../shared/datasets/gsm8k_test.jsonl}
+DATASET=${DATASET:-loadtest/data/gsm8k_test.jsonl}
 OUT=${OUT:-target/soak}
 mkdir -p "$OUT"
 cargo build --quiet --profile "$PROFILE" -p entroll -p loadtest --bins

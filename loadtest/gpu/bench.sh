@@ -23,7 +23,7 @@ PYTHON=${PYTHON:-python3}
 OUT=${OUT:-$STAGE/out}
 ENTROLL_BIN=${ENTROLL_BIN:-$STAGE/entroll}
 LOADTEST_BIN=${LOADTEST_BIN:-$STAGE/loadtest}
-# GSM8K problems (MIT), in the repository: ../shared does not travel to the GPU machine.
+# GSM8K problems (MIT), from the repository (only the working tree travels to the GPU machine).
 DATASET=${DATASET:-$(pwd)/docker/learner/data/gsm8k-sample.jsonl}
 mkdir -p "$STAGE" "$OUT"
 

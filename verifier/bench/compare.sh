@@ -2,12 +2,12 @@
 # The verifier against Math-Verify 0.9.0 on the labelled cases, each pinned to CPU 0:
 # per-file agreement with the labels, false positives, answers/s and p50/p99 latency.
 #
-#   verifier/bench/compare.sh [cases folder]      (default ../shared/verifier-cases)
+#   verifier/bench/compare.sh [cases folder]      (default verifier/tests/cases)
 #
 # Installs math-verify==0.9.0 into a virtualenv under target/ the first time.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-CASES=${1:-../shared/verifier-cases}
+CASES=${1:-verifier/tests/cases}
 VENV=target/mvenv
 [ -x "$VENV/bin/python" ] || { python3 -m venv "$VENV" && "$VENV/bin/pip" install -q math-verify==0.9.0; }
 cargo build --quiet --release -p verifier --example corpus

@@ -4,7 +4,7 @@ Prints one JSON object: per-file agreement with the `expected` labels, false pos
 per-answer latency (parse of both sides + verify) as answers/s, p50 and p99, on whatever CPU it is
 pinned to (run it under `taskset -c 0`).
 
-    python3 bench/math_verify_baseline.py ../../shared/verifier-cases
+    python3 bench/math_verify_baseline.py tests/cases
 """
 import glob, json, os, sys, time
 

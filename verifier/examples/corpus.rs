@@ -2,7 +2,7 @@
 //! agreement with the labels, false positives, and per-answer latency (answers/s, p50, p99).
 //! Prints one JSON object, in the same shape as `bench/math_verify_baseline.py`.
 //!
-//!     cargo run --release -p verifier --example corpus -- ../shared/verifier-cases
+//!     cargo run --release -p verifier --example corpus -- verifier/tests/cases
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -10,7 +10,7 @@ use std::time::Instant;
 fn main() {
     let folder = std::env::args()
         .nth(1)
-        .unwrap_or_else(|| "../shared/verifier-cases".into());
+        .unwrap_or_else(|| "verifier/tests/cases".into());
     let mut paths: Vec<_> = std::fs::read_dir(&folder)
         .expect("case folder")
         .filter_map(Result::ok)

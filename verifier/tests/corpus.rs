@@ -1,16 +1,16 @@
-//! Agreement with the labelled cases of `../shared/verifier-cases` (established verifiers'
-//! test suites and labelled model outputs): at least 99% overall, at least 95% without the
+//! Agreement with the labelled cases in `tests/cases/` (established verifiers' test suites and
+//! labelled model outputs; sources and licences in `tests/cases/README.md`): at least 99% overall, at least 95% without the
 //! GSM8K file, and fewer false positives than Math-Verify 0.9.0's 15 on the same cases.
 
 use std::path::Path;
 
 #[test]
 fn agrees_with_the_labelled_cases() {
-    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/verifier-cases");
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases");
     let config = verifier::Config::default();
     let (mut agree, mut total, mut agree_ng, mut total_ng, mut false_pos) = (0, 0, 0, 0, 0);
     let mut files = 0;
-    for entry in std::fs::read_dir(&folder).expect("../shared/verifier-cases beside the checkout") {
+    for entry in std::fs::read_dir(&folder).expect("verifier/tests/cases") {
         let path = entry.unwrap().path();
         if path.extension().is_none_or(|e| e != "jsonl") {
             continue;
