@@ -1,5 +1,5 @@
 //! The JSON API: request and response types of every route, exactly the names of
-//! `docs/api-contract.md`. Unknown request fields are rejected so a typo never silently changes
+//! `docs/api.md`. Unknown request fields are rejected so a typo never silently changes
 //! an experiment.
 
 use serde::{Deserialize, Serialize};

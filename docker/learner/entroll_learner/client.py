@@ -1,4 +1,4 @@
-"""A small client for entroll's HTTP API (`docs/api-contract.md`)."""
+"""A small client for entroll's HTTP API (`docs/api.md`)."""
 
 from __future__ import annotations
 
