@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::stats::NucleusRule;
 
+/// The engine layer owns these; the wire format re-exports them.
+pub use crate::engine::{ChatMessage, FinishReason};
+
 /// `POST /rollouts` body.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,16 +55,6 @@ pub struct PromptSpec {
     /// Per-prompt group size.
     #[serde(default)]
     pub group_size: Option<usize>,
-}
-
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChatMessage {
-    /// `system`, `user`, `assistant` or another role the template knows.
-    pub role: String,
-    /// The message text.
-    pub content: String,
 }
 
 /// Requested sampling parameters; absent ones take the server's defaults.
@@ -268,18 +261,6 @@ pub struct Sample {
     pub advantage: Option<f64>,
     /// Weights version that generated this sample.
     pub weights_version: u64,
-}
-
-/// Why a sample ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    /// EOS or a stop string.
-    Stop,
-    /// `max_tokens` or the model's context.
-    Length,
-    /// Cancelled.
-    Abort,
 }
 
 /// Request-level aggregates.

@@ -6,8 +6,8 @@ use crate::api::{
     AdvantageSpec, FinishReason, Group, PeakOn, PeakScope, Sample, StatsParams, Summary,
 };
 use crate::engine::SequenceOutput;
+use crate::quantile::quantile_sorted;
 use crate::rewards::{group_stats, Score};
-use crate::stats::{peak_flags, peak_threshold};
 
 /// One prompt's finished sequences, in sample order.
 pub struct FinishedGroup {
@@ -152,6 +152,21 @@ pub fn assemble(
     (groups, summary)
 }
 
+/// The peak-entropy threshold `Q_q` over `values`; `None` for no values.
+pub fn peak_threshold<'v>(values: impl IntoIterator<Item = &'v f32>, q: f64) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.into_iter().map(|&x| x as f64).collect();
+    sorted.sort_unstable_by(f64::total_cmp);
+    quantile_sorted(&sorted, q)
+}
+
+/// Peak flags: `x_t > threshold`, strictly. With no threshold, no token is a peak.
+pub fn peak_flags(values: &[f32], threshold: Option<f64>) -> Vec<bool> {
+    match threshold {
+        Some(th) => values.iter().map(|&x| x as f64 > th).collect(),
+        None => vec![false; values.len()],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +260,38 @@ mod tests {
         assert_eq!(
             groups[0].samples[0].peak,
             vec![false, false, true, false, false]
+        );
+    }
+
+    #[test]
+    fn peak_edge_cases() {
+        // One token: never a peak.
+        let one = [1.5f32];
+        assert_eq!(peak_flags(&one, peak_threshold(&one, 0.8)), vec![false]);
+        // All equal: none.
+        let flat = [0.7f32; 6];
+        assert!(peak_flags(&flat, peak_threshold(&flat, 0.8))
+            .iter()
+            .all(|&f| !f));
+        // Ten distinct values at q = 0.8: the threshold lies between the 8th and 9th, so two peaks.
+        let ten: Vec<f32> = (0..10).map(|i| i as f32).collect();
+        let flags = peak_flags(&ten, peak_threshold(&ten, 0.8));
+        assert_eq!(flags.iter().filter(|&&f| f).count(), 2);
+        assert!(flags[8] && flags[9]);
+        // q = 1 flags nothing (strict), q = 0 flags all but the minimum.
+        assert_eq!(
+            peak_flags(&ten, peak_threshold(&ten, 1.0))
+                .iter()
+                .filter(|&&f| f)
+                .count(),
+            0
+        );
+        assert_eq!(
+            peak_flags(&ten, peak_threshold(&ten, 0.0))
+                .iter()
+                .filter(|&&f| f)
+                .count(),
+            9
         );
     }
 }

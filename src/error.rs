@@ -74,15 +74,6 @@ impl ApiError {
     }
 }
 
-/// The message a panic carried, for logs and error answers.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("unknown panic")
-}
-
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {

@@ -4,10 +4,12 @@
 //! inference engine and returns every generated token with the statistics of the distribution
 //! it was drawn from (log-prob, entropy, SIREN nucleus, peak flags), per `docs/statistics.md`.
 //!
-//! Layout: [`api`] (wire types) → [`server`] (routes) → [`validation`] → [`rollout`] (admission
-//! and fan-out) → [`engine`] (the engine trait and its implementations), which calls
-//! [`sampling`] and [`stats`] for every token; [`rewards`] scores answers with the
-//! `verifier` crate; [`assemble`] builds the response.
+//! Layout: [`api`] (wire types) → [`server`] (routes) → [`validation`] (limits, defaults, then
+//! tokens) → [`rollout`] (admission and fan-out) → [`engine`] (the engine trait and its
+//! implementations; it imports no HTTP type), which calls [`sampling`] and [`stats`] for every
+//! token; [`rewards`] scores answers with the `verifier` crate; [`assemble`] builds the response
+//! (peak flags, sums, summary). [`error`] maps failures to HTTP answers; [`panic`] and
+//! [`quantile`] are shared helpers.
 
 pub mod api;
 pub mod assemble;
@@ -17,6 +19,8 @@ pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod model_store;
+pub mod panic;
+pub mod quantile;
 pub mod rewards;
 pub mod rollout;
 pub mod sampling;

@@ -10,10 +10,7 @@ use tokio::io::AsyncReadExt;
 use entroll::config::{Config, ConfigLayer};
 use entroll::engine::{ConfiguredLoader, EngineLoader};
 use entroll::model_store;
-use entroll::rollout::RolloutService;
-use entroll::server::{router, AppState};
-use entroll::shutdown::Shutdown;
-use entroll::weights::WeightUpdater;
+use entroll::server::{serve, AppState};
 
 #[derive(Parser)]
 #[command(
@@ -72,12 +69,12 @@ fn main() -> anyhow::Result<()> {
             println!("{}", path.display());
             Ok(())
         }
-        Some(Command::Serve(args)) => serve(*args),
-        None => serve(cli.serve),
+        Some(Command::Serve(args)) => run_server(*args),
+        None => run_server(cli.serve),
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref(), args.settings)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
@@ -100,23 +97,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 upkeep.run_upkeep();
             }
         });
-        let shutdown = Arc::new(Shutdown::default());
-        let grace = std::time::Duration::from_millis(config.shutdown_grace_ms);
-        let state = Arc::new(AppState {
-            service: RolloutService::new(engine, &config),
-            config,
-            metrics,
-            shutdown: shutdown.clone(),
-            weights: WeightUpdater::new(loader),
-        });
+        let state = AppState::new(engine, loader, config, metrics);
         tracing::info!(model = %info.id, vocab = info.vocab_size, "model loaded");
         // Tests and scripts read this line to find the port (also with --port 0).
         println!("entroll listening on http://{addr}");
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(
-                shutdown.on_signal(shutdown_signal(args.exit_on_stdin_eof), grace),
-            )
-            .await?;
+        serve(listener, state, shutdown_signal(args.exit_on_stdin_eof)).await?;
         tracing::info!("shut down");
         anyhow::Ok(())
     })?;

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::api::AdvantageSpec;
-use crate::stats::quantile_sorted;
+use crate::quantile::quantile_sorted;
 
 /// Reward values for correct and incorrect samples.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,5 +1,6 @@
-//! The rollout service behind `POST /rollouts`: admission control, tokenization, one engine
-//! sequence per sample, and assembly of the response.
+//! The rollout service behind `POST /rollouts`: admission control, then for each request its
+//! steps: tokenization ([`crate::validation::tokenize`]), one engine sequence per sample, the
+//! regrouping of finished samples, and the assembly of the response.
 //!
 //! Admission is a semaphore of `max_requests` permits taken with `try_acquire`, so a full server
 //! answers 429 at once. Sequences take permits of a second, fair semaphore of
@@ -23,7 +24,7 @@ use crate::metrics::{self, SequenceGauge};
 use crate::rewards::{score, RewardValues, Score};
 use crate::sampling::{DrawKey, TokenSampler};
 use crate::stats::{NucleusParams, Truncation};
-use crate::validation::{check_prompt_tokens, ValidRollout};
+use crate::validation::{tokenize, TokenizedRollout, ValidPrompt, ValidRollout};
 
 /// A finished sequence and its verifier score (when its prompt has a gold answer).
 type ScoredOutput = (SequenceOutput, Option<Score>);
@@ -125,7 +126,9 @@ impl RolloutService {
         }
     }
 
-    /// Runs an admitted, validated request to completion.
+    /// Runs an admitted, validated request to completion: tokenizes its prompts on the live
+    /// engine, runs one sequence per sample, regroups the finished sequences and assembles the
+    /// response. Every sample runs on the same weights.
     pub async fn run(
         &self,
         req: ValidRollout,
@@ -133,116 +136,183 @@ impl RolloutService {
     ) -> Result<RolloutResponse, ApiError> {
         let started = Instant::now();
         let live = self.live();
+        let req = tokenize(req, live.engine.as_ref()).await?;
+        let finished = self.run_sequences(&req, &live).await?;
+        let TokenizedRollout {
+            request,
+            prompt_ids,
+        } = req;
+        let groups = regroup(request.prompts, prompt_ids, finished.outputs);
         let info = live.engine.info();
-        let mut prompts = Vec::with_capacity(req.prompts.len());
-        for (i, p) in req.prompts.iter().enumerate() {
-            let ids = live.engine.tokenize(&p.input).await?;
-            check_prompt_tokens(i, &ids, info, req.sampling.max_tokens)?;
-            prompts.push(Arc::<[u32]>::from(ids));
-        }
-
-        let mut tasks = JoinSet::new();
-        for (pi, (p, ids)) in req.prompts.iter().zip(&prompts).enumerate() {
-            for si in 0..p.group_size {
-                let request = SequenceRequest {
-                    prompt: ids.clone(),
-                    max_tokens: req.sampling.max_tokens,
-                    stop: req.sampling.stop.clone(),
-                    drawing: self.drawing(&req, pi as u32, si as u32),
-                };
-                let engine = live.engine.clone();
-                let (slots, capacity) = (self.sequences.clone(), self.sequence_slots);
-                let gold = p.answer.clone();
-                let (values, verifier) = (self.rewards, self.verifier.clone());
-                tasks.spawn(async move {
-                    let mut gauge = SequenceGauge::waiting();
-                    let slot = slots.clone().acquire_owned().await.map_err(|_| {
-                        ApiError::Engine("the sequence scheduler has shut down".into())
-                    })?;
-                    let entered = Instant::now();
-                    gauge.run(capacity - slots.available_permits() - 1);
-                    let prompt_len = request.prompt.len();
-                    let out = engine.generate(request).await?;
-                    metrics::sequence_finished(prompt_len, out.length, entered.elapsed());
-                    drop((slot, gauge));
-                    // Verification is CPU work with a time bound: off the executor, and
-                    // overlapping the generation of the other samples.
-                    let scored = match gold {
-                        Some(gold) => {
-                            let text = out.text.clone();
-                            let s = tokio::task::spawn_blocking(move || {
-                                score(&gold, &text, values, &verifier)
-                            })
-                            .await
-                            .map_err(|e| ApiError::Engine(format!("verifier failed: {e}")))?;
-                            Some(s)
-                        }
-                        None => None,
-                    };
-                    Ok::<_, ApiError>((pi, si, out, scored, entered))
-                });
-            }
-        }
-
-        let mut outputs: Vec<Vec<Option<ScoredOutput>>> = req
-            .prompts
-            .iter()
-            .map(|p| vec![None; p.group_size])
-            .collect();
-        let (mut first_entered, mut first_token): (Option<Instant>, Option<Instant>) = (None, None);
-        while let Some(joined) = tasks.join_next().await {
-            let (pi, si, out, scored, entered) =
-                joined.map_err(|e| ApiError::Engine(format!("sequence task failed: {e}")))??;
-            first_entered = Some(first_entered.map_or(entered, |t| t.min(entered)));
-            if let Some(t) = out.first_token_at {
-                first_token = Some(first_token.map_or(t, |f| f.min(t)));
-            }
-            outputs[pi][si] = Some((out, scored));
-        }
-
-        let finished = req
-            .prompts
-            .into_iter()
-            .zip(prompts)
-            .zip(outputs)
-            .map(|((p, ids), outs)| {
-                let (outputs, scores): (Vec<SequenceOutput>, Vec<Option<Score>>) =
-                    outs.into_iter().flatten().unzip();
-                FinishedGroup {
-                    id: p.id,
-                    prompt_token_ids: ids.to_vec(),
-                    outputs,
-                    scores: p
-                        .answer
-                        .is_some()
-                        .then(|| scores.into_iter().flatten().collect()),
-                }
-            })
-            .collect();
-        let elapsed_ms = started.elapsed().as_millis() as u64;
         let (groups, summary) = assemble(
-            finished,
-            &req.stats,
-            req.advantage,
+            groups,
+            &request.stats,
+            request.advantage,
             live.version,
-            elapsed_ms,
+            started.elapsed().as_millis() as u64,
         );
         let response = RolloutResponse {
             model: info.id.clone(),
             vocab_size: info.vocab_size,
             weights_version: live.version,
-            sampling: req.sampling,
-            stats: req.stats,
-            advantage: req.advantage,
+            sampling: request.sampling,
+            stats: request.stats,
+            advantage: request.advantage,
             groups,
             summary,
         };
         let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(started));
         metrics::request_succeeded(
             &response,
-            since(first_entered).unwrap_or_default(),
-            since(first_token),
+            since(finished.first_entered).unwrap_or_default(),
+            since(finished.first_token),
         );
         Ok(response)
     }
+
+    /// Runs every sample of `req` as its own task of a `JoinSet` (dropped with the request, which
+    /// cancels them) and collects their outputs in prompt and sample order.
+    async fn run_sequences(
+        &self,
+        req: &TokenizedRollout,
+        live: &Live,
+    ) -> Result<Finished, ApiError> {
+        let mut tasks = JoinSet::new();
+        for (pi, (p, ids)) in req.request.prompts.iter().zip(&req.prompt_ids).enumerate() {
+            for si in 0..p.group_size {
+                let sequence = Sequence {
+                    prompt: pi,
+                    sample: si,
+                    request: SequenceRequest {
+                        prompt: ids.clone(),
+                        max_tokens: req.request.sampling.max_tokens,
+                        stop: req.request.sampling.stop.clone(),
+                        drawing: self.drawing(&req.request, pi as u32, si as u32),
+                    },
+                    gold: p.answer.clone(),
+                };
+                tasks.spawn(self.sample_task(sequence, live.engine.clone()));
+            }
+        }
+        let mut finished = Finished {
+            outputs: req
+                .request
+                .prompts
+                .iter()
+                .map(|p| vec![None; p.group_size])
+                .collect(),
+            first_entered: None,
+            first_token: None,
+        };
+        while let Some(joined) = tasks.join_next().await {
+            let done =
+                joined.map_err(|e| ApiError::Engine(format!("sequence task failed: {e}")))??;
+            finished.record(done);
+        }
+        Ok(finished)
+    }
+
+    /// One sample: waits for a sequence slot (the fair queue), generates, and verifies the
+    /// answer off the executor, overlapping the generation of the other samples.
+    fn sample_task(
+        &self,
+        sequence: Sequence,
+        engine: Arc<dyn Engine>,
+    ) -> impl std::future::Future<Output = Result<SampleDone, ApiError>> + Send + 'static {
+        let (slots, capacity) = (self.sequences.clone(), self.sequence_slots);
+        let (values, verifier) = (self.rewards, self.verifier.clone());
+        async move {
+            let mut gauge = SequenceGauge::waiting();
+            let slot = slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ApiError::Engine("the sequence scheduler has shut down".into()))?;
+            let entered = Instant::now();
+            gauge.run(capacity - slots.available_permits() - 1);
+            let prompt_len = sequence.request.prompt.len();
+            let output = engine.generate(sequence.request).await?;
+            metrics::sequence_finished(prompt_len, output.length, entered.elapsed());
+            drop((slot, gauge));
+            let score = match sequence.gold {
+                Some(gold) => {
+                    let text = output.text.clone();
+                    let verdict =
+                        tokio::task::spawn_blocking(move || score(&gold, &text, values, &verifier))
+                            .await
+                            .map_err(|e| ApiError::Engine(format!("verifier failed: {e}")))?;
+                    Some(verdict)
+                }
+                None => None,
+            };
+            Ok(SampleDone {
+                prompt: sequence.prompt,
+                sample: sequence.sample,
+                output: (output, score),
+                entered,
+            })
+        }
+    }
+}
+
+/// One sample to run: where it belongs, what the engine runs, and its gold answer.
+struct Sequence {
+    prompt: usize,
+    sample: usize,
+    request: SequenceRequest,
+    gold: Option<String>,
+}
+
+/// A finished sample task.
+struct SampleDone {
+    prompt: usize,
+    sample: usize,
+    output: ScoredOutput,
+    /// When it got its sequence slot.
+    entered: Instant,
+}
+
+/// Every sample's output by prompt and sample index, and the request's first engine entry
+/// and first token (for the queue and time-to-first-token metrics).
+struct Finished {
+    outputs: Vec<Vec<Option<ScoredOutput>>>,
+    first_entered: Option<Instant>,
+    first_token: Option<Instant>,
+}
+
+impl Finished {
+    fn record(&mut self, done: SampleDone) {
+        let earliest = |a: Option<Instant>, b: Instant| Some(a.map_or(b, |a| a.min(b)));
+        self.first_entered = earliest(self.first_entered, done.entered);
+        if let Some(t) = done.output.0.first_token_at {
+            self.first_token = earliest(self.first_token, t);
+        }
+        self.outputs[done.prompt][done.sample] = Some(done.output);
+    }
+}
+
+/// Pairs each prompt with its tokens and its samples' outputs and scores, in order.
+fn regroup(
+    prompts: Vec<ValidPrompt>,
+    prompt_ids: Vec<Arc<[u32]>>,
+    outputs: Vec<Vec<Option<ScoredOutput>>>,
+) -> Vec<FinishedGroup> {
+    prompts
+        .into_iter()
+        .zip(prompt_ids)
+        .zip(outputs)
+        .map(|((p, ids), outs)| {
+            let (outputs, scores): (Vec<SequenceOutput>, Vec<Option<Score>>) =
+                outs.into_iter().flatten().unzip();
+            FinishedGroup {
+                id: p.id,
+                prompt_token_ids: ids.to_vec(),
+                outputs,
+                scores: p
+                    .answer
+                    .is_some()
+                    .then(|| scores.into_iter().flatten().collect()),
+            }
+        })
+        .collect()
 }

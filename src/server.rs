@@ -1,7 +1,9 @@
 //! HTTP routes: thin axum handlers over [`RolloutService`] and [`WeightUpdater`].
 
 use std::any::Any;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -16,10 +18,12 @@ use crate::api::{
     Defaults, InfoResponse, Limits, RolloutResponse, SamplingDefaults, WeightsResponse,
 };
 use crate::config::Config;
-use crate::error::{panic_message, ApiError};
+use crate::engine::{Engine, EngineLoader};
+use crate::error::ApiError;
 use crate::metrics::{
     request_failed, request_received, weights_rejected, Exporter, RunningRequest,
 };
+use crate::panic::panic_message;
 use crate::rollout::RolloutService;
 use crate::shutdown::{Phase, Shutdown};
 use crate::validation::{
@@ -39,6 +43,40 @@ pub struct AppState {
     pub shutdown: Arc<Shutdown>,
     /// Loads and swaps in new weights.
     pub weights: WeightUpdater,
+}
+
+impl AppState {
+    /// A server's state: `engine` serves weights version 0; `loader` loads the next weights.
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        loader: Arc<dyn EngineLoader>,
+        config: Config,
+        metrics: Exporter,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            service: RolloutService::new(engine, &config),
+            weights: WeightUpdater::new(loader),
+            config,
+            metrics,
+            shutdown: Arc::new(Shutdown::default()),
+        })
+    }
+}
+
+/// Serves `state` on `listener` until `signal` resolves, then shuts down the way
+/// [`Shutdown`] says: the listener closes, admitted requests finish within
+/// `shutdown_grace_ms`, the rest are cancelled and answered 503. The binary and the in-process
+/// tests both run this.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let grace = Duration::from_millis(state.config.shutdown_grace_ms);
+    let shutdown = state.shutdown.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.on_signal(signal, grace))
+        .await
 }
 
 /// The router with every route.

@@ -394,34 +394,6 @@ impl<'a> Distribution<'a> {
     }
 }
 
-/// The linear-interpolation quantile (numpy's and torch's default) of `sorted` ascending values:
-/// position `q * (n - 1)`, interpolated. `None` for no values.
-pub fn quantile_sorted(sorted: &[f64], q: f64) -> Option<f64> {
-    let n = sorted.len();
-    if n == 0 {
-        return None;
-    }
-    let pos = q.clamp(0.0, 1.0) * (n - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
-}
-
-/// The peak-entropy threshold `Q_q` over `values`; `None` for no values.
-pub fn peak_threshold<'v>(values: impl IntoIterator<Item = &'v f32>, q: f64) -> Option<f64> {
-    let mut sorted: Vec<f64> = values.into_iter().map(|&x| x as f64).collect();
-    sorted.sort_unstable_by(f64::total_cmp);
-    quantile_sorted(&sorted, q)
-}
-
-/// Peak flags: `x_t > threshold`, strictly. With no threshold, no token is a peak.
-pub fn peak_flags(values: &[f32], threshold: Option<f64>) -> Vec<bool> {
-    match threshold {
-        Some(th) => values.iter().map(|&x| x as f64 > th).collect(),
-        None => vec![false; values.len()],
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -761,45 +733,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn quantile_is_numpy_linear() {
-        // numpy.quantile([1, 2, 4, 8], 0.8) == 5.6
-        assert!((quantile_sorted(&[1.0, 2.0, 4.0, 8.0], 0.8).unwrap() - 5.6).abs() < 1e-12);
-        assert_eq!(quantile_sorted(&[3.0], 0.8), Some(3.0));
-        assert_eq!(quantile_sorted(&[], 0.8), None);
-    }
-
-    #[test]
-    fn peak_edge_cases() {
-        // One token: never a peak.
-        let one = [1.5f32];
-        assert_eq!(peak_flags(&one, peak_threshold(&one, 0.8)), vec![false]);
-        // All equal: none.
-        let flat = [0.7f32; 6];
-        assert!(peak_flags(&flat, peak_threshold(&flat, 0.8))
-            .iter()
-            .all(|&f| !f));
-        // Ten distinct values at q = 0.8: the threshold lies between the 8th and 9th, so two peaks.
-        let ten: Vec<f32> = (0..10).map(|i| i as f32).collect();
-        let flags = peak_flags(&ten, peak_threshold(&ten, 0.8));
-        assert_eq!(flags.iter().filter(|&&f| f).count(), 2);
-        assert!(flags[8] && flags[9]);
-        // q = 1 flags nothing (strict), q = 0 flags all but the minimum.
-        assert_eq!(
-            peak_flags(&ten, peak_threshold(&ten, 1.0))
-                .iter()
-                .filter(|&&f| f)
-                .count(),
-            0
-        );
-        assert_eq!(
-            peak_flags(&ten, peak_threshold(&ten, 0.0))
-                .iter()
-                .filter(|&&f| f)
-                .count(),
-            9
-        );
     }
 }

@@ -1,8 +1,10 @@
 //! Turns a [`RolloutRequest`] into a [`ValidRollout`]: every limit checked, every default
-//! applied, before any engine work. Token-level checks run after tokenization
-//! ([`check_prompt_tokens`]).
+//! applied, before any engine work. Then [`tokenize`] turns it into a [`TokenizedRollout`] on the
+//! engine that will run it, checking every prompt's tokens against that model
+//! ([`check_prompt_tokens`]), so what reaches the engine carries its tokens, as in TGI.
 
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
@@ -11,7 +13,7 @@ use crate::api::{
     AdvantageSpec, PeakOn, PeakScope, PromptSpec, RolloutRequest, SamplingParams, StatsParams,
 };
 use crate::config::Config;
-use crate::engine::{ModelInfo, PromptInput};
+use crate::engine::{Engine, ModelInfo, PromptInput};
 use crate::error::ApiError;
 use crate::stats::NucleusRule;
 
@@ -245,6 +247,33 @@ pub fn validate(req: RolloutRequest, config: &Config) -> Result<ValidRollout, Ap
         stats,
         advantage,
         timeout,
+    })
+}
+
+/// A validated request with every prompt tokenized by the engine that runs it.
+#[derive(Debug)]
+pub struct TokenizedRollout {
+    /// The validated request.
+    pub request: ValidRollout,
+    /// Each prompt's token ids, in request order (shared by the prompt's G sequences).
+    pub prompt_ids: Vec<Arc<[u32]>>,
+}
+
+/// Tokenizes every prompt of `request` on `engine` and checks the tokens against its model
+/// ([`check_prompt_tokens`]).
+pub async fn tokenize(
+    request: ValidRollout,
+    engine: &dyn Engine,
+) -> Result<TokenizedRollout, ApiError> {
+    let mut prompt_ids = Vec::with_capacity(request.prompts.len());
+    for (i, p) in request.prompts.iter().enumerate() {
+        let ids = engine.tokenize(&p.input).await?;
+        check_prompt_tokens(i, &ids, engine.info(), request.sampling.max_tokens)?;
+        prompt_ids.push(Arc::from(ids));
+    }
+    Ok(TokenizedRollout {
+        request,
+        prompt_ids,
     })
 }
 

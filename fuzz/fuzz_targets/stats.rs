@@ -5,7 +5,8 @@
 
 use arbitrary::Arbitrary;
 use entroll::sampling::{DrawKey, TokenSampler};
-use entroll::stats::{peak_flags, peak_threshold, NucleusParams, NucleusRule, Truncation, Workspace};
+use entroll::assemble::{peak_flags, peak_threshold};
+use entroll::stats::{NucleusParams, NucleusRule, Truncation, Workspace};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

@@ -26,9 +26,9 @@ use mistralrs::{
 use super::{
     Drawing, Engine, EngineError, ModelInfo, PromptInput, SequenceOutput, SequenceRequest,
 };
-use crate::api::FinishReason;
 use crate::config::{Config, DeviceKind, WeightsDType};
-use crate::error::panic_message;
+use crate::engine::FinishReason;
+use crate::panic::panic_message;
 use crate::sampling::{TokenRecord, TokenSampler};
 use crate::stats::Workspace;
 

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::api::{ChatMessage, FinishReason};
+use serde::{Deserialize, Serialize};
+
 use crate::checkpoint::ModelShape;
 use crate::config::Config;
 use crate::sampling::{TokenRecord, TokenSampler};
@@ -19,6 +20,28 @@ use crate::sampling::{TokenRecord, TokenSampler};
 pub mod mistralrs;
 #[cfg(feature = "native")]
 pub mod native;
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or another role the template knows.
+    pub role: String,
+    /// The message text.
+    pub content: String,
+}
+
+/// Why a sample ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// EOS or a stop string.
+    Stop,
+    /// `max_tokens` or the model's context.
+    Length,
+    /// Cancelled.
+    Abort,
+}
 
 /// What the engine serves.
 #[derive(Debug, Clone)]

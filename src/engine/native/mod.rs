@@ -1,6 +1,7 @@
 //! [`Engine`] on entroll's own batched decoder, built on candle.
 //!
-//! A thread runs the batching loop ([`scheduler`]): every decode step is one forward for all
+//! The model: [`config`] (its architecture), [`load`] (its weights), [`model`] (the forward),
+//! [`attention`]. A thread runs the batching loop ([`scheduler`]): every decode step is one forward for all
 //! running sequences over a slot KV cache ([`kv`]); new prompts are prefilled between steps,
 //! once per group of samples that share them. Each logits row is measured and drawn by the same
 //! [`crate::sampling::TokenSampler`] as under mistral.rs, so both engines report identical
@@ -8,7 +9,9 @@
 //! loop frees that sequence's slot at the next step.
 
 mod attention;
+mod config;
 mod kv;
+mod load;
 mod model;
 mod oracle;
 mod plan;
@@ -23,8 +26,8 @@ use candle_core::{DType, Device};
 
 use super::{Engine, EngineError, ModelInfo, PromptInput, SequenceOutput, SequenceRequest};
 use crate::config::{Config, DeviceKind, WeightsDType};
+pub use config::{Architecture, HfConfig, ModelError};
 use model::Transformer;
-pub use model::{Architecture, ModelError};
 pub use oracle::{Oracle, Rescored};
 use scheduler::{Job, Limits, Scheduler};
 use text::TextCodec;
@@ -39,9 +42,9 @@ pub struct NativeEngine {
 /// The architecture of the model at `path` if the native engine can serve it, or why not.
 pub fn architecture(path: &Path) -> Result<Architecture, ModelError> {
     if path.is_dir() {
-        Architecture::from_config(&model::read_config(path)?)
+        Architecture::from_config(&config::read_config(path)?)
     } else {
-        let (content, _) = model::read_gguf(path)?;
+        let (content, _) = load::read_gguf(path)?;
         let arch = Architecture::from_gguf(&content)?;
         match text::unsupported_gguf_tokenizer(&content) {
             Some(why) => Err(ModelError::Unsupported(why)),
@@ -86,7 +89,7 @@ impl NativeEngine {
             )
         } else {
             // The header (vocabulary and merges included) is read once, for both.
-            let (content, file) = model::read_gguf(path)?;
+            let (content, file) = load::read_gguf(path)?;
             let text = TextCodec::from_gguf(&content)?;
             (
                 Transformer::from_gguf(content, file, path, dtype, &device)?,

@@ -12,7 +12,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
 
-use super::model::{read_gguf, RopeStyle, Transformer};
+use super::load::read_gguf;
+use super::model::{RopeStyle, Transformer};
 
 /// The oracle's view of one generated token.
 #[derive(Debug, Clone, Copy, PartialEq)]

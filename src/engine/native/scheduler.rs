@@ -20,9 +20,9 @@ use super::kv::KvCache;
 use super::model::Transformer;
 use super::plan::{Batcher, SeqId};
 use super::text::TextCodec;
-use crate::api::FinishReason;
+use crate::engine::FinishReason;
 use crate::engine::{Drawing, EngineError, SequenceOutput, SequenceRequest};
-use crate::error::panic_message;
+use crate::panic::panic_message;
 use crate::sampling::{DrawKey, TokenRecord, TokenSampler};
 use crate::stats::{NucleusParams, NucleusRule, Truncation, Workspace};
 
