@@ -1,13 +1,12 @@
 //! Bad input gets a clear 4xx `{error, error_type}` and the server keeps serving.
 
-mod common;
-
-use common::{post_raw, rollout, server};
+use crate::common::{post_raw, rollout};
+use crate::harness;
 use serde_json::json;
 
 #[tokio::test]
 async fn bad_requests_get_4xx_and_the_server_keeps_serving() {
-    let s = server();
+    let s = &harness::start(|_| {});
     let ok_prompt = json!([{"text": "hi"}]);
     let cases: Vec<(&str, String, u16)> = vec![
         (
@@ -277,7 +276,7 @@ async fn bad_requests_get_4xx_and_the_server_keeps_serving() {
         r#"{{"prompts": [{{"text": "{}"}}]}}"#,
         "a".repeat(100 << 20)
     );
-    let sent = common::client()
+    let sent = crate::common::client()
         .post(format!("{}/rollouts", s.base))
         .body(huge)
         .send()
@@ -297,7 +296,7 @@ async fn bad_requests_get_4xx_and_the_server_keeps_serving() {
 #[tokio::test]
 async fn an_oversized_body_gets_413_with_an_error_body() {
     // A small limit, so the whole upload fits in the socket buffers and the answer is read.
-    let small = common::spawn(&["--max-body-bytes", "4096"]);
+    let small = harness::start(|c| c.max_body_bytes = 4096);
     let body = format!(r#"{{"prompts": [{{"text": "{}"}}]}}"#, "a".repeat(64 << 10));
     let (status, err) = post_raw(&small, body).await;
     assert_eq!(status, 413, "{err}");

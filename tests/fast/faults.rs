@@ -2,27 +2,20 @@
 //! panics, gets a 500 `{error, error_type}` while the requests beside it complete, and the
 //! server keeps serving.
 //!
-//! The engine is the real mistral.rs engine on the real model, wrapped in a fault injector
-//! that fails or panics for prompts carrying a marker (real engines fail rarely and not on
-//! demand); every other prompt goes through untouched. The server runs in this process, built
-//! from the same router and service as the binary.
-
-mod common;
+//! The engine is the real native engine on the tiny model, wrapped in a fault injector that
+//! fails or panics for prompts carrying a marker (real engines fail rarely and not on demand);
+//! every other prompt goes through untouched.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use entroll::config::Config;
 use entroll::engine::{
-    ConfiguredLoader, Engine, EngineError, EngineLoader, ModelInfo, PromptInput, SequenceOutput,
-    SequenceRequest,
+    Engine, EngineError, ModelInfo, PromptInput, SequenceOutput, SequenceRequest,
 };
-use entroll::rollout::RolloutService;
-use entroll::server::{router, AppState};
-use entroll::shutdown::Shutdown;
-use entroll::weights::WeightUpdater;
 use serde_json::{json, Value};
+
+use crate::harness::{self, InProcess};
 
 /// What the injector does to a marked prompt.
 #[derive(Clone, Copy, Debug)]
@@ -82,28 +75,14 @@ impl Engine for FaultInjector {
     }
 }
 
-async fn start() -> String {
-    let config = Config {
-        model: common::default_model(),
-        ..Config::default()
-    };
-    let loader = Arc::new(ConfiguredLoader(config.clone()));
-    let inner = loader.load(&config.model).await.expect("load the model");
-    let engine = Arc::new(FaultInjector {
-        inner,
-        doomed: Mutex::new(HashMap::new()),
-    });
-    let state = Arc::new(AppState {
-        service: RolloutService::new(engine, &config),
-        weights: WeightUpdater::new(loader),
-        config,
-        metrics: entroll::metrics::install().unwrap(),
-        shutdown: Arc::new(Shutdown::default()),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-    base
+/// A server in this process on the tiny model, its engine wrapped in the fault injector.
+fn start() -> InProcess {
+    harness::start_engine(harness::config(|_| {}), |inner| {
+        Arc::new(FaultInjector {
+            inner,
+            doomed: Mutex::new(HashMap::new()),
+        })
+    })
 }
 
 async fn post(base: &str, text: &str) -> (u16, Value) {
@@ -112,12 +91,13 @@ async fn post(base: &str, text: &str) -> (u16, Value) {
         "group_size": 2,
         "sampling": {"max_tokens": 8, "seed": 5}
     });
-    common::post_to(base, body.to_string()).await
+    crate::common::post_to(base, body.to_string()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_and_panics_fail_only_their_own_request() {
-    let base = start().await;
+    let server = start();
+    let base = server.base.clone();
     let (normal, failing, engine_panic, handler_panic) = tokio::join!(
         post(&base, "Name three colours."),
         post(&base, "[fail in engine] Name three colours."),
@@ -126,7 +106,7 @@ async fn failures_and_panics_fail_only_their_own_request() {
     );
 
     assert_eq!(normal.0, 200, "{}", normal.1);
-    let samples = common::samples(&normal.1);
+    let samples = crate::common::samples(&normal.1);
     assert_eq!(samples.len(), 2);
     assert!(samples.iter().all(|s| s["length"].as_u64().unwrap() >= 1));
 
@@ -144,9 +124,9 @@ async fn failures_and_panics_fail_only_their_own_request() {
     // request's other sequences are aborted when it answers; their tasks end on the runtime's
     // next turn, so the gauges reach 0 just after the answer, not with it.)
     let answered = std::time::Instant::now();
-    while common::metric(&base, "entroll_requests_running").await
-        + common::metric(&base, "entroll_sequences_running").await
-        + common::metric(&base, "entroll_sequences_waiting").await
+    while server.metric("entroll_requests_running").await
+        + server.metric("entroll_sequences_running").await
+        + server.metric("entroll_sequences_waiting").await
         > 0.0
     {
         assert!(
@@ -156,19 +136,15 @@ async fn failures_and_panics_fail_only_their_own_request() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert_eq!(
-        common::metric(
-            &base,
-            "entroll_requests_failed_total{error_type=\"engine\"}"
-        )
-        .await,
+        server
+            .metric("entroll_requests_failed_total{error_type=\"engine\"}")
+            .await,
         2.0
     );
     assert_eq!(
-        common::metric(
-            &base,
-            "entroll_requests_failed_total{error_type=\"internal\"}"
-        )
-        .await,
+        server
+            .metric("entroll_requests_failed_total{error_type=\"internal\"}")
+            .await,
         1.0
     );
     let (status, after) = post(&base, "Name three animals.").await;

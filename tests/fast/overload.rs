@@ -2,11 +2,10 @@
 //! immediate 429 `overloaded` with `Retry-After`, none hangs or fails otherwise, and the server
 //! then serves normally.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{metric, rollout, samples, spawn};
+use crate::common::{rollout, samples};
+use crate::harness;
 use serde_json::{json, Value};
 
 /// What one request got: status, `Retry-After`, body, and when the answer arrived.
@@ -20,13 +19,16 @@ struct Outcome {
 #[tokio::test]
 async fn ten_times_capacity_gets_complete_answers_or_immediate_429s() {
     const CAPACITY: usize = 2;
-    let server = spawn(&["--max-requests", "2", "--max-running-sequences", "2"]);
+    let server = harness::start(|c| {
+        c.max_requests = CAPACITY;
+        c.max_running_sequences = 2;
+    });
     let request = json!({
         "prompts": [{"text": "Count from one to five."}],
         "group_size": 2,
         "sampling": {"max_tokens": 12, "seed": 9}
     });
-    let client = common::client();
+    let client = crate::common::client();
     let sent = (0..10 * CAPACITY).map(|_| {
         let (client, url, body) = (
             client.clone(),
@@ -90,15 +92,13 @@ async fn ten_times_capacity_gets_complete_answers_or_immediate_429s() {
     assert!(rejected.iter().all(|o| o.at < first_ok));
 
     assert_eq!(
-        metric(
-            &server.base,
-            "entroll_requests_failed_total{error_type=\"overloaded\"}"
-        )
-        .await,
+        server
+            .metric("entroll_requests_failed_total{error_type=\"overloaded\"}")
+            .await,
         rejected.len() as f64
     );
-    assert_eq!(metric(&server.base, "entroll_requests_running").await, 0.0);
-    assert_eq!(metric(&server.base, "entroll_sequences_waiting").await, 0.0);
+    assert_eq!(server.metric("entroll_requests_running").await, 0.0);
+    assert_eq!(server.metric("entroll_sequences_waiting").await, 0.0);
     // Then it serves normally.
     let r = rollout(&server, &request).await;
     assert_eq!(samples(&r).len(), 2);

@@ -3,16 +3,15 @@
 //! in flight finish on the weights they started with), and bad paths, other architectures and
 //! unreadable weights are refused while the old weights keep serving.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{metric, post_to, samples, spawn_model};
+use crate::common::{post_to, samples};
+use crate::harness;
 use serde_json::{json, Value};
 
 async fn post_weights(base: &str, body: Value) -> (u16, Value) {
-    let resp = common::client()
+    let resp = crate::common::client()
         .post(format!("{base}/weights"))
         .json(&body)
         .send()
@@ -23,7 +22,7 @@ async fn post_weights(base: &str, body: Value) -> (u16, Value) {
 }
 
 async fn served_version(base: &str) -> u64 {
-    common::get_json(base, "/info").await["weights_version"]
+    crate::common::get_json(base, "/info").await["weights_version"]
         .as_u64()
         .unwrap()
 }
@@ -36,11 +35,11 @@ struct Timed {
     body: Value,
 }
 
-async fn timed_rollout(base: String, seed: u64) -> Timed {
+async fn timed_rollout(base: String, seed: u64, max_tokens: usize) -> Timed {
     let body = json!({
         "prompts": [{"text": "The capital of France is"}],
         "group_size": 2,
-        "sampling": {"max_tokens": 10, "seed": seed}
+        "sampling": {"max_tokens": max_tokens, "seed": seed}
     });
     let sent = Instant::now();
     let (status, body) = post_to(&base, body.to_string()).await;
@@ -89,17 +88,18 @@ fn variant(model: &Path, dir: &Path, edit: impl Fn(&mut Value), weights: Option<
 
 #[tokio::test]
 async fn a_swap_under_load_loses_nothing_and_bad_weights_change_nothing() {
-    let model = common::safetensors_model();
-    let server = spawn_model(&model, &["--max-running-sequences", "4"]);
+    let model = harness::tiny_model();
+    let server = harness::start(|c| c.max_running_sequences = 4);
     let base = server.base.clone();
     assert_eq!(served_version(&base).await, 0);
 
-    // Load before, during and after the swap.
+    // Load before, during and after the swap: the requests before it are long enough to be in
+    // flight across it.
     let before: Vec<_> = (0..4)
-        .map(|i| tokio::spawn(timed_rollout(base.clone(), i)))
+        .map(|i| tokio::spawn(timed_rollout(base.clone(), i, 600)))
         .collect();
     // Wait until the engine is busy with them, then swap to the same checkpoint as version 1.
-    while metric(&base, "entroll_sequences_running").await < 1.0 {
+    while server.metric("entroll_sequences_running").await < 1.0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let swap_started = Instant::now();
@@ -113,7 +113,7 @@ async fn a_swap_under_load_loses_nothing_and_bad_weights_change_nothing() {
     assert_eq!(swapped["weights_version"], 1);
     assert_eq!(swapped["previous_version"], 0);
     let after: Vec<_> = (10..13)
-        .map(|i| tokio::spawn(timed_rollout(base.clone(), i)))
+        .map(|i| tokio::spawn(timed_rollout(base.clone(), i, 10)))
         .collect();
 
     let mut finished_on_old = 0;
@@ -170,16 +170,20 @@ async fn a_swap_under_load_loses_nothing_and_bad_weights_change_nothing() {
     }
     std::fs::remove_dir_all(&root).unwrap();
     assert_eq!(served_version(&base).await, 1);
-    let t = timed_rollout(base.clone(), 99).await;
+    let t = timed_rollout(base.clone(), 99, 10).await;
     assert_eq!(t.status, 200, "{}", t.body);
     assert_eq!(version_of(&t), 1);
     assert_eq!(
-        metric(&base, "entroll_weight_updates_total{outcome=\"rejected\"}").await,
+        server
+            .metric("entroll_weight_updates_total{outcome=\"rejected\"}")
+            .await,
         5.0
     );
     assert_eq!(
-        metric(&base, "entroll_weight_updates_total{outcome=\"swapped\"}").await,
+        server
+            .metric("entroll_weight_updates_total{outcome=\"swapped\"}")
+            .await,
         1.0
     );
-    assert_eq!(metric(&base, "entroll_weights_version").await, 1.0);
+    assert_eq!(server.metric("entroll_weights_version").await, 1.0);
 }

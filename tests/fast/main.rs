@@ -1,0 +1,17 @@
+//! The fast tier: the HTTP and rollout logic (validation, overload, cancellation, faults,
+//! shutdown, rewards, weight updates) on servers in this process, on a tiny random Llama, in
+//! one test binary. `scripts/test-fast` runs it with the unit tests; the real-model tier (the
+//! other files of `tests/`) runs the `entroll` binary on the default model.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod harness;
+
+mod assembly;
+mod bad_input;
+mod cancellation;
+mod faults;
+mod overload;
+mod rewards;
+mod shutdown;
+mod weights;
