@@ -14,4 +14,5 @@ mod faults;
 mod overload;
 mod rewards;
 mod shutdown;
+mod startup;
 mod weights;

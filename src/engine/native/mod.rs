@@ -97,9 +97,10 @@ impl NativeEngine {
             )
         };
         let arch = model.arch().clone();
+        let model_dtype = model.dtype();
         let slots = config.max_running_sequences.max(1);
         let text = Arc::new(text);
-        let scheduler = Scheduler::new(
+        let mut scheduler = Scheduler::new(
             model,
             text.clone(),
             Limits {
@@ -107,6 +108,13 @@ impl NativeEngine {
                 prefill_chunk: config.prefill_chunk,
             },
         );
+        scheduler.probe().map_err(|why| {
+            anyhow::anyhow!(
+                "the native engine cannot run this model with dtype {:?} on {:?}: {why}",
+                model_dtype,
+                config.device
+            )
+        })?;
         let (jobs, receiver) = mpsc::channel();
         std::thread::Builder::new()
             .name("entroll-native".into())

@@ -18,6 +18,12 @@ pub(super) struct Linear {
     bias: Option<Tensor>,
     /// Fewest rows run through the weight on the CPU (see [`invariant_rows`]).
     min_rows: usize,
+    /// On the CPU with bf16 or f16 weights: that dtype. candle's CPU matmul has none for them,
+    /// so the weight is kept in float32 (the same values, exactly) and each product runs in
+    /// float32 and is rounded to this dtype, as a GPU's half-precision GEMM accumulates in
+    /// float32 and rounds its output. Everything else runs in the half-precision dtype, so the
+    /// GPU's code path stays under test on the CPU.
+    rounds_to: Option<DType>,
 }
 
 /// The fewest rows with which candle's CPU matmul (the `gemm` crate) computes every output
@@ -41,10 +47,20 @@ impl Linear {
             QMatMul::QTensor(q) => q.shape().dims2()?,
             QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims2()?,
         };
+        let (weight, rounds_to) = match weight {
+            QMatMul::Tensor(t)
+                if t.device().is_cpu() && matches!(t.dtype(), DType::BF16 | DType::F16) =>
+            {
+                let dtype = t.dtype();
+                (QMatMul::Tensor(t.to_dtype(DType::F32)?), Some(dtype))
+            }
+            other => (other, None),
+        };
         Ok(Self {
             weight,
             bias,
             min_rows: invariant_rows(input, output),
+            rounds_to,
         })
     }
 
@@ -61,7 +77,13 @@ impl Linear {
     }
 
     fn product(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        let y = match self.rounds_to {
+            Some(dtype) => self
+                .weight
+                .forward(&x.to_dtype(DType::F32)?)?
+                .to_dtype(dtype)?,
+            None => self.weight.forward(x)?,
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use tokio::sync::oneshot;
 
 use super::kv::KvCache;
-use super::model::Transformer;
+use super::model::{Batch, DecodeRow, Transformer};
 use super::plan::{Batcher, SeqId};
 use super::text::TextCodec;
 use crate::engine::FinishReason;
@@ -90,6 +90,36 @@ impl Scheduler {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
         }
+    }
+
+    /// Runs a one-token prompt and one decode step on slot 0, then empties the cache: a setting
+    /// the model cannot run on its device (a dtype with an operation missing, say) fails here,
+    /// when the server starts, instead of failing every request.
+    pub fn probe(&mut self) -> Result<(), String> {
+        let prompt = Batch::Prompt {
+            slot: 0,
+            start: 0,
+            tokens: vec![0],
+            copies: Vec::new(),
+        };
+        let decode = Batch::Decode {
+            rows: vec![DecodeRow {
+                slot: 0,
+                position: 1,
+                token: 0,
+            }],
+        };
+        let run = |s: &mut Self| -> candle_core::Result<()> {
+            for batch in [&prompt, &decode] {
+                s.model
+                    .forward(batch, &mut s.cache, &[0])?
+                    .to_vec2::<f32>()?;
+            }
+            Ok(())
+        };
+        let result = run(self).map_err(|e| error_message(&e));
+        self.cache.clear();
+        result
     }
 
     /// Runs until every sender of `jobs` is gone and no sequence is left.
