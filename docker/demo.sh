@@ -23,7 +23,8 @@ read -r -a extra <<< "${LEARNER_ARGS:-}"
 
 python=$(scripts/learner-env)
 model=$("$python" -c 'import os; print(os.path.join(os.environ.get("ENTROLL_HOME") or os.path.expanduser("~/.cache/entroll"), "models", "SmolLM2-135M-Instruct-hf"))')
-cargo build --quiet --profile "$PROFILE" --bin entroll
+# BUILT=1: the binary is built already (scripts/test builds it once, with the tests).
+[ -n "${BUILT:-}" ] || cargo build --quiet --profile "$PROFILE" --bin entroll
 target=${CARGO_TARGET_DIR:-target}
 dir=$target/$PROFILE; [ "$PROFILE" = dev ] && dir=$target/debug
 rm -rf "$OUT"; mkdir -p "$OUT"

@@ -6,7 +6,7 @@
 # run, if the server is unhealthy afterwards, or if it does not exit 0 on SIGTERM.
 #
 #   DURATION=1800 loadtest/soak.sh            # the 30-minute soak of docs/reliability.md
-#   DURATION=20 PROFILE=dev loadtest/soak.sh  # the smoke run in scripts/test
+#   DURATION=20 PROFILE=dev loadtest/soak.sh  # the smoke run in scripts/test (with BUILT=1)
 #
 # Extra arguments go to the load generator. The report lands in $OUT (default target/soak).
 set -euo pipefail
@@ -16,7 +16,8 @@ DURATION=${DURATION:-60}
 DATASET=${DATASET:-loadtest/data/gsm8k_test.jsonl}
 OUT=${OUT:-target/soak}
 mkdir -p "$OUT"
-cargo build --quiet --profile "$PROFILE" -p entroll -p loadtest --bins
+# BUILT=1: the binaries are built already (scripts/test builds them once, with the tests).
+[ -n "${BUILT:-}" ] || cargo build --quiet --profile "$PROFILE" -p entroll -p loadtest --bins
 target=${CARGO_TARGET_DIR:-target}
 dir=$target/$PROFILE; [ "$PROFILE" = dev ] && dir=$target/debug
 
