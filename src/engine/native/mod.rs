@@ -10,6 +10,7 @@
 
 mod attention;
 mod config;
+pub mod kernels;
 mod kv;
 mod load;
 mod model;

@@ -1,0 +1,288 @@
+// The full-vocabulary statistics of a logits row and its untruncated seeded draw, written once
+// for two compilers: nvcc builds the `__global__` kernel of token_stats.cu from it (one thread
+// block per row), and the C++ compiler builds the CPU harness of cpu_harness.cpp from the same
+// functions, running each phase (the code between two barriers) for every thread id in turn.
+// What CI tests on the CPU is therefore the code the GPU runs.
+//
+// Determinism: only IEEE-754 basic operations (+, -, *, /, fma, rint, comparisons) in f64, in a
+// fixed order; exp and log are computed here, not by either platform's libm; the compilers must
+// not contract a*b+c on their own (nvcc --fmad=false, the C++ compiler -ffp-contract=off). So a
+// row gives the same bits on the GPU and in the harness. Definitions: docs/statistics.md.
+#pragma once
+
+#include <stdint.h>
+
+#ifdef __CUDACC__
+#define ENT_HD __host__ __device__ inline
+#else
+#define ENT_HD inline
+#include <cmath>
+using std::fma;
+using std::rint;
+#endif
+
+// Threads per row: the GPU's block size, and the harness's loop over thread ids.
+#define ENT_THREADS 256
+
+// Inputs of one row.
+struct EntRowIn {
+  // Sampling temperature T > 0.
+  double temperature;
+  // The draw's Philox key: the request's seed, and the counter (token index, sample, prompt).
+  uint64_t seed;
+  uint32_t token_index;
+  uint32_t sample;
+  uint32_t prompt;
+  uint32_t _pad;
+};
+
+// What leaves the device for one row.
+struct EntRowOut {
+  // 0: measured; 1: the row holds NaN or +inf; 2: every entry is -inf.
+  int32_t status;
+  // The drawn token (untruncated inverse CDF over ids).
+  uint32_t token;
+  // ln pi(token) at temperature T.
+  double logprob;
+  // Full-vocabulary entropy, nats.
+  double entropy;
+  // ln sum_i exp((z_i - max z) / T).
+  double ln_sum;
+  // max z.
+  float max_logit;
+  uint32_t _pad;
+};
+
+// Per-row scratch shared by the threads of a block.
+struct EntShared {
+  float part_max[ENT_THREADS];
+  int32_t part_bad[ENT_THREADS];
+  double part_sum[ENT_THREADS];
+  double part_weighted[ENT_THREADS];
+  float max_logit;
+  int32_t status;
+  double inv_t;
+  double sum;
+  double ln_sum;
+  double target;
+  int32_t crossing_chunk;
+  double before_chunk;
+};
+
+// --- Arithmetic that is the same on both platforms ---------------------------------------
+
+ENT_HD double ent_bits_to_double(uint64_t bits) {
+  union {
+    uint64_t u;
+    double d;
+  } v;
+  v.u = bits;
+  return v.d;
+}
+
+ENT_HD uint64_t ent_double_to_bits(double d) {
+  union {
+    uint64_t u;
+    double d;
+  } v;
+  v.d = d;
+  return v.u;
+}
+
+// 2^n for -1022 <= n <= 1023, exactly.
+ENT_HD double ent_pow2(int n) { return ent_bits_to_double((uint64_t)(n + 1023) << 52); }
+
+// e^x for x <= 0 (the tempered gaps below the largest logit), within ~1 ulp: x = k ln 2 + r
+// with |r| <= ln 2 / 2, e^r by its Taylor series to r^13 (the next term is below 2^-57), then
+// scaled by 2^k in two exact steps so that subnormal results round once.
+ENT_HD double ent_exp(double x) {
+  if (x < -745.2) return 0.0;
+  if (x > 0.0) x = 0.0;
+  const double log2e = 1.4426950408889634;
+  const double ln2_hi = 6.93147180369123816490e-01;
+  const double ln2_lo = 1.90821492927058770002e-10;
+  double k = rint(x * log2e);
+  double r = fma(-k, ln2_hi, x);
+  r = fma(-k, ln2_lo, r);
+  // 1/n! for n = 13 down to 1.
+  const double c[13] = {1.6059043836821613e-10, 2.08767569878681e-09, 2.505210838544172e-08,
+                        2.755731922398589e-07,  2.7557319223985893e-06, 2.48015873015873e-05,
+                        1.984126984126984e-04,  1.388888888888889e-03,  8.333333333333333e-03,
+                        4.1666666666666664e-02, 1.6666666666666666e-01, 0.5,
+                        1.0};
+  double p = c[0];
+  for (int i = 1; i < 13; ++i) p = fma(p, r, c[i]);
+  p = fma(p, r, 1.0);
+  int n = (int)k;
+  int half = n / 2;
+  return (p * ent_pow2(half)) * ent_pow2(n - half);
+}
+
+// ln x for finite x > 0 (normal), within ~1 ulp: x = m 2^e with m in [sqrt(1/2), sqrt(2)),
+// ln m = 2 atanh(s), s = (m - 1) / (m + 1), by its series to s^27.
+ENT_HD double ent_log(double x) {
+  uint64_t bits = ent_double_to_bits(x);
+  int e = (int)((bits >> 52) & 0x7ff) - 1023;
+  double m = ent_bits_to_double((bits & 0x000fffffffffffffULL) | 0x3ff0000000000000ULL);
+  if (m > 1.4142135623730951) {
+    m = m * 0.5;
+    e += 1;
+  }
+  double s = (m - 1.0) / (m + 1.0);
+  double s2 = s * s;
+  double p = 1.0 / 27.0;
+  for (int n = 25; n >= 1; n -= 2) p = fma(p, s2, 1.0 / (double)n);
+  double ln_m = 2.0 * s * p;
+  const double ln2_hi = 6.93147180369123816490e-01;
+  const double ln2_lo = 1.90821492927058770002e-10;
+  return fma((double)e, ln2_hi, fma((double)e, ln2_lo, ln_m));
+}
+
+// Philox4x32-10, as src/sampling.rs: 128 random bits from a counter and a 64-bit key.
+ENT_HD void ent_philox(uint32_t c[4], uint32_t k0, uint32_t k1) {
+  for (int round = 0; round < 10; ++round) {
+    if (round > 0) {
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    uint64_t p0 = (uint64_t)0xD2511F53u * c[0];
+    uint64_t p1 = (uint64_t)0xCD9E8D57u * c[2];
+    uint32_t n0 = (uint32_t)(p1 >> 32) ^ c[1] ^ k0;
+    uint32_t n1 = (uint32_t)p1;
+    uint32_t n2 = (uint32_t)(p0 >> 32) ^ c[3] ^ k1;
+    uint32_t n3 = (uint32_t)p0;
+    c[0] = n0;
+    c[1] = n1;
+    c[2] = n2;
+    c[3] = n3;
+  }
+}
+
+// The draw's uniform in [0, 1) (53 bits), keyed as DrawKey::uniform.
+ENT_HD double ent_uniform(const EntRowIn& in) {
+  uint32_t c[4] = {in.token_index, in.sample, in.prompt, 0};
+  ent_philox(c, (uint32_t)in.seed, (uint32_t)(in.seed >> 32));
+  uint64_t bits = (((uint64_t)c[0] << 32) | c[1]) >> 11;
+  return (double)bits * (1.0 / 9007199254740992.0);
+}
+
+// (z - max) / T: exactly 0 for the largest logit itself (also when 1/T overflows).
+ENT_HD double ent_gap(float z, float max_z, double inv_t) {
+  return z == max_z ? 0.0 : ((double)z - (double)max_z) * inv_t;
+}
+
+// Thread `t` of `n` owns ids [chunk_begin(t), chunk_begin(t + 1)): contiguous chunks, so that
+// the cumulative weight over ids is the prefix over chunks, then within one chunk.
+ENT_HD uint32_t ent_chunk_begin(uint32_t t, uint32_t n, uint32_t vocab) {
+  uint32_t per = (vocab + n - 1) / n;
+  uint64_t b = (uint64_t)t * per;
+  return b < vocab ? (uint32_t)b : vocab;
+}
+
+// --- The phases; a barrier separates each from the next ------------------------------------
+
+// 1. Each thread: the largest logit of its chunk, and whether it holds NaN or +inf.
+ENT_HD void ent_phase_max(uint32_t t, uint32_t n, const float* z, uint32_t vocab, EntShared& s) {
+  float m = -INFINITY;
+  int bad = 0;
+  for (uint32_t i = ent_chunk_begin(t, n, vocab); i < ent_chunk_begin(t + 1, n, vocab); ++i) {
+    float x = z[i];
+    if (x != x || x == INFINITY) bad = 1;
+    if (x > m) m = x;
+  }
+  s.part_max[t] = m;
+  s.part_bad[t] = bad;
+}
+
+// 2. Thread 0: the row's largest logit and status, in thread order.
+ENT_HD void ent_phase_max_combine(uint32_t t, uint32_t n, const EntRowIn& in, EntShared& s) {
+  if (t != 0) return;
+  float m = -INFINITY;
+  int bad = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    if (s.part_max[i] > m) m = s.part_max[i];
+    bad |= s.part_bad[i];
+  }
+  s.max_logit = m;
+  s.status = bad ? 1 : (m == -INFINITY ? 2 : 0);
+  s.inv_t = 1.0 / in.temperature;
+}
+
+// 3. Each thread: sum of exp(gap) over its chunk, and of exp(gap) * gap.
+ENT_HD void ent_phase_sums(uint32_t t, uint32_t n, const float* z, uint32_t vocab, EntShared& s) {
+  double sum = 0.0, weighted = 0.0;
+  if (s.status == 0) {
+    for (uint32_t i = ent_chunk_begin(t, n, vocab); i < ent_chunk_begin(t + 1, n, vocab); ++i) {
+      double d = ent_gap(z[i], s.max_logit, s.inv_t);
+      double e = ent_exp(d);
+      sum += e;
+      if (e > 0.0) weighted += e * d;
+    }
+  }
+  s.part_sum[t] = sum;
+  s.part_weighted[t] = weighted;
+}
+
+// 4. Thread 0: the totals in thread order, the entropy, and the chunk where the draw's
+// cumulative weight first exceeds u * sum.
+ENT_HD void ent_phase_totals(uint32_t t, uint32_t n, const EntRowIn& in, EntShared& s,
+                             EntRowOut& out) {
+  if (t != 0) return;
+  out.status = s.status;
+  out.max_logit = s.max_logit;
+  if (s.status != 0) return;
+  double sum = 0.0, weighted = 0.0;
+  for (uint32_t i = 0; i < n; ++i) {
+    sum += s.part_sum[i];
+    weighted += s.part_weighted[i];
+  }
+  s.sum = sum;
+  s.ln_sum = ent_log(sum);
+  out.ln_sum = s.ln_sum;
+  double h = s.ln_sum - weighted / sum;
+  out.entropy = h > 0.0 ? h : 0.0;
+  s.target = ent_uniform(in) * sum;
+  double acc = 0.0;
+  int32_t chunk = -1;
+  for (uint32_t i = 0; i < n; ++i) {
+    if (s.part_sum[i] > 0.0 && acc + s.part_sum[i] > s.target) {
+      chunk = (int32_t)i;
+      break;
+    }
+    acc += s.part_sum[i];
+  }
+  s.crossing_chunk = chunk;
+  s.before_chunk = acc;
+}
+
+// 5. The thread whose chunk holds the crossing: the first id whose cumulative weight exceeds
+// the target; if rounding leaves it unreached, the last id of positive weight.
+ENT_HD void ent_phase_draw(uint32_t t, uint32_t n, const float* z, uint32_t vocab, EntShared& s,
+                           EntRowOut& out) {
+  if (s.status != 0) return;
+  int32_t chunk = s.crossing_chunk;
+  if (chunk < 0) {
+    // Unreached: thread 0 finds the last positive id.
+    if (t != 0) return;
+    for (uint32_t i = vocab; i-- > 0;) {
+      if (ent_exp(ent_gap(z[i], s.max_logit, s.inv_t)) > 0.0) {
+        out.token = i;
+        break;
+      }
+    }
+  } else {
+    if (t != (uint32_t)chunk) return;
+    double acc = s.before_chunk;
+    uint32_t last = ent_chunk_begin(t, n, vocab);
+    for (uint32_t i = last; i < ent_chunk_begin(t + 1, n, vocab); ++i) {
+      double w = ent_exp(ent_gap(z[i], s.max_logit, s.inv_t));
+      if (w > 0.0) {
+        last = i;
+        acc += w;
+        if (acc > s.target) break;
+      }
+    }
+    out.token = last;
+  }
+  out.logprob = ent_gap(z[out.token], s.max_logit, s.inv_t) - s.ln_sum;
+}

@@ -1,0 +1,318 @@
+//! The device kernels' CPU harness. `kernels/token_stats.cuh` holds the per-row statistics
+//! kernel written once: nvcc compiles it for the GPU (`kernels/token_stats.cu`, one thread
+//! block per row), and `build.rs` compiles the same functions into `kernels/cpu_harness.cpp`,
+//! which runs each phase for every thread id before the next, as the GPU's barriers order them.
+//! The tests here hold the harness to `crate::stats` and to an f64 reference, so the code the
+//! GPU will run is the code CI tests.
+//!
+//! What the kernel computes today: for each row, the largest logit, the full-vocabulary
+//! log-sum-exp and entropy, and the untruncated seeded draw (Philox keyed as
+//! [`crate::sampling::DrawKey`]) with its log-probability. The nucleus statistics and the
+//! truncated draw still run on the host.
+
+/// The kernel as PTX for the GPU, compiled from the same source by `build.rs` (nvcc, under the
+/// `cuda` feature, for `CUDA_COMPUTE_CAP`).
+#[cfg(feature = "cuda")]
+pub const TOKEN_STATS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/token_stats.ptx"));
+
+/// One row's inputs (`EntRowIn` in the kernel source).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowIn {
+    /// Sampling temperature `T > 0`.
+    pub temperature: f64,
+    /// The request's seed.
+    pub seed: u64,
+    /// Index of the token within its sample (the Philox counter's first word).
+    pub token_index: u32,
+    /// Index of the sample within its group.
+    pub sample: u32,
+    /// Index of the prompt within its request.
+    pub prompt: u32,
+    _pad: u32,
+}
+
+impl RowIn {
+    /// The inputs of token `token_index` of the sample `key` names, at `temperature`.
+    pub fn new(temperature: f64, key: crate::sampling::DrawKey, token_index: u32) -> Self {
+        Self {
+            temperature,
+            seed: key.seed,
+            token_index,
+            sample: key.sample,
+            prompt: key.prompt,
+            _pad: 0,
+        }
+    }
+}
+
+/// What leaves the device for one row (`EntRowOut` in the kernel source).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RowOut {
+    /// 0: measured; 1: the row holds NaN or +inf; 2: every entry is -inf.
+    pub status: i32,
+    /// The drawn token (inverse CDF over token ids, untruncated).
+    pub token: u32,
+    /// `ln π(token)` at the temperature.
+    pub logprob: f64,
+    /// Full-vocabulary entropy, nats.
+    pub entropy: f64,
+    /// `ln Σ exp((z − max z) / T)`.
+    pub ln_sum: f64,
+    /// The largest logit.
+    pub max_logit: f32,
+    _pad: u32,
+}
+
+extern "C" {
+    fn entroll_token_stats_cpu(
+        logits: *const f32,
+        rows: usize,
+        vocab: u32,
+        inputs: *const RowIn,
+        outputs: *mut RowOut,
+    );
+    fn entroll_exp(x: f64) -> f64;
+    fn entroll_log(x: f64) -> f64;
+}
+
+/// Runs the kernel's CPU harness over `inputs.len()` rows of `vocab` logits each.
+pub fn token_stats_cpu(logits: &[f32], vocab: usize, inputs: &[RowIn]) -> Vec<RowOut> {
+    assert_eq!(
+        logits.len(),
+        vocab * inputs.len(),
+        "one row of logits per input"
+    );
+    assert!(
+        vocab > 0 && vocab <= u32::MAX as usize,
+        "vocabulary of {vocab}"
+    );
+    let mut outputs = vec![RowOut::default(); inputs.len()];
+    // SAFETY: the pointers cover `inputs.len()` rows of `vocab` logits, `inputs.len()` inputs
+    // and as many outputs (checked above); the harness reads and writes nothing else.
+    unsafe {
+        entroll_token_stats_cpu(
+            logits.as_ptr(),
+            inputs.len(),
+            vocab as u32,
+            inputs.as_ptr(),
+            outputs.as_mut_ptr(),
+        );
+    }
+    outputs
+}
+
+/// The kernels' own `exp` (for `x <= 0`), the same bits on the GPU and the CPU.
+pub fn kernel_exp(x: f64) -> f64 {
+    // SAFETY: a pure function of its argument.
+    unsafe { entroll_exp(x) }
+}
+
+/// The kernels' own `ln` (for normal `x > 0`), the same bits on the GPU and the CPU.
+pub fn kernel_log(x: f64) -> f64 {
+    // SAFETY: a pure function of its argument.
+    unsafe { entroll_log(x) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::DrawKey;
+    use crate::stats::{Distribution, Truncation, Workspace};
+
+    /// splitmix64 for test rows.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        fn unit(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        }
+
+        /// A standard normal (Box–Muller).
+        fn normal(&mut self) -> f64 {
+            let (u, v) = (self.unit().max(1e-300), self.unit());
+            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+        }
+    }
+
+    fn units_apart(a: f64, b: f64) -> u64 {
+        (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs()
+    }
+
+    #[test]
+    fn exp_and_log_are_within_two_ulps_of_the_platform_s() {
+        let mut rng = Rng(1);
+        for i in 0..200_000 {
+            let x = match i % 4 {
+                0 => -rng.unit() * 1.0,
+                1 => -rng.unit() * 40.0,
+                2 => -rng.unit() * 700.0,
+                _ => -((rng.next() % 745) as f64),
+            };
+            let (ours, std) = (kernel_exp(x), x.exp());
+            assert!(units_apart(ours, std) <= 2, "exp({x}) = {ours} vs {std}");
+            let y = 1.0 + rng.unit() * 200_000.0;
+            let (ours, std) = (kernel_log(y), y.ln());
+            assert!(units_apart(ours, std) <= 2, "ln({y}) = {ours} vs {std}");
+        }
+        // Subnormal results and the end of the range.
+        for x in [-708.5, -720.0, -740.0, -745.0, -745.1, -746.0, -1e6] {
+            let (ours, std) = (kernel_exp(x), x.exp());
+            assert!(
+                units_apart(ours, std) <= 1,
+                "exp({x}) = {ours:e} vs {std:e}"
+            );
+        }
+        assert_eq!(kernel_exp(0.0), 1.0);
+        assert_eq!(kernel_exp(f64::NEG_INFINITY), 0.0);
+        assert_eq!(kernel_log(1.0), 0.0);
+    }
+
+    /// The f64 reference: the definitions of docs/statistics.md computed plainly.
+    fn reference(z: &[f32], t: f64) -> (f64, f64) {
+        let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let x: Vec<f64> = z.iter().map(|&v| (v as f64 - max) / t).collect();
+        let sum: f64 = x.iter().map(|v| v.exp()).sum();
+        let entropy = sum.ln()
+            - x.iter()
+                .filter(|v| v.is_finite())
+                .map(|v| v.exp() * v)
+                .sum::<f64>()
+                / sum;
+        (sum.ln(), entropy.max(0.0))
+    }
+
+    /// Checks every row of `rows` (each `vocab` long) against the host's statistics and draw
+    /// and the f64 reference; returns the largest difference.
+    fn check(rows: &[Vec<f32>], vocab: usize, temperature: f64) -> f64 {
+        let key = DrawKey {
+            seed: 0x5EED_0000_0000_0007,
+            prompt: 3,
+            sample: 1,
+        };
+        let inputs: Vec<RowIn> = (0..rows.len())
+            .map(|i| RowIn::new(temperature, key, i as u32))
+            .collect();
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let outputs = token_stats_cpu(&flat, vocab, &inputs);
+        let mut worst = 0.0f64;
+        let mut ws = Workspace::default();
+        for (i, (row, out)) in rows.iter().zip(&outputs).enumerate() {
+            assert_eq!(out.status, 0, "row {i}");
+            let mut host = Distribution::new(row, temperature, &mut ws).unwrap();
+            let drawn = host.draw(&Truncation::NONE, key.uniform(i as u32));
+            assert_eq!(out.token, drawn.token, "row {i}: the draw");
+            let (ln_sum, entropy) = reference(row, temperature);
+            for (what, got, want) in [
+                ("entropy vs host", out.entropy, host.entropy()),
+                ("logprob vs host", out.logprob, drawn.logprob),
+                ("entropy vs reference", out.entropy, entropy),
+                ("ln sum vs reference", out.ln_sum, ln_sum),
+            ] {
+                let diff = (got - want).abs();
+                worst = worst.max(diff);
+                assert!(diff <= 1e-9, "row {i}: {what}: {got} vs {want}");
+            }
+        }
+        worst
+    }
+
+    fn gaussian_rows(rng: &mut Rng, rows: usize, vocab: usize, scale: f64) -> Vec<Vec<f32>> {
+        (0..rows)
+            .map(|_| (0..vocab).map(|_| (rng.normal() * scale) as f32).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_of_256_rows_matches_the_host_and_the_reference() {
+        let mut rng = Rng(2);
+        let rows = gaussian_rows(&mut rng, 256, 4_096, 3.0);
+        let worst = check(&rows, 4_096, 1.0);
+        assert!(worst < 1e-12, "{worst:e}");
+    }
+
+    #[test]
+    fn adversarial_rows_match_the_host_and_the_reference() {
+        let mut rng = Rng(3);
+        let v = 151_936;
+        let mut rows = Vec::new();
+        // Flat: every token tied.
+        rows.push(vec![0.5f32; v]);
+        // Ties at the top and -inf entries (masked tokens).
+        let mut tied: Vec<f32> = (0..v).map(|_| (rng.normal() * 2.0) as f32).collect();
+        for i in (0..v).step_by(997) {
+            tied[i] = 9.0;
+        }
+        for i in (5..v).step_by(13) {
+            tied[i] = f32::NEG_INFINITY;
+        }
+        rows.push(tied);
+        // Near one-hot.
+        let mut peaked: Vec<f32> = (0..v).map(|_| rng.normal() as f32).collect();
+        peaked[v / 2] = 60.0;
+        rows.push(peaked);
+        // bf16-rounded logits (many exact ties).
+        rows.push(
+            (0..v)
+                .map(|_| half_round((rng.normal() * 4.0) as f32))
+                .collect(),
+        );
+        // A wide, peaked row (σ = 6) and a single finite entry among -inf.
+        rows.extend(gaussian_rows(&mut rng, 1, v, 6.0));
+        let mut single = vec![f32::NEG_INFINITY; v];
+        single[v - 1] = -3.0;
+        rows.push(single);
+        for t in [1.0, 0.7, 1.6] {
+            let worst = check(&rows, v, t);
+            eprintln!("adversarial rows at T = {t}: within {worst:.1e} nats");
+        }
+    }
+
+    /// Rounds to bf16 (to nearest, ties to even), as a bf16 model's logits are.
+    fn half_round(x: f32) -> f32 {
+        let bits = x.to_bits();
+        let rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF_0000;
+        f32::from_bits(rounded)
+    }
+
+    #[test]
+    fn rows_without_a_distribution_are_flagged_not_measured() {
+        let v = 1_000;
+        let mut nan = vec![0.0f32; v];
+        nan[17] = f32::NAN;
+        let mut inf = vec![0.0f32; v];
+        inf[999] = f32::INFINITY;
+        let masked = vec![f32::NEG_INFINITY; v];
+        let flat: Vec<f32> = [nan, inf, masked].concat();
+        let key = DrawKey {
+            seed: 1,
+            prompt: 0,
+            sample: 0,
+        };
+        let inputs = vec![RowIn::new(1.0, key, 0); 3];
+        let statuses: Vec<i32> = token_stats_cpu(&flat, v, &inputs)
+            .iter()
+            .map(|o| o.status)
+            .collect();
+        assert_eq!(statuses, [1, 1, 2]);
+    }
+
+    #[test]
+    fn every_draw_of_many_rows_is_the_host_s() {
+        // Small vocabularies make each draw land near chunk edges and on tied tokens often.
+        let mut rng = Rng(4);
+        for vocab in [1, 2, 255, 256, 257, 1_000] {
+            let rows = gaussian_rows(&mut rng, 64, vocab, 1.5);
+            check(&rows, vocab, 1.0);
+        }
+    }
+}
