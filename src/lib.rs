@@ -27,5 +27,7 @@ pub mod sampling;
 pub mod server;
 pub mod shutdown;
 pub mod stats;
+#[cfg(test)]
+mod test_rng;
 pub mod validation;
 pub mod weights;

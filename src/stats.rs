@@ -397,6 +397,7 @@ impl<'a> Distribution<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::TestRng as Rows;
 
     /// Straightforward f64 reference of every definition, sorting the whole vocabulary.
     struct Reference {
@@ -458,28 +459,6 @@ mod tests {
                     .sum::<f64>()
             };
             (set.len(), mass, h)
-        }
-    }
-
-    /// A small deterministic generator for test rows (splitmix64 → normal by Box-Muller).
-    struct Rows(u64);
-    impl Rows {
-        fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-            z ^ (z >> 31)
-        }
-        fn uniform(&mut self) -> f64 {
-            (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-        }
-        fn normal(&mut self) -> f64 {
-            let (u1, u2) = (self.uniform().max(1e-300), self.uniform());
-            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-        }
-        fn row(&mut self, v: usize, scale: f64) -> Vec<f32> {
-            (0..v).map(|_| (self.normal() * scale) as f32).collect()
         }
     }
 

@@ -121,28 +121,7 @@ mod tests {
     use crate::sampling::DrawKey;
     use crate::stats::{Distribution, Truncation, Workspace};
 
-    /// splitmix64 for test rows.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        fn unit(&mut self) -> f64 {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64
-        }
-
-        /// A standard normal (Box–Muller).
-        fn normal(&mut self) -> f64 {
-            let (u, v) = (self.unit().max(1e-300), self.unit());
-            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-        }
-    }
+    use crate::test_rng::TestRng as Rng;
 
     fn units_apart(a: f64, b: f64) -> u64 {
         (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs()
@@ -153,14 +132,14 @@ mod tests {
         let mut rng = Rng(1);
         for i in 0..200_000 {
             let x = match i % 4 {
-                0 => -rng.unit() * 1.0,
-                1 => -rng.unit() * 40.0,
-                2 => -rng.unit() * 700.0,
-                _ => -((rng.next() % 745) as f64),
+                0 => -rng.uniform() * 1.0,
+                1 => -rng.uniform() * 40.0,
+                2 => -rng.uniform() * 700.0,
+                _ => -((rng.next_u64() % 745) as f64),
             };
             let (ours, std) = (kernel_exp(x), x.exp());
             assert!(units_apart(ours, std) <= 2, "exp({x}) = {ours} vs {std}");
-            let y = 1.0 + rng.unit() * 200_000.0;
+            let y = 1.0 + rng.uniform() * 200_000.0;
             let (ours, std) = (kernel_log(y), y.ln());
             assert!(units_apart(ours, std) <= 2, "ln({y}) = {ours} vs {std}");
         }
@@ -227,9 +206,7 @@ mod tests {
     }
 
     fn gaussian_rows(rng: &mut Rng, rows: usize, vocab: usize, scale: f64) -> Vec<Vec<f32>> {
-        (0..rows)
-            .map(|_| (0..vocab).map(|_| (rng.normal() * scale) as f32).collect())
-            .collect()
+        (0..rows).map(|_| rng.row(vocab, scale)).collect()
     }
 
     #[test]
