@@ -1,25 +1,32 @@
-// The CPU harness: runs the phases of token_stats.cuh exactly as the GPU kernel of
-// token_stats.cu does (the same functions, the same thread count), each phase for every thread
-// id before the next phase begins, which is what a barrier guarantees on the GPU. Rows are
+// The CPU harness: runs ent_row of token_stats.cuh exactly as the GPU kernel of token_stats.cu
+// does (the same phases in the same order, the same thread count), each phase for every thread
+// id before the next phase begins, which is what the GPU's barrier guarantees. Rows are
 // independent, like the GPU's thread blocks. Built by build.rs with -ffp-contract=off.
 #include <cstddef>
+#include <memory>
 #include <vector>
 
 #include "token_stats.cuh"
 
+// The scratch keys a row needs for `max_candidates` of `vocab`.
+static uint32_t scratch_for(const EntRowIn& in, uint32_t vocab) {
+  uint32_t k = in.max_candidates < vocab ? in.max_candidates : vocab;
+  return ent_sort_length(k < 1 ? 1 : k);
+}
+
 extern "C" void entroll_token_stats_cpu(const float* logits, size_t rows, uint32_t vocab,
                                         const EntRowIn* in, EntRowOut* out) {
   const uint32_t n = ENT_THREADS;
-  std::vector<EntShared> shared(1);
+  std::unique_ptr<EntShared> shared(new EntShared());
+  std::vector<uint64_t> keys;
   for (size_t row = 0; row < rows; ++row) {
-    EntShared& s = shared[0];
-    const float* z = logits + row * (size_t)vocab;
+    keys.assign(scratch_for(in[row], vocab), 0);
     out[row] = EntRowOut{};
-    for (uint32_t t = 0; t < n; ++t) ent_phase_max(t, n, z, vocab, s);
-    for (uint32_t t = 0; t < n; ++t) ent_phase_max_combine(t, n, in[row], s);
-    for (uint32_t t = 0; t < n; ++t) ent_phase_sums(t, n, z, vocab, s);
-    for (uint32_t t = 0; t < n; ++t) ent_phase_totals(t, n, in[row], s, out[row]);
-    for (uint32_t t = 0; t < n; ++t) ent_phase_draw(t, n, z, vocab, s, out[row]);
+    auto each = [&](auto phase) {
+      for (uint32_t t = 0; t < n; ++t) phase(t);
+    };
+    ent_row(each, n, logits + row * (size_t)vocab, vocab, in[row], *shared, keys.data(),
+            out[row]);
   }
 }
 
@@ -27,5 +34,5 @@ extern "C" void entroll_token_stats_cpu(const float* logits, size_t rows, uint32
 extern "C" double entroll_exp(double x) { return ent_exp(x); }
 extern "C" double entroll_log(double x) { return ent_log(x); }
 
-static_assert(sizeof(EntRowIn) == 32, "EntRowIn layout is shared with Rust");
-static_assert(sizeof(EntRowOut) == 40, "EntRowOut layout is shared with Rust");
+static_assert(sizeof(EntRowIn) == 48, "EntRowIn layout is shared with Rust");
+static_assert(sizeof(EntRowOut) == 56, "EntRowOut layout is shared with Rust");

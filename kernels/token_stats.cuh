@@ -33,12 +33,18 @@ struct EntRowIn {
   uint32_t token_index;
   uint32_t sample;
   uint32_t prompt;
+  // The SIREN nucleus: 0 strict (C_j < p), 1 inclusive (shortest prefix with C_j >= p).
+  uint32_t nucleus_rule;
+  // Its mass bound p, and the most candidates K considered.
+  double nucleus_p;
+  uint32_t max_candidates;
   uint32_t _pad;
 };
 
 // What leaves the device for one row.
 struct EntRowOut {
-  // 0: measured; 1: the row holds NaN or +inf; 2: every entry is -inf.
+  // 0: measured; 1: the row holds NaN or +inf; 2: every entry is -inf; 3: the nucleus's
+  // select broke its invariant (a bug: nothing of the row is to be used).
   int32_t status;
   // The drawn token (untruncated inverse CDF over ids).
   uint32_t token;
@@ -50,8 +56,16 @@ struct EntRowOut {
   double ln_sum;
   // max z.
   float max_logit;
-  uint32_t _pad;
+  // |S|, the SIREN nucleus's size.
+  uint32_t nucleus_size;
+  // Its probability mass, and the entropy of pi restricted to it and renormalised.
+  double nucleus_mass;
+  double nucleus_entropy;
 };
+
+// Radix select digits: 4 bits per pass over a 32-bit key, 8 passes.
+#define ENT_DIGIT_BITS 4
+#define ENT_BINS 16
 
 // Per-row scratch shared by the threads of a block.
 struct EntShared {
@@ -67,6 +81,20 @@ struct EntShared {
   double target;
   int32_t crossing_chunk;
   double before_chunk;
+  // The nucleus: per-thread bin counts of the radix select's current pass.
+  uint32_t part_bins[ENT_BINS][ENT_THREADS];
+  // The selected key's bits so far, which bits are fixed, and how many tokens equal to the
+  // final key still belong to the candidates.
+  uint32_t select_prefix;
+  uint32_t select_mask;
+  uint32_t select_remaining;
+  // The candidates: how many (min(K, V)), and per thread the tokens above the selected key and
+  // equal to it, and where each thread's go.
+  uint32_t candidates;
+  uint32_t part_above[ENT_THREADS];
+  uint32_t part_ties[ENT_THREADS];
+  uint32_t above_before[ENT_THREADS];
+  uint32_t ties_before[ENT_THREADS];
 };
 
 // --- Arithmetic that is the same on both platforms ---------------------------------------
@@ -285,4 +313,218 @@ ENT_HD void ent_phase_draw(uint32_t t, uint32_t n, const float* z, uint32_t voca
     out.token = last;
   }
   out.logprob = ent_gap(z[out.token], s.max_logit, s.inv_t) - s.ln_sum;
+}
+
+// --- The SIREN nucleus ------------------------------------------------------------------------
+//
+// The top min(K, V) tokens by (logit descending, id ascending) are found by an exact radix select
+// on the logits' bit patterns, compacted in id order into the row's scratch (`P` = the smallest
+// power of two >= min(K, V) 64-bit rank keys), sorted there by a bitonic sort, and walked in rank
+// order by thread 0 with the same sums as the host.
+
+// A 32-bit key whose ascending order is the logits' ascending order.
+ENT_HD uint32_t ent_order_bits(float z) {
+  union {
+    float f;
+    uint32_t u;
+  } v;
+  v.f = z;
+  return (v.u & 0x80000000u) ? ~v.u : (v.u | 0x80000000u);
+}
+
+// A 64-bit key whose ascending order is the ranking: higher logit first, then lower id.
+ENT_HD uint64_t ent_rank_key(float z, uint32_t id) {
+  return ((uint64_t)(~ent_order_bits(z)) << 32) | id;
+}
+
+// The scratch length for `candidates` keys.
+ENT_HD uint32_t ent_sort_length(uint32_t candidates) {
+  uint32_t p = 1;
+  while (p < candidates) p <<= 1;
+  return p;
+}
+
+// 6. Thread 0: start the select.
+ENT_HD void ent_phase_select_begin(uint32_t t, const EntRowIn& in, uint32_t vocab, EntShared& s) {
+  if (t != 0) return;
+  uint32_t k = in.max_candidates < vocab ? in.max_candidates : vocab;
+  s.candidates = k < 1 ? 1 : k;
+  s.select_prefix = 0;
+  s.select_mask = 0;
+  s.select_remaining = s.candidates;
+}
+
+// 7. Each thread, pass `pass` (0 = the highest digit): its chunk's counts per digit among the
+// tokens whose key matches the digits fixed so far.
+ENT_HD void ent_phase_select_count(uint32_t t, uint32_t n, uint32_t pass, const float* z,
+                                   uint32_t vocab, EntShared& s) {
+  uint32_t bins[ENT_BINS];
+  for (int b = 0; b < ENT_BINS; ++b) bins[b] = 0;
+  if (s.status == 0) {
+    uint32_t shift = 32 - ENT_DIGIT_BITS * (pass + 1);
+    for (uint32_t i = ent_chunk_begin(t, n, vocab); i < ent_chunk_begin(t + 1, n, vocab); ++i) {
+      uint32_t key = ent_order_bits(z[i]);
+      if ((key & s.select_mask) == s.select_prefix) bins[(key >> shift) & (ENT_BINS - 1)] += 1;
+    }
+  }
+  for (int b = 0; b < ENT_BINS; ++b) s.part_bins[b][t] = bins[b];
+}
+
+// 8. Thread 0: the digit of the selected key in this pass, from the highest bin down.
+ENT_HD void ent_phase_select_digit(uint32_t t, uint32_t n, uint32_t pass, EntShared& s) {
+  if (t != 0 || s.status != 0) return;
+  uint32_t shift = 32 - ENT_DIGIT_BITS * (pass + 1);
+  for (int b = ENT_BINS - 1; b >= 0; --b) {
+    uint32_t count = 0;
+    for (uint32_t i = 0; i < n; ++i) count += s.part_bins[b][i];
+    if (s.select_remaining <= count || b == 0) {
+      s.select_prefix |= (uint32_t)b << shift;
+      s.select_mask |= (uint32_t)(ENT_BINS - 1) << shift;
+      break;
+    }
+    s.select_remaining -= count;
+  }
+}
+
+// 9. Each thread: its chunk's tokens above the selected key, and equal to it.
+ENT_HD void ent_phase_candidates_count(uint32_t t, uint32_t n, const float* z, uint32_t vocab,
+                                       EntShared& s) {
+  uint32_t above = 0, ties = 0;
+  if (s.status == 0) {
+    for (uint32_t i = ent_chunk_begin(t, n, vocab); i < ent_chunk_begin(t + 1, n, vocab); ++i) {
+      uint32_t key = ent_order_bits(z[i]);
+      above += key > s.select_prefix;
+      ties += key == s.select_prefix;
+    }
+  }
+  s.part_above[t] = above;
+  s.part_ties[t] = ties;
+}
+
+// 10. Thread 0: where each thread's candidates go (exclusive prefix sums in thread order).
+ENT_HD void ent_phase_candidates_offsets(uint32_t t, uint32_t n, EntShared& s) {
+  if (t != 0) return;
+  uint32_t above = 0, ties = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    s.above_before[i] = above;
+    s.ties_before[i] = ties;
+    above += s.part_above[i];
+    ties += s.part_ties[i];
+  }
+  // The select's invariant: exactly the candidates above the key, and enough tied to it. A
+  // row that breaks it is flagged (status 3) rather than written past its scratch.
+  if (s.status == 0 && (above != s.candidates - s.select_remaining || ties < s.select_remaining))
+    s.status = 3;
+}
+
+// 11. Each thread writes its candidates' rank keys: every token above the selected key, then
+// the tied tokens in id order until the candidates are complete; the rest of the scratch holds
+// keys that sort last.
+ENT_HD void ent_phase_candidates_write(uint32_t t, uint32_t n, const float* z, uint32_t vocab,
+                                       EntShared& s, uint64_t* keys) {
+  if (s.status != 0) return;
+  uint32_t above_total = s.candidates - s.select_remaining;
+  uint32_t a = s.above_before[t];
+  uint32_t tie = s.ties_before[t];
+  for (uint32_t i = ent_chunk_begin(t, n, vocab); i < ent_chunk_begin(t + 1, n, vocab); ++i) {
+    uint32_t key = ent_order_bits(z[i]);
+    if (key > s.select_prefix) {
+      keys[a++] = ent_rank_key(z[i], i);
+    } else if (key == s.select_prefix) {
+      if (tie < s.select_remaining) keys[above_total + tie] = ent_rank_key(z[i], i);
+      ++tie;
+    }
+  }
+  uint32_t length = ent_sort_length(s.candidates);
+  for (uint32_t i = s.candidates + t; i < length; i += n) keys[i] = ~(uint64_t)0;
+}
+
+// 12. One step (k, j) of the bitonic sort of the scratch, ascending; pairs split over threads.
+ENT_HD void ent_phase_sort_step(uint32_t t, uint32_t n, uint32_t k, uint32_t j, EntShared& s,
+                                uint64_t* keys) {
+  if (s.status != 0) return;
+  uint32_t length = ent_sort_length(s.candidates);
+  for (uint32_t i = t; i < length; i += n) {
+    uint32_t l = i ^ j;
+    if (l > i) {
+      bool ascending = (i & k) == 0;
+      uint64_t x = keys[i], y = keys[l];
+      if ((x > y) == ascending) {
+        keys[i] = y;
+        keys[l] = x;
+      }
+    }
+  }
+}
+
+// 13. Thread 0: the nucleus, walking the ranked candidates as the host does.
+ENT_HD void ent_phase_nucleus(uint32_t t, const EntRowIn& in, const float* z, EntShared& s,
+                              const uint64_t* keys, EntRowOut& out) {
+  if (t != 0) return;
+  out.status = s.status;
+  if (s.status != 0) return;
+  double target = in.nucleus_p * s.sum;
+  double acc = 0.0;
+  uint32_t len = 0;
+  bool reached = false;
+  while (len < s.candidates) {
+    uint32_t id = (uint32_t)keys[len];
+    acc += ent_exp(ent_gap(z[id], s.max_logit, s.inv_t));
+    len += 1;
+    if (acc >= target) {
+      reached = true;
+      break;
+    }
+  }
+  uint32_t size = (in.nucleus_rule == 0 && reached) ? len - 1 : len;
+  double mass = 0.0, plogp = 0.0;
+  for (uint32_t j = 0; j < size; ++j) {
+    uint32_t id = (uint32_t)keys[j];
+    double lp = ent_gap(z[id], s.max_logit, s.inv_t) - s.ln_sum;
+    double p = ent_exp(lp);
+    mass += p;
+    if (p > 0.0) plogp += p * lp;
+  }
+  out.nucleus_size = size;
+  out.nucleus_mass = mass;
+  if (size <= 1 || mass <= 0.0) {
+    out.nucleus_entropy = 0.0;
+  } else {
+    double h = ent_log(mass) - plogp / mass;
+    out.nucleus_entropy = h > 0.0 ? h : 0.0;
+  }
+}
+
+// --- The row: every phase in order ---------------------------------------------------------
+
+// Runs every phase of one row through `each`, which runs a phase for every thread id and
+// returns when all have finished it: the GPU kernel's `each` calls it for its own thread then
+// waits at a barrier; the harness's calls it for each thread id in turn. The sequence of phases
+// is this one function on both.
+#ifdef __CUDACC__
+#pragma nv_exec_check_disable
+#endif
+template <class Each>
+ENT_HD void ent_row(Each each, uint32_t n, const float* z, uint32_t vocab, const EntRowIn& in,
+                    EntShared& s, uint64_t* keys, EntRowOut& out) {
+  each([&](uint32_t t) { ent_phase_max(t, n, z, vocab, s); });
+  each([&](uint32_t t) { ent_phase_max_combine(t, n, in, s); });
+  each([&](uint32_t t) { ent_phase_sums(t, n, z, vocab, s); });
+  each([&](uint32_t t) { ent_phase_totals(t, n, in, s, out); });
+  each([&](uint32_t t) { ent_phase_draw(t, n, z, vocab, s, out); });
+  each([&](uint32_t t) { ent_phase_select_begin(t, in, vocab, s); });
+  for (uint32_t pass = 0; pass < 32 / ENT_DIGIT_BITS; ++pass) {
+    each([&](uint32_t t) { ent_phase_select_count(t, n, pass, z, vocab, s); });
+    each([&](uint32_t t) { ent_phase_select_digit(t, n, pass, s); });
+  }
+  each([&](uint32_t t) { ent_phase_candidates_count(t, n, z, vocab, s); });
+  each([&](uint32_t t) { ent_phase_candidates_offsets(t, n, s); });
+  each([&](uint32_t t) { ent_phase_candidates_write(t, n, z, vocab, s, keys); });
+  const uint32_t length = ent_sort_length(s.candidates);
+  for (uint32_t k = 2; k <= length; k <<= 1) {
+    for (uint32_t j = k >> 1; j > 0; j >>= 1) {
+      each([&](uint32_t t) { ent_phase_sort_step(t, n, k, j, s, keys); });
+    }
+  }
+  each([&](uint32_t t) { ent_phase_nucleus(t, in, z, s, keys, out); });
 }

@@ -6,9 +6,9 @@
 //! GPU will run is the code CI tests.
 //!
 //! What the kernel computes today: for each row, the largest logit, the full-vocabulary
-//! log-sum-exp and entropy, and the untruncated seeded draw (Philox keyed as
-//! [`crate::sampling::DrawKey`]) with its log-probability. The nucleus statistics and the
-//! truncated draw still run on the host.
+//! log-sum-exp and entropy, the untruncated seeded draw (Philox keyed as
+//! [`crate::sampling::DrawKey`]) with its log-probability, and the SIREN nucleus (size, mass,
+//! entropy). The truncated draw still runs on the host.
 
 /// The kernel as PTX for the GPU, compiled from the same source by `build.rs` (nvcc, under the
 /// `cuda` feature, for `CUDA_COMPUTE_CAP`).
@@ -29,18 +29,36 @@ pub struct RowIn {
     pub sample: u32,
     /// Index of the prompt within its request.
     pub prompt: u32,
+    /// The SIREN nucleus's rule: 0 strict, 1 inclusive.
+    pub nucleus_rule: u32,
+    /// The nucleus's mass bound `p`.
+    pub nucleus_p: f64,
+    /// The most candidates `K` the nucleus considers.
+    pub max_candidates: u32,
     _pad: u32,
 }
 
 impl RowIn {
-    /// The inputs of token `token_index` of the sample `key` names, at `temperature`.
-    pub fn new(temperature: f64, key: crate::sampling::DrawKey, token_index: u32) -> Self {
+    /// The inputs of token `token_index` of the sample `key` names, at `temperature`, with the
+    /// nucleus of `nucleus`.
+    pub fn new(
+        temperature: f64,
+        key: crate::sampling::DrawKey,
+        token_index: u32,
+        nucleus: &crate::stats::NucleusParams,
+    ) -> Self {
         Self {
             temperature,
             seed: key.seed,
             token_index,
             sample: key.sample,
             prompt: key.prompt,
+            nucleus_rule: match nucleus.rule {
+                crate::stats::NucleusRule::Strict => 0,
+                crate::stats::NucleusRule::Inclusive => 1,
+            },
+            nucleus_p: nucleus.top_p,
+            max_candidates: nucleus.max_candidates.min(u32::MAX as usize) as u32,
             _pad: 0,
         }
     }
@@ -50,7 +68,8 @@ impl RowIn {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct RowOut {
-    /// 0: measured; 1: the row holds NaN or +inf; 2: every entry is -inf.
+    /// 0: measured; 1: the row holds NaN or +inf; 2: every entry is -inf; 3: the nucleus's
+    /// select broke its invariant (a bug: nothing of the row is to be used).
     pub status: i32,
     /// The drawn token (inverse CDF over token ids, untruncated).
     pub token: u32,
@@ -62,7 +81,12 @@ pub struct RowOut {
     pub ln_sum: f64,
     /// The largest logit.
     pub max_logit: f32,
-    _pad: u32,
+    /// `|S|`, the SIREN nucleus's size.
+    pub nucleus_size: u32,
+    /// The nucleus's probability mass.
+    pub nucleus_mass: f64,
+    /// The entropy of `π` restricted to the nucleus and renormalised.
+    pub nucleus_entropy: f64,
 }
 
 extern "C" {
@@ -119,7 +143,7 @@ pub fn kernel_log(x: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::sampling::DrawKey;
-    use crate::stats::{Distribution, Truncation, Workspace};
+    use crate::stats::{Distribution, NucleusParams, NucleusRule, Truncation, Workspace};
 
     use crate::test_rng::TestRng as Rng;
 
@@ -170,16 +194,32 @@ mod tests {
         (sum.ln(), entropy.max(0.0))
     }
 
+    /// The nucleus every check uses unless it says otherwise (the statistics' defaults).
+    const SIREN: NucleusParams = NucleusParams {
+        top_p: 0.8,
+        max_candidates: 10_000,
+        rule: NucleusRule::Strict,
+    };
+
     /// Checks every row of `rows` (each `vocab` long) against the host's statistics and draw
     /// and the f64 reference; returns the largest difference.
     fn check(rows: &[Vec<f32>], vocab: usize, temperature: f64) -> f64 {
+        check_with(rows, vocab, temperature, &SIREN)
+    }
+
+    fn check_with(
+        rows: &[Vec<f32>],
+        vocab: usize,
+        temperature: f64,
+        nucleus: &NucleusParams,
+    ) -> f64 {
         let key = DrawKey {
             seed: 0x5EED_0000_0000_0007,
             prompt: 3,
             sample: 1,
         };
         let inputs: Vec<RowIn> = (0..rows.len())
-            .map(|i| RowIn::new(temperature, key, i as u32))
+            .map(|i| RowIn::new(temperature, key, i as u32, nucleus))
             .collect();
         let flat: Vec<f32> = rows.iter().flatten().copied().collect();
         let outputs = token_stats_cpu(&flat, vocab, &inputs);
@@ -190,12 +230,19 @@ mod tests {
             let mut host = Distribution::new(row, temperature, &mut ws).unwrap();
             let drawn = host.draw(&Truncation::NONE, key.uniform(i as u32));
             assert_eq!(out.token, drawn.token, "row {i}: the draw");
+            let s = host.nucleus(nucleus);
+            assert_eq!(
+                out.nucleus_size as usize, s.size,
+                "row {i}: the nucleus's size"
+            );
             let (ln_sum, entropy) = reference(row, temperature);
             for (what, got, want) in [
                 ("entropy vs host", out.entropy, host.entropy()),
                 ("logprob vs host", out.logprob, drawn.logprob),
                 ("entropy vs reference", out.entropy, entropy),
                 ("ln sum vs reference", out.ln_sum, ln_sum),
+                ("nucleus mass vs host", out.nucleus_mass, s.mass),
+                ("nucleus entropy vs host", out.nucleus_entropy, s.entropy),
             ] {
                 let diff = (got - want).abs();
                 worst = worst.max(diff);
@@ -275,7 +322,7 @@ mod tests {
             prompt: 0,
             sample: 0,
         };
-        let inputs = vec![RowIn::new(1.0, key, 0); 3];
+        let inputs = vec![RowIn::new(1.0, key, 0, &SIREN); 3];
         let statuses: Vec<i32> = token_stats_cpu(&flat, v, &inputs)
             .iter()
             .map(|o| o.status)
@@ -290,6 +337,37 @@ mod tests {
         for vocab in [1, 2, 255, 256, 257, 1_000] {
             let rows = gaussian_rows(&mut rng, 64, vocab, 1.5);
             check(&rows, vocab, 1.0);
+        }
+    }
+
+    #[test]
+    fn the_nucleus_matches_the_host_for_every_rule_bound_and_cap() {
+        let mut rng = Rng(5);
+        let v = 49_152;
+        let mut rows = Vec::new();
+        for scale in [0.5, 2.0, 6.0] {
+            rows.extend(gaussian_rows(&mut rng, 2, v, scale));
+        }
+        // bf16-rounded logits: ties at the nucleus's and the candidates' boundaries.
+        rows.push(
+            (0..v)
+                .map(|_| half_round((rng.normal() * 3.0) as f32))
+                .collect(),
+        );
+        for rule in [NucleusRule::Strict, NucleusRule::Inclusive] {
+            // Not p = 1: there whether the last token reaches p is a rounding decision (the
+            // rank-order sum against the total summed in id order), which host and kernel may
+            // take apart.
+            for top_p in [0.3, 0.8, 0.95, 0.999] {
+                for max_candidates in [1, 7, 300, 10_000, v + 5] {
+                    let nucleus = NucleusParams {
+                        top_p,
+                        max_candidates,
+                        rule,
+                    };
+                    check_with(&rows, v, 1.0, &nucleus);
+                }
+            }
         }
     }
 }
