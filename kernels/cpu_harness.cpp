@@ -8,10 +8,15 @@
 
 #include "token_stats.cuh"
 
-// The scratch keys a row needs for `max_candidates` of `vocab`.
+// The scratch keys a row needs: the nucleus's candidates, and the truncated draw's.
 static uint32_t scratch_for(const EntRowIn& in, uint32_t vocab) {
   uint32_t k = in.max_candidates < vocab ? in.max_candidates : vocab;
-  return ent_sort_length(k < 1 ? 1 : k);
+  uint32_t length = ent_sort_length(k < 1 ? 1 : k);
+  if (ent_truncated(in)) {
+    uint32_t draw = ent_sort_length(ent_draw_cap(in, vocab));
+    if (draw > length) length = draw;
+  }
+  return length;
 }
 
 extern "C" void entroll_token_stats_cpu(const float* logits, size_t rows, uint32_t vocab,
@@ -34,5 +39,5 @@ extern "C" void entroll_token_stats_cpu(const float* logits, size_t rows, uint32
 extern "C" double entroll_exp(double x) { return ent_exp(x); }
 extern "C" double entroll_log(double x) { return ent_log(x); }
 
-static_assert(sizeof(EntRowIn) == 48, "EntRowIn layout is shared with Rust");
-static_assert(sizeof(EntRowOut) == 56, "EntRowOut layout is shared with Rust");
+static_assert(sizeof(EntRowIn) == 56, "EntRowIn layout is shared with Rust");
+static_assert(sizeof(EntRowOut) == 64, "EntRowOut layout is shared with Rust");

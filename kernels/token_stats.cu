@@ -3,7 +3,9 @@
 // cuda feature (nvcc -ptx --fmad=false); cpu_harness.cpp runs the same ent_row on the CPU.
 #include "token_stats.cuh"
 
-// `keys` holds ent_sort_length(min(K, V)) 64-bit keys of scratch per row, `keys_per_row` apart.
+// `keys` holds, per row and `keys_per_row` apart, scratch for the larger of
+// ent_sort_length(min(K, V)) and, when the draw is truncated, ent_sort_length(min(top_k, V))
+// 64-bit keys.
 extern "C" __global__ void entroll_token_stats(const float* logits, uint32_t vocab,
                                                const EntRowIn* in, EntRowOut* out,
                                                uint64_t* keys, uint32_t keys_per_row) {

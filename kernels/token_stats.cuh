@@ -38,7 +38,10 @@ struct EntRowIn {
   // Its mass bound p, and the most candidates K considered.
   double nucleus_p;
   uint32_t max_candidates;
-  uint32_t _pad;
+  // The sampling truncation: top-k (0: none), then top-p in the inclusive convention (>= 1:
+  // none), renormalised.
+  uint32_t top_k;
+  double top_p;
 };
 
 // What leaves the device for one row.
@@ -61,6 +64,9 @@ struct EntRowOut {
   // Its probability mass, and the entropy of pi restricted to it and renormalised.
   double nucleus_mass;
   double nucleus_entropy;
+  // ln of the token's probability under the truncated, renormalised distribution it was drawn
+  // from (= logprob when nothing truncates).
+  double sampling_logprob;
 };
 
 // Radix select digits: 4 bits per pass over a 32-bit key, 8 passes.
@@ -313,6 +319,7 @@ ENT_HD void ent_phase_draw(uint32_t t, uint32_t n, const float* z, uint32_t voca
     out.token = last;
   }
   out.logprob = ent_gap(z[out.token], s.max_logit, s.inv_t) - s.ln_sum;
+  out.sampling_logprob = out.logprob;
 }
 
 // --- The SIREN nucleus ------------------------------------------------------------------------
@@ -344,10 +351,10 @@ ENT_HD uint32_t ent_sort_length(uint32_t candidates) {
   return p;
 }
 
-// 6. Thread 0: start the select.
-ENT_HD void ent_phase_select_begin(uint32_t t, const EntRowIn& in, uint32_t vocab, EntShared& s) {
+// 6. Thread 0: start a select of the top `cap` tokens (at least 1, at most V).
+ENT_HD void ent_phase_select_begin(uint32_t t, uint32_t cap, uint32_t vocab, EntShared& s) {
   if (t != 0) return;
-  uint32_t k = in.max_candidates < vocab ? in.max_candidates : vocab;
+  uint32_t k = cap < vocab ? cap : vocab;
   s.candidates = k < 1 ? 1 : k;
   s.select_prefix = 0;
   s.select_mask = 0;
@@ -495,6 +502,65 @@ ENT_HD void ent_phase_nucleus(uint32_t t, const EntRowIn& in, const float* z, En
   }
 }
 
+// Whether the draw is truncated (top-k and/or top-p), and over how many top candidates.
+ENT_HD bool ent_truncated(const EntRowIn& in) { return in.top_k != 0 || in.top_p < 1.0; }
+ENT_HD uint32_t ent_draw_cap(const EntRowIn& in, uint32_t vocab) {
+  return in.top_k != 0 && in.top_k < vocab ? in.top_k : vocab;
+}
+
+// ln x for x in (0, 1], subnormal x included.
+ENT_HD double ent_log_small(double x) {
+  const double two54 = 18014398509481984.0;
+  if (x < 2.2250738585072014e-308) return ent_log(x * two54) - 54.0 * 0.6931471805599453;
+  return ent_log(x);
+}
+
+// 14. Thread 0: the truncated draw over the ranked candidates (the top min(top_k, V)), as the
+// host does: the top-k weight, the inclusive top-p prefix of it, then the inverse CDF in rank
+// order at u times the kept weight.
+ENT_HD void ent_phase_truncated_draw(uint32_t t, const EntRowIn& in, const float* z,
+                                     uint32_t vocab, EntShared& s, const uint64_t* keys,
+                                     EntRowOut& out) {
+  if (t != 0 || s.status != 0) return;
+  const uint32_t k = s.candidates;
+  uint32_t len = k;
+  double weight = 0.0;
+  if (in.top_p >= 1.0) {
+    for (uint32_t j = 0; j < k; ++j) weight += ent_exp(ent_gap(z[(uint32_t)keys[j]], s.max_logit, s.inv_t));
+  } else {
+    double top_k_weight = s.sum;
+    if (k < vocab) {
+      top_k_weight = 0.0;
+      for (uint32_t j = 0; j < k; ++j)
+        top_k_weight += ent_exp(ent_gap(z[(uint32_t)keys[j]], s.max_logit, s.inv_t));
+    }
+    double target = in.top_p * top_k_weight;
+    len = 0;
+    while (len < k) {
+      weight += ent_exp(ent_gap(z[(uint32_t)keys[len]], s.max_logit, s.inv_t));
+      len += 1;
+      if (weight >= target) break;
+    }
+  }
+  double target = ent_uniform(in) * weight;
+  double acc = 0.0;
+  uint32_t token = (uint32_t)keys[0];
+  double token_weight = 0.0;
+  for (uint32_t j = 0; j < len; ++j) {
+    uint32_t id = (uint32_t)keys[j];
+    double w = ent_exp(ent_gap(z[id], s.max_logit, s.inv_t));
+    if (w > 0.0) {
+      token = id;
+      token_weight = w;
+    }
+    acc += w;
+    if (acc > target) break;
+  }
+  out.token = token;
+  out.logprob = ent_gap(z[token], s.max_logit, s.inv_t) - s.ln_sum;
+  out.sampling_logprob = ent_log_small(token_weight / weight);
+}
+
 // --- The row: every phase in order ---------------------------------------------------------
 
 // Runs every phase of one row through `each`, which runs a phase for every thread id and
@@ -505,14 +571,10 @@ ENT_HD void ent_phase_nucleus(uint32_t t, const EntRowIn& in, const float* z, En
 #pragma nv_exec_check_disable
 #endif
 template <class Each>
-ENT_HD void ent_row(Each each, uint32_t n, const float* z, uint32_t vocab, const EntRowIn& in,
-                    EntShared& s, uint64_t* keys, EntRowOut& out) {
-  each([&](uint32_t t) { ent_phase_max(t, n, z, vocab, s); });
-  each([&](uint32_t t) { ent_phase_max_combine(t, n, in, s); });
-  each([&](uint32_t t) { ent_phase_sums(t, n, z, vocab, s); });
-  each([&](uint32_t t) { ent_phase_totals(t, n, in, s, out); });
-  each([&](uint32_t t) { ent_phase_draw(t, n, z, vocab, s, out); });
-  each([&](uint32_t t) { ent_phase_select_begin(t, in, vocab, s); });
+ENT_HD void ent_ranked(Each each, uint32_t n, uint32_t cap, const float* z, uint32_t vocab,
+                       EntShared& s, uint64_t* keys) {
+  // Leaves the top min(cap, V) rank keys sorted at the start of `keys`.
+  each([&](uint32_t t) { ent_phase_select_begin(t, cap, vocab, s); });
   for (uint32_t pass = 0; pass < 32 / ENT_DIGIT_BITS; ++pass) {
     each([&](uint32_t t) { ent_phase_select_count(t, n, pass, z, vocab, s); });
     each([&](uint32_t t) { ent_phase_select_digit(t, n, pass, s); });
@@ -526,5 +588,23 @@ ENT_HD void ent_row(Each each, uint32_t n, const float* z, uint32_t vocab, const
       each([&](uint32_t t) { ent_phase_sort_step(t, n, k, j, s, keys); });
     }
   }
+}
+
+#ifdef __CUDACC__
+#pragma nv_exec_check_disable
+#endif
+template <class Each>
+ENT_HD void ent_row(Each each, uint32_t n, const float* z, uint32_t vocab, const EntRowIn& in,
+                    EntShared& s, uint64_t* keys, EntRowOut& out) {
+  each([&](uint32_t t) { ent_phase_max(t, n, z, vocab, s); });
+  each([&](uint32_t t) { ent_phase_max_combine(t, n, in, s); });
+  each([&](uint32_t t) { ent_phase_sums(t, n, z, vocab, s); });
+  each([&](uint32_t t) { ent_phase_totals(t, n, in, s, out); });
+  each([&](uint32_t t) { ent_phase_draw(t, n, z, vocab, s, out); });
+  ent_ranked(each, n, in.max_candidates, z, vocab, s, keys);
   each([&](uint32_t t) { ent_phase_nucleus(t, in, z, s, keys, out); });
+  if (ent_truncated(in)) {
+    ent_ranked(each, n, ent_draw_cap(in, vocab), z, vocab, s, keys);
+    each([&](uint32_t t) { ent_phase_truncated_draw(t, in, z, vocab, s, keys, out); });
+  }
 }

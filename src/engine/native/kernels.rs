@@ -7,8 +7,9 @@
 //!
 //! What the kernel computes today: for each row, the largest logit, the full-vocabulary
 //! log-sum-exp and entropy, the untruncated seeded draw (Philox keyed as
-//! [`crate::sampling::DrawKey`]) with its log-probability, and the SIREN nucleus (size, mass,
-//! entropy). The truncated draw still runs on the host.
+//! [`crate::sampling::DrawKey`]) with its log-probability, the SIREN nucleus (size, mass,
+//! entropy), and the draw truncated by top-k and top-p with `sampling_logprob`: every
+//! statistic of a token. Running it inside the engine on CUDA is the next step.
 
 /// The kernel as PTX for the GPU, compiled from the same source by `build.rs` (nvcc, under the
 /// `cuda` feature, for `CUDA_COMPUTE_CAP`).
@@ -35,17 +36,21 @@ pub struct RowIn {
     pub nucleus_p: f64,
     /// The most candidates `K` the nucleus considers.
     pub max_candidates: u32,
-    _pad: u32,
+    /// The draw's top-k truncation (0: none).
+    pub top_k: u32,
+    /// The draw's top-p truncation, inclusive, after top-k (`>= 1`: none).
+    pub top_p: f64,
 }
 
 impl RowIn {
     /// The inputs of token `token_index` of the sample `key` names, at `temperature`, with the
-    /// nucleus of `nucleus`.
+    /// nucleus of `nucleus` and the draw truncated by `truncation`.
     pub fn new(
         temperature: f64,
         key: crate::sampling::DrawKey,
         token_index: u32,
         nucleus: &crate::stats::NucleusParams,
+        truncation: &crate::stats::Truncation,
     ) -> Self {
         Self {
             temperature,
@@ -59,7 +64,10 @@ impl RowIn {
             },
             nucleus_p: nucleus.top_p,
             max_candidates: nucleus.max_candidates.min(u32::MAX as usize) as u32,
-            _pad: 0,
+            top_k: truncation
+                .top_k
+                .map_or(0, |k| k.clamp(1, u32::MAX as usize) as u32),
+            top_p: truncation.top_p,
         }
     }
 }
@@ -87,6 +95,9 @@ pub struct RowOut {
     pub nucleus_mass: f64,
     /// The entropy of `π` restricted to the nucleus and renormalised.
     pub nucleus_entropy: f64,
+    /// `ln` of the token's probability under the truncated, renormalised distribution it was
+    /// drawn from (`logprob` when nothing truncates).
+    pub sampling_logprob: f64,
 }
 
 extern "C" {
@@ -204,7 +215,7 @@ mod tests {
     /// Checks every row of `rows` (each `vocab` long) against the host's statistics and draw
     /// and the f64 reference; returns the largest difference.
     fn check(rows: &[Vec<f32>], vocab: usize, temperature: f64) -> f64 {
-        check_with(rows, vocab, temperature, &SIREN)
+        check_with(rows, vocab, temperature, &SIREN, &Truncation::NONE)
     }
 
     fn check_with(
@@ -212,6 +223,7 @@ mod tests {
         vocab: usize,
         temperature: f64,
         nucleus: &NucleusParams,
+        truncation: &Truncation,
     ) -> f64 {
         let key = DrawKey {
             seed: 0x5EED_0000_0000_0007,
@@ -219,7 +231,7 @@ mod tests {
             sample: 1,
         };
         let inputs: Vec<RowIn> = (0..rows.len())
-            .map(|i| RowIn::new(temperature, key, i as u32, nucleus))
+            .map(|i| RowIn::new(temperature, key, i as u32, nucleus, truncation))
             .collect();
         let flat: Vec<f32> = rows.iter().flatten().copied().collect();
         let outputs = token_stats_cpu(&flat, vocab, &inputs);
@@ -228,7 +240,7 @@ mod tests {
         for (i, (row, out)) in rows.iter().zip(&outputs).enumerate() {
             assert_eq!(out.status, 0, "row {i}");
             let mut host = Distribution::new(row, temperature, &mut ws).unwrap();
-            let drawn = host.draw(&Truncation::NONE, key.uniform(i as u32));
+            let drawn = host.draw(truncation, key.uniform(i as u32));
             assert_eq!(out.token, drawn.token, "row {i}: the draw");
             let s = host.nucleus(nucleus);
             assert_eq!(
@@ -239,6 +251,11 @@ mod tests {
             for (what, got, want) in [
                 ("entropy vs host", out.entropy, host.entropy()),
                 ("logprob vs host", out.logprob, drawn.logprob),
+                (
+                    "sampling logprob vs host",
+                    out.sampling_logprob,
+                    drawn.sampling_logprob,
+                ),
                 ("entropy vs reference", out.entropy, entropy),
                 ("ln sum vs reference", out.ln_sum, ln_sum),
                 ("nucleus mass vs host", out.nucleus_mass, s.mass),
@@ -322,7 +339,7 @@ mod tests {
             prompt: 0,
             sample: 0,
         };
-        let inputs = vec![RowIn::new(1.0, key, 0, &SIREN); 3];
+        let inputs = vec![RowIn::new(1.0, key, 0, &SIREN, &Truncation::NONE); 3];
         let statuses: Vec<i32> = token_stats_cpu(&flat, v, &inputs)
             .iter()
             .map(|o| o.status)
@@ -365,7 +382,27 @@ mod tests {
                         max_candidates,
                         rule,
                     };
-                    check_with(&rows, v, 1.0, &nucleus);
+                    check_with(&rows, v, 1.0, &nucleus, &Truncation::NONE);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_draws_are_the_host_s() {
+        let mut rng = Rng(6);
+        let v = 49_152;
+        let mut rows = gaussian_rows(&mut rng, 6, v, 2.0);
+        rows.push(
+            (0..v)
+                .map(|_| half_round((rng.normal() * 3.0) as f32))
+                .collect(),
+        );
+        for top_k in [None, Some(1), Some(2), Some(50), Some(v + 1)] {
+            for top_p in [1.0, 0.95, 0.5, 0.01] {
+                let truncation = Truncation { top_k, top_p };
+                for t in [1.0, 0.6] {
+                    check_with(&rows, v, t, &SIREN, &truncation);
                 }
             }
         }
