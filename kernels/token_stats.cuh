@@ -205,6 +205,11 @@ ENT_HD double ent_gap(float z, float max_z, double inv_t) {
   return z == max_z ? 0.0 : ((double)z - (double)max_z) * inv_t;
 }
 
+// exp(gap) of token `id`: its weight, pi(id) times sum_i exp(gap_i).
+ENT_HD double ent_weight(const float* z, uint32_t id, const EntShared& s) {
+  return ent_exp(ent_gap(z[id], s.max_logit, s.inv_t));
+}
+
 // Thread `t` of `n` owns ids [chunk_begin(t), chunk_begin(t + 1)): contiguous chunks, so that
 // the cumulative weight over ids is the prefix over chunks, then within one chunk.
 ENT_HD uint32_t ent_chunk_begin(uint32_t t, uint32_t n, uint32_t vocab) {
@@ -299,7 +304,7 @@ ENT_HD void ent_phase_draw(uint32_t t, uint32_t n, const float* z, uint32_t voca
     // Unreached: thread 0 finds the last positive id.
     if (t != 0) return;
     for (uint32_t i = vocab; i-- > 0;) {
-      if (ent_exp(ent_gap(z[i], s.max_logit, s.inv_t)) > 0.0) {
+      if (ent_weight(z, i, s) > 0.0) {
         out.token = i;
         break;
       }
@@ -309,7 +314,7 @@ ENT_HD void ent_phase_draw(uint32_t t, uint32_t n, const float* z, uint32_t voca
     double acc = s.before_chunk;
     uint32_t last = ent_chunk_begin(t, n, vocab);
     for (uint32_t i = last; i < ent_chunk_begin(t + 1, n, vocab); ++i) {
-      double w = ent_exp(ent_gap(z[i], s.max_logit, s.inv_t));
+      double w = ent_weight(z, i, s);
       if (w > 0.0) {
         last = i;
         acc += w;
@@ -476,7 +481,7 @@ ENT_HD void ent_phase_nucleus(uint32_t t, const EntRowIn& in, const float* z, En
   bool reached = false;
   while (len < s.candidates) {
     uint32_t id = (uint32_t)keys[len];
-    acc += ent_exp(ent_gap(z[id], s.max_logit, s.inv_t));
+    acc += ent_weight(z, id, s);
     len += 1;
     if (acc >= target) {
       reached = true;
@@ -526,18 +531,18 @@ ENT_HD void ent_phase_truncated_draw(uint32_t t, const EntRowIn& in, const float
   uint32_t len = k;
   double weight = 0.0;
   if (in.top_p >= 1.0) {
-    for (uint32_t j = 0; j < k; ++j) weight += ent_exp(ent_gap(z[(uint32_t)keys[j]], s.max_logit, s.inv_t));
+    for (uint32_t j = 0; j < k; ++j) weight += ent_weight(z, (uint32_t)keys[j], s);
   } else {
     double top_k_weight = s.sum;
     if (k < vocab) {
       top_k_weight = 0.0;
       for (uint32_t j = 0; j < k; ++j)
-        top_k_weight += ent_exp(ent_gap(z[(uint32_t)keys[j]], s.max_logit, s.inv_t));
+        top_k_weight += ent_weight(z, (uint32_t)keys[j], s);
     }
     double target = in.top_p * top_k_weight;
     len = 0;
     while (len < k) {
-      weight += ent_exp(ent_gap(z[(uint32_t)keys[len]], s.max_logit, s.inv_t));
+      weight += ent_weight(z, (uint32_t)keys[len], s);
       len += 1;
       if (weight >= target) break;
     }
@@ -548,7 +553,7 @@ ENT_HD void ent_phase_truncated_draw(uint32_t t, const EntRowIn& in, const float
   double token_weight = 0.0;
   for (uint32_t j = 0; j < len; ++j) {
     uint32_t id = (uint32_t)keys[j];
-    double w = ent_exp(ent_gap(z[id], s.max_logit, s.inv_t));
+    double w = ent_weight(z, id, s);
     if (w > 0.0) {
       token = id;
       token_weight = w;
