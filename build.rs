@@ -21,6 +21,7 @@ fn main() {
         .compile("entroll_kernels");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
         ptx("token_stats");
+        ptx("attention");
     }
 }
 

@@ -6,6 +6,7 @@
 #include <memory>
 #include <vector>
 
+#include "attention.cuh"
 #include "token_stats.cuh"
 
 // The scratch keys a row needs: the nucleus's candidates, and the truncated draw's.
@@ -35,9 +36,60 @@ extern "C" void entroll_token_stats_cpu(const float* logits, size_t rows, uint32
   }
 }
 
+// The threads of a row's block, and the scratch keys a row needs: what the GPU launch sizes.
+extern "C" uint32_t entroll_threads() { return ENT_THREADS; }
+extern "C" uint32_t entroll_scratch_keys(const EntRowIn* in, uint32_t vocab) {
+  return scratch_for(*in, vocab);
+}
+
+// The attention kernel of attention.cu, block after block; each phase for every thread id.
+template <class T>
+static void attention_cpu(AttShape a, const uint32_t* queries, const T* q, const T* k, const T* v,
+                          T* out) {
+  std::unique_ptr<AttShared> shared(new AttShared());
+  auto each = [&](auto phase) {
+    for (uint32_t t = 0; t < ATT_THREADS; ++t) phase(t);
+  };
+  for (uint32_t block = 0; block < a.queries * a.kv_heads; ++block)
+    att_run(each, ATT_THREADS, block, a, queries, q, k, v, *shared, out);
+}
+
+extern "C" void entroll_attention_cpu_f32(AttShape a, const uint32_t* queries, const float* q,
+                                          const float* k, const float* v, float* out) {
+  attention_cpu(a, queries, q, k, v, out);
+}
+
+extern "C" void entroll_attention_cpu_bf16(AttShape a, const uint32_t* queries,
+                                           const uint16_t* q, const uint16_t* k,
+                                           const uint16_t* v, uint16_t* out) {
+  attention_cpu(a, queries, q, k, v, out);
+}
+
+// The row copy of attention.cu, element after element.
+template <class T>
+static void copy_rows_cpu(uint64_t rows, uint32_t width, const uint32_t* from, const uint32_t* to,
+                          const T* src, T* dst) {
+  for (uint64_t e = 0; e < rows * width; ++e) att_copy_rows(e, width, from, to, src, dst);
+}
+
+extern "C" void entroll_copy_rows_cpu_32(uint64_t rows, uint32_t width, const uint32_t* from,
+                                         const uint32_t* to, const uint32_t* src, uint32_t* dst) {
+  copy_rows_cpu(rows, width, from, to, src, dst);
+}
+
+extern "C" void entroll_copy_rows_cpu_16(uint64_t rows, uint32_t width, const uint32_t* from,
+                                         const uint32_t* to, const uint16_t* src, uint16_t* dst) {
+  copy_rows_cpu(rows, width, from, to, src, dst);
+}
+
+extern "C" uint32_t entroll_attention_threads() { return ATT_THREADS; }
+extern "C" uint32_t entroll_attention_max_groups() { return ATT_MAX_GROUPS; }
+extern "C" uint32_t entroll_attention_max_outputs() { return ATT_MAX_OUTPUTS; }
+
 // The platform-independent exp and log, for their accuracy tests.
 extern "C" double entroll_exp(double x) { return ent_exp(x); }
 extern "C" double entroll_log(double x) { return ent_log(x); }
 
 static_assert(sizeof(EntRowIn) == 56, "EntRowIn layout is shared with Rust");
 static_assert(sizeof(EntRowOut) == 64, "EntRowOut layout is shared with Rust");
+static_assert(sizeof(AttShape) == 24, "AttShape layout is shared with Rust");

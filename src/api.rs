@@ -291,6 +291,9 @@ pub struct InfoResponse {
     pub engine: String,
     /// Who draws tokens.
     pub sampler: String,
+    /// Whether the engine runs entroll's device kernels (token statistics, attention, cache
+    /// writes).
+    pub device_kernels: bool,
     /// Output rows (V).
     pub vocab_size: usize,
     /// The model's context length, if known.

@@ -59,6 +59,21 @@ pub enum SamplerKind {
     Engine,
 }
 
+/// Whether the native engine runs entroll's device kernels (`kernels/`): each token's
+/// statistics and draw where the logits are, attention over the cache in place, cache writes
+/// as one parallel row copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKernels {
+    /// On for CUDA, off on the CPU.
+    Auto,
+    /// On; on the CPU the kernels' harness runs the GPU's code (slower: for tests).
+    On,
+    /// Off: logits rows measured on the host (`stats.rs`), candle's operations for the cache
+    /// (on the CPU, the row-wise attention kernel).
+    Off,
+}
+
 macro_rules! settings {
     ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, env $env:literal; )*) => {
         /// Every setting, resolved.
@@ -113,6 +128,10 @@ settings! {
     engine: EngineKind = EngineKind::Auto, env "ENTROLL_ENGINE";
     /// Who draws tokens: `entroll` (statistics) or `engine` (baseline without statistics).
     sampler: SamplerKind = SamplerKind::Entroll, env "ENTROLL_SAMPLER";
+    /// entroll's device kernels in the native engine (token statistics and draw, attention,
+    /// cache writes): `auto` (on for CUDA, off on the CPU), `on` (on the CPU: the GPU's code
+    /// through the kernels' harness, for tests), `off`.
+    device_kernels: DeviceKernels = DeviceKernels::Auto, env "ENTROLL_DEVICE_KERNELS";
     /// Sequences the engine runs at once (its batch); more wait in entroll's queue.
     max_running_sequences: usize = 32, env "ENTROLL_MAX_RUNNING_SEQUENCES";
     /// Prompt tokens the native engine computes per forward (and per iteration of its loop):

@@ -27,7 +27,7 @@ pub mod sampling;
 pub mod server;
 pub mod shutdown;
 pub mod stats;
-#[cfg(test)]
+#[cfg(any(test, feature = "native"))]
 mod test_rng;
 pub mod validation;
 pub mod weights;

@@ -1,4 +1,4 @@
-//! The `entroll` command: `serve` (the default) and `fetch-model`.
+//! The `entroll` command: `serve` (the default), `fetch-model` and `check-kernels`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +33,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Install the default model (SmolLM2-135M-Instruct) into $ENTROLL_HOME/models.
     FetchModel(FetchArgs),
+    /// Run the token-statistics kernel on a device against its CPU harness (bit for bit) and
+    /// the host sampler, on generated adversarial rows; exits 1 if they disagree.
+    CheckKernels(CheckArgs),
 }
 
 #[derive(Args)]
@@ -54,6 +57,19 @@ struct FetchArgs {
     python: String,
 }
 
+#[derive(Args)]
+struct CheckArgs {
+    /// Device the kernel runs on.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: entroll::config::DeviceKind,
+    /// Logits per row.
+    #[arg(long, default_value_t = 151_936)]
+    vocab: usize,
+    /// Random rows besides the adversarial ones (a decode batch).
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -70,8 +86,26 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Serve(args)) => run_server(*args),
+        Some(Command::CheckKernels(args)) => check_kernels(args),
         None => run_server(cli.serve),
     }
+}
+
+fn check_kernels(args: CheckArgs) -> anyhow::Result<()> {
+    use entroll::engine::native::{self, kernel_check};
+    anyhow::ensure!(args.vocab > 0, "--vocab must be positive");
+    let device = native::device(args.device)?;
+    let rows = kernel_check::adversarial_rows(args.vocab, args.batch, 1);
+    let outcomes = kernel_check::check(&device, args.vocab, &rows)?;
+    print!("{}", kernel_check::table(&outcomes));
+    let failed = outcomes.iter().filter(|o| !o.passed()).count();
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} settings disagree on {:?}",
+        outcomes.len(),
+        args.device
+    );
+    Ok(())
 }
 
 fn run_server(args: ServeArgs) -> anyhow::Result<()> {

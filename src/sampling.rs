@@ -86,6 +86,25 @@ pub struct TokenSampler {
 }
 
 impl TokenSampler {
+    /// A sampler that draws at `temperature` after `truncation` with `key` as its seed and
+    /// measures the smallest nucleus (one candidate): the draw of the no-statistics baseline.
+    pub fn plain(temperature: f64, truncation: Truncation, key: u64) -> Self {
+        Self {
+            temperature,
+            truncation,
+            nucleus: NucleusParams {
+                top_p: 1.0,
+                max_candidates: 1,
+                rule: crate::stats::NucleusRule::Strict,
+            },
+            key: DrawKey {
+                seed: key,
+                prompt: 0,
+                sample: 0,
+            },
+        }
+    }
+
     /// Measures `logits` and draws token number `index` of the sequence.
     pub fn step(
         &self,

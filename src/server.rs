@@ -196,6 +196,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<InfoResponse> {
         model_path: model.source.display().to_string(),
         engine: model.engine.to_string(),
         sampler: format!("{:?}", c.sampler).to_lowercase(),
+        device_kernels: model.device_kernels,
         vocab_size: model.vocab_size,
         max_context: model.max_context,
         engine_batch: model.max_batch,

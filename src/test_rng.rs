@@ -1,5 +1,5 @@
-//! The unit tests' deterministic generator (splitmix64, normals by Box–Muller), for random
-//! logits rows that are the same on every run.
+//! The deterministic generator of the unit tests and of `entroll check-kernels` (splitmix64,
+//! normals by Box–Muller), for random logits rows that are the same on every run.
 
 /// splitmix64.
 pub(crate) struct TestRng(pub(crate) u64);

@@ -365,6 +365,7 @@ mod tests {
     fn prompt_tokens_are_checked_against_the_model() {
         let model = ModelInfo {
             engine: "test",
+            device_kernels: false,
             id: "m".into(),
             vocab_size: 100,
             max_context: Some(50),

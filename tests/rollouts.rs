@@ -143,6 +143,7 @@ async fn health_and_info_describe_the_server() {
     // The default model is a Llama GGUF file, which the native engine serves.
     assert_eq!(info["engine"], "native");
     assert_eq!(info["sampler"], "entroll");
+    assert_eq!(info["device_kernels"], false);
     assert_eq!(info["weights_version"], 0);
     assert_eq!(info["limits"]["max_running_sequences"], 32);
     // The native engine batches every running sequence: its batch is max_running_sequences.

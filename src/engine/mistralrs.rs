@@ -215,6 +215,7 @@ impl MistralRsEngine {
             model: Arc::new(model),
             info: ModelInfo {
                 engine: "mistralrs",
+                device_kernels: false,
                 id,
                 vocab_size: 0,
                 max_context,

@@ -48,6 +48,8 @@ pub enum FinishReason {
 pub struct ModelInfo {
     /// The engine implementation (`native` or `mistralrs`).
     pub engine: &'static str,
+    /// Whether entroll's device kernels run (the native engine's `device_kernels`).
+    pub device_kernels: bool,
     /// Model id (the file or directory name).
     pub id: String,
     /// Rows of the output distribution (V), the model's own padding rows included.
@@ -161,8 +163,13 @@ fn inspect_model(path: &Path) -> anyhow::Result<Option<ModelShape>> {
 /// The id a model is served under: its file or directory name, extension left out.
 #[cfg_attr(not(any(feature = "mistralrs", feature = "native")), allow(dead_code))]
 fn model_id(path: &Path) -> String {
-    path.file_stem()
-        .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
+    // A directory's whole name (`Qwen2.5-Math-1.5B-Instruct`), a file's without its extension.
+    let name = if path.is_dir() {
+        path.file_name()
+    } else {
+        path.file_stem()
+    };
+    name.map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
 }
 
 /// Loads engines of one configured kind: the model at startup, and new weights later.
@@ -198,5 +205,23 @@ impl EngineLoader for ConfiguredLoader {
             EngineKind::Mistralrs => Arc::new(mistralrs::MistralRsEngine::load(&config).await?),
             _ => Arc::new(native::NativeEngine::load(&config).await?),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_s_id_keeps_a_directory_s_dots_and_drops_a_file_s_extension() {
+        let dir = std::env::temp_dir().join(format!("Qwen2.5-Math-1.5B-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(model_id(&dir), dir.file_name().unwrap().to_str().unwrap());
+        assert!(model_id(&dir).starts_with("Qwen2.5-Math-1.5B-"));
+        std::fs::remove_dir(&dir).unwrap();
+        assert_eq!(
+            model_id(Path::new("/models/SmolLM2-135M-Instruct.Q4_1.gguf")),
+            "SmolLM2-135M-Instruct.Q4_1"
+        );
     }
 }

@@ -10,6 +10,7 @@ mod harness;
 mod assembly;
 mod bad_input;
 mod cancellation;
+mod device_kernels;
 mod faults;
 mod overload;
 mod rewards;

@@ -8,27 +8,48 @@
 //! concurrent load. It reads the cache in place (no gather, no padding to the batch's longest
 //! sequence).
 //!
-//! Other devices (CUDA) use candle's tensor operations over gathered cache rows
-//! ([`Gathered`]): correct, not batch-invariant (a decode step pads every sequence to the
-//! longest one, and the reductions' blocking follows that length).
+//! With entroll's device kernels on (the default on CUDA), the device attention kernel
+//! ([`KernelAttention`], `kernels/attention.cuh`) does the same on the GPU: one block per query
+//! token and key/value head, reading the cache in place, reductions in a fixed order (so also
+//! batch-invariant), tested on the CPU through its harness.
+//!
+//! Otherwise, on CUDA, candle's tensor operations over gathered cache rows ([`Gathered`]):
+//! correct, not batch-invariant (a decode step pads every sequence to the longest one, and the
+//! reductions' blocking follows that length).
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kv::KvCache;
+use super::kernel_attention::{self, AttShape, KernelAttention};
+use super::kv::{Access, KvCache};
 use super::model::{Architecture, Batch};
 
 /// How one forward's query tokens attend: decided once, used by every layer.
 pub enum Attention {
     /// The CPU kernel: `(slot, position)` of each query token.
     Rowwise(Vec<(usize, usize)>),
+    /// The device kernel: `(slot, position)` of each query token.
+    Kernel(Vec<(usize, usize)>),
     /// Candle operations on other devices.
     Gathered(Gathered),
 }
 
 impl Attention {
-    /// Plans `batch` on `device` (with activations in `dtype`).
-    pub fn plan(batch: &Batch, device: &Device, dtype: DType) -> candle_core::Result<Self> {
+    /// Plans `batch` on `device` (with activations in `dtype`) over a cache read as `access`
+    /// says: the device kernel where it handles the model, else the CPU kernel on the CPU and
+    /// candle's operations elsewhere.
+    pub fn plan(
+        batch: &Batch,
+        device: &Device,
+        dtype: DType,
+        access: Access,
+        a: &Architecture,
+    ) -> candle_core::Result<Self> {
+        if access == Access::Kernels
+            && kernel_attention::supports(a.heads, a.kv_heads, a.head_dim, dtype)
+        {
+            return Ok(Self::Kernel(batch.queries()));
+        }
         if device.is_cpu() {
             return Ok(Self::Rowwise(batch.queries()));
         }
@@ -53,6 +74,21 @@ impl Attention {
                     heads: a.heads,
                     kv_heads: a.kv_heads,
                     head_dim: a.head_dim,
+                };
+                q.contiguous()?.apply_op3_no_bwd(k, v, &op)
+            }
+            Self::Kernel(queries) => {
+                let (k, v) = cache.layer(layer);
+                let op = KernelAttention {
+                    queries,
+                    shape: AttShape {
+                        queries: queries.len() as u32,
+                        heads: a.heads as u32,
+                        kv_heads: a.kv_heads as u32,
+                        head_dim: a.head_dim as u32,
+                        slots: cache.slots() as u32,
+                        scale: 1.0 / (a.head_dim as f32).sqrt(),
+                    },
                 };
                 q.contiguous()?.apply_op3_no_bwd(k, v, &op)
             }
@@ -455,21 +491,26 @@ mod tests {
 
     /// A cache of 4 slots × 40 positions filled with random keys and values.
     fn filled_cache(a: &Architecture) -> KvCache {
-        let mut cache = KvCache::new(1, 4, a.kv_width(), 64, DType::F32, &Device::Cpu);
-        cache.reserve(40).unwrap();
-        let rows: Vec<usize> = (0..160).collect();
-        let index = cache.row_index(&rows, &Device::Cpu).unwrap();
-        let k = Tensor::from_vec(
-            values(160 * a.kv_width(), 1),
-            (160, a.kv_width()),
-            &Device::Cpu,
-        );
-        let v = Tensor::from_vec(
-            values(160 * a.kv_width(), 2),
-            (160, a.kv_width()),
-            &Device::Cpu,
-        );
-        cache.write(0, &index, &k.unwrap(), &v.unwrap()).unwrap();
+        cache_of(a, 40, DType::F32, Access::Candle)
+    }
+
+    /// A cache of 4 slots × `positions` in `dtype`, read as `access` says, filled with random
+    /// keys and values.
+    fn cache_of(a: &Architecture, positions: usize, dtype: DType, access: Access) -> KvCache {
+        let mut cache = KvCache::new(1, 4, a.kv_width(), 512, dtype, &Device::Cpu, access);
+        cache.reserve(positions).unwrap();
+        let n = 4 * positions;
+        let rows: Vec<usize> = (0..n).collect();
+        let writes = cache.plan_writes(&rows, n).unwrap();
+        let random = |seed| {
+            Tensor::from_vec(
+                values(n * a.kv_width(), seed),
+                (n, a.kv_width()),
+                &Device::Cpu,
+            )
+            .unwrap()
+        };
+        cache.write(0, &writes, &random(1), &random(2)).unwrap();
         cache
     }
 
@@ -480,6 +521,18 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap()
+    }
+
+    /// A cache's values again, read as `access` says (the same keys and values).
+    fn reread(cache: &KvCache, a: &Architecture, access: Access) -> KvCache {
+        let (k, v) = cache.layer(0);
+        let rows = k.dim(0).unwrap();
+        let mut copy = KvCache::new(1, 4, a.kv_width(), 512, k.dtype(), &Device::Cpu, access);
+        copy.reserve(rows / 4).unwrap();
+        let all: Vec<usize> = (0..rows).collect();
+        let writes = copy.plan_writes(&all, rows).unwrap();
+        copy.write(0, &writes, k, v).unwrap();
+        copy
     }
 
     fn decode(rows: &[(usize, usize)]) -> Batch {
@@ -496,8 +549,84 @@ mod tests {
     }
 
     fn attend_on(batch: &Batch, q: &Tensor, cache: &KvCache, a: &Architecture) -> Vec<Vec<f32>> {
-        let plan = Attention::plan(batch, &Device::Cpu, DType::F32).unwrap();
-        plan.attend(0, q, cache, a).unwrap().to_vec2().unwrap()
+        let plan = Attention::plan(batch, &Device::Cpu, q.dtype(), cache.access(), a).unwrap();
+        let out = plan.attend(0, q, cache, a).unwrap();
+        out.to_dtype(DType::F32).unwrap().to_vec2().unwrap()
+    }
+
+    /// A decode step over slots of lengths on both sides of the kernel's tiles of 128, and a
+    /// prompt chunk that crosses one.
+    fn tiled_batches() -> [Batch; 2] {
+        [
+            decode(&[(2, 299), (0, 127), (1, 128), (3, 0), (0, 255)]),
+            Batch::Prompt {
+                slot: 1,
+                start: 250,
+                tokens: vec![0; 5],
+                copies: vec![],
+            },
+        ]
+    }
+
+    #[test]
+    fn the_device_kernel_agrees_with_the_rowwise_kernel() {
+        for (heads, kv_heads, d) in [(4, 2, 32), (9, 3, 64), (12, 2, 128), (16, 1, 16)] {
+            let a = arch(heads, kv_heads, d);
+            for dtype in [DType::F32, DType::BF16] {
+                let rowwise = cache_of(&a, 300, dtype, Access::Candle);
+                let kernel = reread(&rowwise, &a, Access::Kernels);
+                let q = queries_tensor(&a, 5, 13).to_dtype(dtype).unwrap();
+                // bf16 outputs agree to their rounding (values are within [-2, 2]).
+                let tolerance = if dtype == DType::F32 { 2e-5 } else { 2e-2 };
+                for batch in tiled_batches() {
+                    let (x, y) = (
+                        attend_on(&batch, &q, &rowwise, &a),
+                        attend_on(&batch, &q, &kernel, &a),
+                    );
+                    for (x, y) in x.iter().flatten().zip(y.iter().flatten()) {
+                        assert!(
+                            (x - y).abs() <= tolerance,
+                            "{heads}/{kv_heads}/{d} {dtype:?} {batch:?}: {x} vs {y}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_device_kernel_gives_a_token_the_same_bits_in_any_batch() {
+        let a = arch(12, 2, 128);
+        let cache = cache_of(&a, 300, DType::F32, Access::Kernels);
+        let q = queries_tensor(&a, 4, 7);
+        let mine = q.narrow(0, 0, 1).unwrap();
+        let alone = attend_on(&decode(&[(2, 260)]), &mine, &cache, &a);
+        let crowd = attend_on(
+            &decode(&[(2, 260), (0, 3), (1, 299), (3, 0)]),
+            &q,
+            &cache,
+            &a,
+        );
+        assert_eq!(alone[0], crowd[0]);
+        let chunk_q = Tensor::cat(&[&q.narrow(0, 1, 3).unwrap(), &mine], 0).unwrap();
+        let chunk = Batch::Prompt {
+            slot: 2,
+            start: 257,
+            tokens: vec![0; 4],
+            copies: vec![],
+        };
+        assert_eq!(alone[0], attend_on(&chunk, &chunk_q, &cache, &a)[3]);
+        // A position beyond the cache is refused, not read.
+        let plan = Attention::plan(
+            &decode(&[(1, 300)]),
+            &Device::Cpu,
+            DType::F32,
+            Access::Kernels,
+            &a,
+        )
+        .unwrap();
+        assert!(matches!(plan, Attention::Kernel(_)));
+        assert!(plan.attend(0, &mine, &cache, &a).is_err());
     }
 
     #[test]
@@ -557,7 +686,14 @@ mod tests {
         let a = arch(4, 2, 32);
         let cache = filled_cache(&a);
         let q = queries_tensor(&a, 1, 3);
-        let plan = Attention::plan(&decode(&[(1, 64)]), &Device::Cpu, DType::F32).unwrap();
+        let plan = Attention::plan(
+            &decode(&[(1, 64)]),
+            &Device::Cpu,
+            DType::F32,
+            Access::Candle,
+            &a,
+        )
+        .unwrap();
         assert!(plan.attend(0, &q, &cache, &a).is_err());
     }
 

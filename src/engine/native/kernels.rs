@@ -9,12 +9,16 @@
 //! log-sum-exp and entropy, the untruncated seeded draw (Philox keyed as
 //! [`crate::sampling::DrawKey`]) with its log-probability, the SIREN nucleus (size, mass,
 //! entropy), and the draw truncated by top-k and top-p with `sampling_logprob`: every
-//! statistic of a token. Running it inside the engine on CUDA is the next step.
+//! statistic of a token. [`super::token_stats`] runs it inside the engine, on the GPU or here.
 
 /// The kernel as PTX for the GPU, compiled from the same source by `build.rs` (nvcc, under the
 /// `cuda` feature, for `CUDA_COMPUTE_CAP`).
 #[cfg(feature = "cuda")]
 pub const TOKEN_STATS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/token_stats.ptx"));
+
+/// The attention and cache-copy kernels (`kernels/attention.cu`) as PTX.
+#[cfg(feature = "cuda")]
+pub const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
 
 /// One row's inputs (`EntRowIn` in the kernel source).
 #[repr(C)]
@@ -72,6 +76,19 @@ impl RowIn {
     }
 }
 
+impl RowIn {
+    /// The inputs of token `token_index` drawn by `sampler`.
+    pub fn for_token(sampler: &crate::sampling::TokenSampler, token_index: u32) -> Self {
+        Self::new(
+            sampler.temperature,
+            sampler.key,
+            token_index,
+            &sampler.nucleus,
+            &sampler.truncation,
+        )
+    }
+}
+
 /// What leaves the device for one row (`EntRowOut` in the kernel source).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -108,6 +125,8 @@ extern "C" {
         inputs: *const RowIn,
         outputs: *mut RowOut,
     );
+    fn entroll_threads() -> u32;
+    fn entroll_scratch_keys(input: *const RowIn, vocab: u32) -> u32;
     fn entroll_exp(x: f64) -> f64;
     fn entroll_log(x: f64) -> f64;
 }
@@ -138,6 +157,19 @@ pub fn token_stats_cpu(logits: &[f32], vocab: usize, inputs: &[RowIn]) -> Vec<Ro
     outputs
 }
 
+/// The threads of one row's block (`ENT_THREADS`): the GPU launch's block size.
+pub fn threads_per_row() -> u32 {
+    // SAFETY: returns a constant.
+    unsafe { entroll_threads() }
+}
+
+/// The 64-bit scratch keys the kernel needs for `input` over `vocab` logits (the nucleus's
+/// candidates, and the truncated draw's): the GPU launch gives each row the largest of these.
+pub fn scratch_keys(input: &RowIn, vocab: usize) -> u32 {
+    // SAFETY: reads the one input it is given.
+    unsafe { entroll_scratch_keys(input, vocab.min(u32::MAX as usize) as u32) }
+}
+
 /// The kernels' own `exp` (for `x <= 0`), the same bits on the GPU and the CPU.
 pub fn kernel_exp(x: f64) -> f64 {
     // SAFETY: a pure function of its argument.
@@ -156,6 +188,7 @@ mod tests {
     use crate::sampling::DrawKey;
     use crate::stats::{Distribution, NucleusParams, NucleusRule, Truncation, Workspace};
 
+    use super::super::kernel_check::{adversarial_rows, bf16_round};
     use crate::test_rng::TestRng as Rng;
 
     fn units_apart(a: f64, b: f64) -> u64 {
@@ -283,46 +316,19 @@ mod tests {
 
     #[test]
     fn adversarial_rows_match_the_host_and_the_reference() {
-        let mut rng = Rng(3);
+        // Flat, ties at the top with -inf entries, near one-hot, bf16-rounded, wide, a single
+        // finite entry (the rows `entroll check-kernels` runs on a GPU), at the Qwen vocabulary.
         let v = 151_936;
-        let mut rows = Vec::new();
-        // Flat: every token tied.
-        rows.push(vec![0.5f32; v]);
-        // Ties at the top and -inf entries (masked tokens).
-        let mut tied: Vec<f32> = (0..v).map(|_| (rng.normal() * 2.0) as f32).collect();
-        for i in (0..v).step_by(997) {
-            tied[i] = 9.0;
-        }
-        for i in (5..v).step_by(13) {
-            tied[i] = f32::NEG_INFINITY;
-        }
-        rows.push(tied);
-        // Near one-hot.
-        let mut peaked: Vec<f32> = (0..v).map(|_| rng.normal() as f32).collect();
-        peaked[v / 2] = 60.0;
-        rows.push(peaked);
-        // bf16-rounded logits (many exact ties).
-        rows.push(
-            (0..v)
-                .map(|_| half_round((rng.normal() * 4.0) as f32))
-                .collect(),
-        );
-        // A wide, peaked row (σ = 6) and a single finite entry among -inf.
-        rows.extend(gaussian_rows(&mut rng, 1, v, 6.0));
-        let mut single = vec![f32::NEG_INFINITY; v];
-        single[v - 1] = -3.0;
-        rows.push(single);
+        let rows: Vec<Vec<f32>> = adversarial_rows(v, 1, 3)
+            .into_iter()
+            .filter(|(case, _)| !case.contains("flagged"))
+            .map(|(_, row)| row)
+            .collect();
+        assert_eq!(rows.len(), 7);
         for t in [1.0, 0.7, 1.6] {
             let worst = check(&rows, v, t);
             eprintln!("adversarial rows at T = {t}: within {worst:.1e} nats");
         }
-    }
-
-    /// Rounds to bf16 (to nearest, ties to even), as a bf16 model's logits are.
-    fn half_round(x: f32) -> f32 {
-        let bits = x.to_bits();
-        let rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF_0000;
-        f32::from_bits(rounded)
     }
 
     #[test]
@@ -368,7 +374,7 @@ mod tests {
         // bf16-rounded logits: ties at the nucleus's and the candidates' boundaries.
         rows.push(
             (0..v)
-                .map(|_| half_round((rng.normal() * 3.0) as f32))
+                .map(|_| bf16_round((rng.normal() * 3.0) as f32))
                 .collect(),
         );
         for rule in [NucleusRule::Strict, NucleusRule::Inclusive] {
@@ -395,7 +401,7 @@ mod tests {
         let mut rows = gaussian_rows(&mut rng, 6, v, 2.0);
         rows.push(
             (0..v)
-                .map(|_| half_round((rng.normal() * 3.0) as f32))
+                .map(|_| bf16_round((rng.normal() * 3.0) as f32))
                 .collect(),
         );
         for top_k in [None, Some(1), Some(2), Some(50), Some(v + 1)] {

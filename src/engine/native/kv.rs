@@ -1,12 +1,34 @@
 //! The native engine's KV cache: per layer, one key and one value tensor of
 //! `[capacity · slots, kv_width]` rows, row `position · slots + slot`.
 //!
-//! Position-major rows make the first `L` positions of every slot one contiguous prefix, so a
-//! decode step reads `[L, slots, kv_width]` without copying and gathers its slots from there;
-//! writes are one in-place scatter per layer. The capacity grows (by doubling, up to the model's
-//! context) only when a sequence needs it, so memory follows the longest live sequence.
+//! Position-major rows make the first `L` positions of every slot one contiguous prefix. With
+//! entroll's device kernels ([`Access::Kernels`]) attention reads the rows in place and writes
+//! are one parallel row copy per layer ([`CopyRows`]); otherwise a decode step gathers its
+//! slots' rows with candle's operations and writes are candle's scatter. The capacity grows (by
+//! doubling, up to the model's context) only when a sequence needs it, so memory follows the
+//! longest live sequence.
 
 use candle_core::{DType, Device, Tensor};
+
+use super::kernel_attention::CopyRows;
+
+/// How the cache is written and read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// entroll's device kernels: attention in place, writes and copies by [`CopyRows`] (on the
+    /// CPU, the kernels' harness).
+    Kernels,
+    /// candle's operations: scatter writes, gathered reads (on the CPU, the row-wise kernel).
+    Candle,
+}
+
+/// Where one forward's new keys and values go, prepared once for every layer.
+pub enum Writes {
+    /// candle's scatter, with its index `[rows, kv_width]`.
+    Scatter(Tensor),
+    /// The row copy: new row `i mod n` to cache row `to[i]`.
+    Copy(CopyRows),
+}
 
 /// Keys and values of every layer for a fixed number of sequence slots.
 pub struct KvCache {
@@ -20,6 +42,7 @@ pub struct KvCache {
     max_capacity: usize,
     dtype: DType,
     device: Device,
+    access: Access,
 }
 
 impl KvCache {
@@ -31,6 +54,7 @@ impl KvCache {
         max_capacity: usize,
         dtype: DType,
         device: &Device,
+        access: Access,
     ) -> Self {
         Self {
             keys: Vec::new(),
@@ -42,7 +66,13 @@ impl KvCache {
             max_capacity,
             dtype,
             device: device.clone(),
+            access,
         }
+    }
+
+    /// How the cache is written and read.
+    pub fn access(&self) -> Access {
+        self.access
     }
 
     /// Grows the cache so that every slot holds `positions` positions.
@@ -96,9 +126,9 @@ impl KvCache {
         let source: Vec<u32> = (0..len).map(|p| self.row(from, p) as u32).collect();
         let source = Tensor::new(source, &self.device)?;
         let target: Vec<usize> = (0..len).map(|p| self.row(to, p)).collect();
-        let target = self.row_index(&target, &self.device)?;
+        let writes = self.plan_writes(&target, len)?;
         for t in self.keys.iter().chain(self.values.iter()) {
-            t.scatter_set(&target, &t.index_select(&source, 0)?, 0)?;
+            Self::put(t, &writes, &t.index_select(&source, 0)?)?;
         }
         Ok(())
     }
@@ -119,38 +149,54 @@ impl KvCache {
         position * self.slots + slot
     }
 
-    /// The scatter index for writing `rows`: `[rows.len(), kv_width]`.
-    pub fn row_index(&self, rows: &[usize], device: &Device) -> candle_core::Result<Tensor> {
-        let n = rows.len();
-        let index: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        Tensor::from_vec(index, (n, 1), device)?
-            .broadcast_as((n, self.width))?
-            .contiguous()
+    /// Prepares writing `n` new rows to the cache rows `rows` (`c · n` of them: the same `n`
+    /// rows go to each of the `c` row groups, a prompt chunk's rows to its copy slots).
+    pub fn plan_writes(&self, rows: &[usize], n: usize) -> candle_core::Result<Writes> {
+        if n == 0 || !rows.len().is_multiple_of(n) {
+            candle_core::bail!("{} cache rows for {n} new rows", rows.len());
+        }
+        let to: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        Ok(match self.access {
+            Access::Kernels => Writes::Copy(CopyRows {
+                from: (0..rows.len()).map(|i| (i % n) as u32).collect(),
+                to,
+            }),
+            Access::Candle => {
+                let index = Tensor::from_vec(to, (rows.len(), 1), &self.device)?
+                    .broadcast_as((rows.len(), self.width))?
+                    .contiguous()?;
+                Writes::Scatter(index)
+            }
+        })
     }
 
-    /// Writes `keys` and `values` (`[n, kv_width]` each) of layer `layer` into the rows of
-    /// `index` (from [`KvCache::row_index`]); when the index lists `c · n` rows, the same
-    /// `n` rows go to each of the `c` row groups.
+    /// Writes `keys` and `values` (`[n, kv_width]` each) of layer `layer` where `writes`
+    /// (from [`KvCache::plan_writes`]) says.
     pub fn write(
         &mut self,
         layer: usize,
-        index: &Tensor,
+        writes: &Writes,
         keys: &Tensor,
         values: &Tensor,
     ) -> candle_core::Result<()> {
-        let total = index.dim(0)?;
-        let n = keys.dim(0)?;
-        let repeat = |t: &Tensor| -> candle_core::Result<Tensor> {
-            let t = t.to_dtype(self.dtype)?;
-            if total == n {
-                t.contiguous()
-            } else {
-                Tensor::cat(&vec![&t; total / n], 0)
+        Self::put(&self.keys[layer], writes, &keys.to_dtype(self.dtype)?)?;
+        Self::put(&self.values[layer], writes, &values.to_dtype(self.dtype)?)
+    }
+
+    /// Writes the rows of `new` into `tensor` as `writes` says.
+    fn put(tensor: &Tensor, writes: &Writes, new: &Tensor) -> candle_core::Result<()> {
+        let new = new.contiguous()?;
+        match writes {
+            Writes::Copy(copy) => tensor.inplace_op2(&new, copy),
+            Writes::Scatter(index) => {
+                let (total, n) = (index.dim(0)?, new.dim(0)?);
+                if total == n {
+                    tensor.scatter_set(index, &new, 0)
+                } else {
+                    tensor.scatter_set(index, &Tensor::cat(&vec![&new; total / n], 0)?, 0)
+                }
             }
-        };
-        self.keys[layer].scatter_set(index, &repeat(keys)?, 0)?;
-        self.values[layer].scatter_set(index, &repeat(values)?, 0)?;
-        Ok(())
+        }
     }
 
     /// Keys and values of positions `0..len` of one slot: `[len, kv_width]` each.
@@ -199,11 +245,11 @@ mod tests {
     fn write(cache: &mut KvCache, layer: usize, slot: usize, positions: std::ops::Range<usize>) {
         let width = cache.width;
         let rows: Vec<usize> = positions.clone().map(|p| cache.row(slot, p)).collect();
-        let index = cache.row_index(&rows, &Device::Cpu).unwrap();
+        let writes = cache.plan_writes(&rows, rows.len()).unwrap();
         let data: Vec<f32> = positions.flat_map(|p| row(layer, slot, p, width)).collect();
         let t = Tensor::from_vec(data, (rows.len(), width), &Device::Cpu).unwrap();
         cache
-            .write(layer, &index, &t, &(&t + 0.5).unwrap())
+            .write(layer, &writes, &t, &(&t + 0.5).unwrap())
             .unwrap();
     }
 
@@ -216,9 +262,19 @@ mod tests {
             .unwrap()
     }
 
+    /// Both ways of writing: the device kernels' row copy (its CPU harness) and candle's
+    /// scatter.
+    const ACCESS: [Access; 2] = [Access::Kernels, Access::Candle];
+
     #[test]
     fn rows_survive_growth_and_are_read_back_per_slot() {
-        let mut cache = KvCache::new(2, 3, 4, 1_000, DType::F32, &Device::Cpu);
+        for access in ACCESS {
+            rows_survive_growth(access);
+        }
+    }
+
+    fn rows_survive_growth(access: Access) {
+        let mut cache = KvCache::new(2, 3, 4, 1_000, DType::F32, &Device::Cpu, access);
         cache.reserve(10).unwrap();
         write(&mut cache, 1, 2, 0..10);
         write(&mut cache, 1, 0, 0..5);
@@ -241,8 +297,39 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_s_rows_reach_every_copy_slot() {
+        for access in ACCESS {
+            let mut cache = KvCache::new(1, 3, 2, 64, DType::F32, &Device::Cpu, access);
+            cache.reserve(4).unwrap();
+            // Four new rows to positions 0..4 of slots 0 and 2; slot 1 untouched.
+            let rows: Vec<usize> = [0, 2]
+                .iter()
+                .flat_map(|&slot| (0..4).map(move |p| p * 3 + slot))
+                .collect();
+            let values: Vec<f32> = (0..8).map(|x| x as f32).collect();
+            let new = Tensor::from_vec(values, (4, 2), &Device::Cpu).unwrap();
+            let writes = cache.plan_writes(&rows, 4).unwrap();
+            cache.write(0, &writes, &new, &new).unwrap();
+            for slot in [0, 2] {
+                let (k, v) = cache.slot_rows(0, slot, 4).unwrap();
+                assert_eq!(first_column(&k), [0.0, 2.0, 4.0, 6.0], "{access:?}");
+                assert_eq!(first_column(&v), [0.0, 2.0, 4.0, 6.0], "{access:?}");
+            }
+            let (untouched, _) = cache.slot_rows(0, 1, 4).unwrap();
+            assert!(first_column(&untouched).iter().all(|&x| x == 0.0));
+            assert!(cache.plan_writes(&rows, 3).is_err());
+        }
+    }
+
+    #[test]
     fn gather_and_copy_address_the_right_slots() {
-        let mut cache = KvCache::new(1, 4, 2, 64, DType::F32, &Device::Cpu);
+        for access in ACCESS {
+            gather_and_copy(access);
+        }
+    }
+
+    fn gather_and_copy(access: Access) {
+        let mut cache = KvCache::new(1, 4, 2, 64, DType::F32, &Device::Cpu, access);
         cache.reserve(8).unwrap();
         write(&mut cache, 0, 1, 0..8);
         write(&mut cache, 0, 3, 0..8);

@@ -8,7 +8,7 @@ use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{read_config, Architecture, ModelError};
-use super::model::{rope_tables, Layer, Linear, Transformer};
+use super::model::{rope_tables, Layer, Linear, Projections, Transformer};
 
 /// Reads named tensors from a GGUF file or a safetensors directory.
 enum Source {
@@ -273,17 +273,21 @@ impl Transformer {
                 attn_norm: src
                     .dense(&w(LayerTensor::AttnNorm), device)?
                     .to_dtype(dtype)?,
-                q: src.linear(&w(LayerTensor::Q), &b(LayerTensor::Q), device)?,
-                k: src.linear(&w(LayerTensor::K), &b(LayerTensor::K), device)?,
-                v: src.linear(&w(LayerTensor::V), &b(LayerTensor::V), device)?,
+                qkv: Projections::new(vec![
+                    src.linear(&w(LayerTensor::Q), &b(LayerTensor::Q), device)?,
+                    src.linear(&w(LayerTensor::K), &b(LayerTensor::K), device)?,
+                    src.linear(&w(LayerTensor::V), &b(LayerTensor::V), device)?,
+                ])?,
                 o: src.linear(&w(LayerTensor::O), &b(LayerTensor::O), device)?,
                 q_norm,
                 k_norm,
                 ffn_norm: src
                     .dense(&w(LayerTensor::FfnNorm), device)?
                     .to_dtype(dtype)?,
-                gate: src.linear(&w(LayerTensor::Gate), &b(LayerTensor::Gate), device)?,
-                up: src.linear(&w(LayerTensor::Up), &b(LayerTensor::Up), device)?,
+                gate_up: Projections::new(vec![
+                    src.linear(&w(LayerTensor::Gate), &b(LayerTensor::Gate), device)?,
+                    src.linear(&w(LayerTensor::Up), &b(LayerTensor::Up), device)?,
+                ])?,
                 down: src.linear(&w(LayerTensor::Down), &b(LayerTensor::Down), device)?,
             });
         }

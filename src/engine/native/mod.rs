@@ -3,13 +3,19 @@
 //! The model: [`config`] (its architecture), [`load`] (its weights), [`model`] (the forward),
 //! [`attention`]. A thread runs the batching loop ([`scheduler`]): every decode step is one forward for all
 //! running sequences over a slot KV cache ([`kv`]); new prompts are prefilled between steps,
-//! once per group of samples that share them. Each logits row is measured and drawn by the same
-//! [`crate::sampling::TokenSampler`] as under mistral.rs, so both engines report identical
-//! statistics for identical logits. Dropping a `generate` future closes its answer channel; the
-//! loop frees that sequence's slot at the next step.
+//! once per group of samples that share them. With the device kernels off (the default on the
+//! CPU) each logits row is measured and drawn on the host by the same
+//! [`crate::sampling::TokenSampler`] as under mistral.rs (both engines report identical
+//! statistics for identical logits); with them on (`device_kernels`, the default on CUDA) by the
+//! token-statistics kernel where the logits are ([`token_stats`]: the same tokens, statistics
+//! equal within float32 rounding), attention by [`kernel_attention`] over the cache in place.
+//! Dropping a `generate` future closes its answer channel; the loop frees that sequence's slot
+//! at the next step.
 
 mod attention;
 mod config;
+mod kernel_attention;
+pub mod kernel_check;
 pub mod kernels;
 mod kv;
 mod load;
@@ -18,6 +24,7 @@ mod oracle;
 mod plan;
 mod scheduler;
 mod text;
+mod token_stats;
 
 use std::path::Path;
 use std::sync::{mpsc, Arc};
@@ -26,7 +33,7 @@ use async_trait::async_trait;
 use candle_core::{DType, Device};
 
 use super::{Engine, EngineError, ModelInfo, PromptInput, SequenceOutput, SequenceRequest};
-use crate::config::{Config, DeviceKind, WeightsDType};
+use crate::config::{Config, DeviceKernels, DeviceKind, WeightsDType};
 pub use config::{Architecture, HfConfig, ModelError};
 use model::Transformer;
 pub use oracle::{Oracle, Rescored};
@@ -54,7 +61,8 @@ pub fn architecture(path: &Path) -> Result<Architecture, ModelError> {
     }
 }
 
-fn device(kind: DeviceKind) -> anyhow::Result<Device> {
+/// The candle device of `kind`.
+pub fn device(kind: DeviceKind) -> anyhow::Result<Device> {
     Ok(match kind {
         DeviceKind::Cpu => Device::Cpu,
         DeviceKind::Cuda if cfg!(feature = "cuda") => Device::new_cuda(0)?,
@@ -100,6 +108,11 @@ impl NativeEngine {
         let arch = model.arch().clone();
         let model_dtype = model.dtype();
         let slots = config.max_running_sequences.max(1);
+        let device_kernels = match config.device_kernels {
+            DeviceKernels::On => true,
+            DeviceKernels::Off => false,
+            DeviceKernels::Auto => !device.is_cpu(),
+        };
         let text = Arc::new(text);
         let mut scheduler = Scheduler::new(
             model,
@@ -107,6 +120,7 @@ impl NativeEngine {
             Limits {
                 slots,
                 prefill_chunk: config.prefill_chunk,
+                device_kernels,
             },
         );
         scheduler.probe().map_err(|why| {
@@ -122,15 +136,17 @@ impl NativeEngine {
             .spawn(move || scheduler.run(receiver))?;
         let id = super::model_id(path);
         tracing::info!(
-            "native engine: {} ({} layers, V = {}), {slots} slots on {:?}",
+            "native engine: {} ({} layers, V = {}), {slots} slots on {:?}, device kernels {}",
             arch.family,
             arch.layers,
             arch.vocab,
-            config.device
+            config.device,
+            if device_kernels { "on" } else { "off" }
         );
         Ok(Self {
             info: ModelInfo {
                 engine: "native",
+                device_kernels,
                 id,
                 vocab_size: arch.vocab,
                 max_context: Some(arch.max_context),

@@ -91,20 +91,128 @@ impl Linear {
     }
 }
 
+/// Linear layers over the same input (a layer's query, key and value projections; its gate and
+/// up projections), run as one product where their weights allow: fewer, larger products, and
+/// on a GPU fewer kernel launches.
+pub(super) enum Projections {
+    /// Dense weights stacked by output rows (biases likewise) into one product; its output is
+    /// split by these widths.
+    Stacked(Linear, Vec<usize>),
+    /// Quantized weights (kept as the file has them): one product each.
+    Separate(Vec<Linear>),
+}
+
+impl Projections {
+    /// `parts`, stacked into one product on a GPU if every weight is dense with the same dtype.
+    /// On the CPU they stay separate: there stacking showed no gain (its output is split with
+    /// copies; docs/benchmarks.md), and what it saves is kernel launches.
+    pub(super) fn new(parts: Vec<Linear>) -> candle_core::Result<Self> {
+        let on_cpu = parts
+            .first()
+            .is_some_and(|p| matches!(&p.weight, QMatMul::Tensor(t) if t.device().is_cpu()));
+        if on_cpu {
+            return Ok(Self::Separate(parts));
+        }
+        Self::stacked(parts)
+    }
+
+    /// `parts` stacked into one product if every weight is dense with the same dtype.
+    fn stacked(parts: Vec<Linear>) -> candle_core::Result<Self> {
+        let dense: Option<Vec<&Tensor>> = parts
+            .iter()
+            .map(|p| match &p.weight {
+                QMatMul::Tensor(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        let Some(weights) = dense else {
+            return Ok(Self::Separate(parts));
+        };
+        let same = |p: &Linear| p.rounds_to == parts[0].rounds_to;
+        if parts.len() < 2
+            || !parts.iter().all(same)
+            || weights.iter().any(|w| w.dtype() != weights[0].dtype())
+        {
+            return Ok(Self::Separate(parts));
+        }
+        let widths: Vec<usize> = weights.iter().map(|w| w.dim(0)).collect::<Result<_, _>>()?;
+        let weight = Tensor::cat(&weights, 0)?;
+        let bias = if parts.iter().any(|p| p.bias.is_some()) {
+            let biases: Vec<Tensor> = parts
+                .iter()
+                .zip(&widths)
+                .map(|(p, &width)| match &p.bias {
+                    Some(b) => Ok(b.clone()),
+                    None => Tensor::zeros(width, weight.dtype(), weight.device()),
+                })
+                .collect::<candle_core::Result<_>>()?;
+            Some(Tensor::cat(&biases, 0)?)
+        } else {
+            None
+        };
+        let (output, input) = weight.dims2()?;
+        let stacked = Linear {
+            weight: QMatMul::Tensor(weight),
+            bias,
+            min_rows: invariant_rows(input, output),
+            rounds_to: parts[0].rounds_to,
+        };
+        Ok(Self::Stacked(stacked, widths))
+    }
+
+    /// Each projection of `x`, in the order they were given.
+    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        match self {
+            Self::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
+            Self::Stacked(linear, widths) => {
+                let y = linear.forward(x)?;
+                let mut offset = 0;
+                widths
+                    .iter()
+                    .map(|&width| {
+                        let part = y.narrow(1, offset, width);
+                        offset += width;
+                        part
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 /// One decoder layer's weights.
 pub(super) struct Layer {
     pub(super) attn_norm: Tensor,
-    pub(super) q: Linear,
-    pub(super) k: Linear,
-    pub(super) v: Linear,
+    /// Query, key and value projections.
+    pub(super) qkv: Projections,
     pub(super) o: Linear,
     /// Per-head RMSNorm of queries and keys (Qwen3).
     pub(super) q_norm: Option<Tensor>,
     pub(super) k_norm: Option<Tensor>,
     pub(super) ffn_norm: Tensor,
-    pub(super) gate: Linear,
-    pub(super) up: Linear,
+    /// Gate and up projections.
+    pub(super) gate_up: Projections,
     pub(super) down: Linear,
+}
+
+impl Layer {
+    /// The layer's query, key and value projections of `h`.
+    pub(super) fn qkv(&self, h: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let mut parts = self.qkv.forward(h)?.into_iter();
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(q), Some(k), Some(v)) => Ok((q, k, v)),
+            _ => candle_core::bail!("a layer has three attention projections"),
+        }
+    }
+
+    /// The layer's feed-forward block on `h`: `down(silu(gate(h)) · up(h))`.
+    pub(super) fn feed_forward(&self, h: &Tensor) -> candle_core::Result<Tensor> {
+        let parts = self.gate_up.forward(h)?;
+        let [gate, up] = parts.as_slice() else {
+            candle_core::bail!("a layer has two feed-forward projections");
+        };
+        self.down.forward(&(candle_nn::ops::silu(gate)? * up)?)
+    }
 }
 
 /// The decoder with its weights on one device.
@@ -159,20 +267,24 @@ impl Transformer {
         let cos = self.cos.index_select(&pos, 0)?.reshape((n, 1, half))?;
         let sin = self.sin.index_select(&pos, 0)?.reshape((n, 1, half))?;
         cache.reserve(queries.iter().map(|&(_, p)| p + 1).max().unwrap_or(0))?;
-        let writes = cache.row_index(&batch.writes(cache), &self.device)?;
-        let attention = Attention::plan(batch, &self.device, self.dtype)?;
+        let writes = cache.plan_writes(&batch.writes(cache), n)?;
+        let attention = Attention::plan(batch, &self.device, self.dtype, cache.access(), a)?;
         let mut x = self.embed.index_select(&ids, 0)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, a.rms_eps as f32)?;
-            let q = self.project_heads(&layer.q, &layer.q_norm, &h, a.heads, &cos, &sin)?;
-            let k = self.project_heads(&layer.k, &layer.k_norm, &h, a.kv_heads, &cos, &sin)?;
-            let v = layer.v.forward(&h)?;
-            cache.write(li, &writes, &k.reshape((n, a.kv_width()))?, &v)?;
+            let (q, k, v) = layer.qkv(&h)?;
+            let q = self.heads(&q, &layer.q_norm, a.heads, &cos, &sin)?;
+            let k = self.heads(&k, &layer.k_norm, a.kv_heads, &cos, &sin)?;
+            cache.write(
+                li,
+                &writes,
+                &k.reshape((n, a.kv_width()))?,
+                &v.contiguous()?,
+            )?;
             let mixed = attention.attend(li, &q, cache, a)?;
             x = (x + layer.o.forward(&mixed)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, a.rms_eps as f32)?;
-            let ff = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
-            x = (x + layer.down.forward(&ff)?)?;
+            x = (x + layer.feed_forward(&h)?)?;
         }
         let picked = Tensor::new(
             rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
@@ -183,20 +295,19 @@ impl Transformer {
         self.lm_head.forward(&x)?.to_dtype(DType::F32)
     }
 
-    /// Projects `h` to `heads` heads, applies the optional per-head norm and RoPE:
-    /// `[n, heads, head_dim]`.
-    fn project_heads(
+    /// Splits a projection `[n, heads · head_dim]` into `heads` heads, applies the optional
+    /// per-head norm and RoPE: `[n, heads, head_dim]`.
+    fn heads(
         &self,
-        proj: &Linear,
+        projected: &Tensor,
         norm: &Option<Tensor>,
-        h: &Tensor,
         heads: usize,
         cos: &Tensor,
         sin: &Tensor,
     ) -> candle_core::Result<Tensor> {
         let a = &self.arch;
-        let n = h.dim(0)?;
-        let mut x = proj.forward(h)?.reshape((n, heads, a.head_dim))?;
+        let n = projected.dim(0)?;
+        let mut x = projected.reshape((n, heads, a.head_dim))?;
         if let Some(norm) = norm {
             x = candle_nn::ops::rms_norm(&x, norm, a.rms_eps as f32)?;
         }
@@ -325,10 +436,58 @@ mod tests {
     }
 
     #[test]
+    fn stacked_projections_give_each_part_s_product() {
+        // Three parts of different widths, one without a bias (a zero bias is stacked in).
+        let input = 96;
+        let make = || -> Vec<Linear> {
+            [(64, true), (32, false), (48, true)]
+                .iter()
+                .enumerate()
+                .map(|(i, &(width, bias))| {
+                    let w = Tensor::from_vec(
+                        values(width * input, 10 + i as u64),
+                        (width, input),
+                        &Device::Cpu,
+                    )
+                    .unwrap();
+                    let b = bias.then(|| {
+                        Tensor::from_vec(values(width, 20 + i as u64), width, &Device::Cpu).unwrap()
+                    });
+                    Linear::new(QMatMul::Tensor(w), b).unwrap()
+                })
+                .collect()
+        };
+        // Stacked as on a GPU (on the CPU `new` keeps them separate).
+        assert!(matches!(
+            Projections::new(make()).unwrap(),
+            Projections::Separate(_)
+        ));
+        let stacked = Projections::stacked(make()).unwrap();
+        assert!(matches!(&stacked, Projections::Stacked(_, widths) if widths == &[64, 32, 48]));
+        let separate = Projections::Separate(make());
+        let x = Tensor::from_vec(values(5 * input, 3), (5, input), &Device::Cpu).unwrap();
+        let (a, b) = (separate.forward(&x).unwrap(), stacked.forward(&x).unwrap());
+        assert_eq!(a.len(), 3);
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!(a.dims(), b.dims());
+            let (a, b): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+                (a.to_vec2().unwrap(), b.to_vec2().unwrap());
+            for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+                assert!((x - y).abs() <= 1e-5, "{x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
     fn linear_rows_do_not_depend_on_the_batch() {
-        // (input, output): the default model's and the tiny test models' shapes, and edges of
-        // the matmul's kernel choices.
+        // (input, output): the default model's and the tiny test models' shapes (stacked
+        // query-key-value and gate-up products included), and edges of the matmul's kernel
+        // choices.
         let shapes = [
+            (576, 960),
+            (576, 3072),
+            (128, 256),
+            (128, 512),
             (576, 576),
             (576, 192),
             (576, 1536),

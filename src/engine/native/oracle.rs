@@ -104,9 +104,10 @@ impl Oracle {
         let mut x = m.embed.index_select(&ids, 0)?;
         for layer in &m.layers {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, a.rms_eps as f32)?;
-            let q = heads_of(layer.q.forward(&h)?, heads, &layer.q_norm)?;
-            let k = repeat(heads_of(layer.k.forward(&h)?, kv_heads, &layer.k_norm)?)?;
-            let v = layer.v.forward(&h)?.reshape((len, kv_heads, d))?;
+            let (q, k, v) = layer.qkv(&h)?;
+            let q = heads_of(q, heads, &layer.q_norm)?;
+            let k = repeat(heads_of(k, kv_heads, &layer.k_norm)?)?;
+            let v = v.reshape((len, kv_heads, d))?;
             let v = repeat(v.transpose(0, 1)?.unsqueeze(0)?.contiguous()?)?;
             let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(&causal)?;
             let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
@@ -118,8 +119,7 @@ impl Oracle {
                 .reshape((len, heads * d))?;
             x = (x + layer.o.forward(&mixed)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, a.rms_eps as f32)?;
-            let ff = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
-            x = (x + layer.down.forward(&ff)?)?;
+            x = (x + layer.feed_forward(&h)?)?;
         }
         let x = x.narrow(0, from, len - from)?;
         let x = candle_nn::ops::rms_norm(&x, &m.norm, a.rms_eps as f32)?;

@@ -11,20 +11,23 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use candle_core::Tensor;
 use rayon::prelude::*;
 use tokio::sync::oneshot;
 
-use super::kv::KvCache;
+use super::kernels::RowIn;
+use super::kv::{Access, KvCache};
 use super::model::{Batch, DecodeRow, Transformer};
 use super::plan::{Batcher, SeqId};
 use super::text::TextCodec;
+use super::token_stats;
 use crate::engine::FinishReason;
 use crate::engine::{Drawing, EngineError, SequenceOutput, SequenceRequest};
 use crate::panic::panic_message;
-use crate::sampling::{DrawKey, TokenRecord, TokenSampler};
-use crate::stats::{NucleusParams, NucleusRule, Truncation, Workspace};
+use crate::sampling::{TokenRecord, TokenSampler};
+use crate::stats::{Truncation, Workspace};
 
 /// A sequence handed to the loop, with the channel its answer goes to.
 pub struct Job {
@@ -41,6 +44,10 @@ pub struct Limits {
     pub slots: usize,
     /// Prompt tokens prefilled per iteration (and per forward).
     pub prefill_chunk: usize,
+    /// entroll's device kernels: rows measured and drawn where the logits are, the cache read
+    /// in place and written by row copies. Off: rows copied to the host and measured there, a
+    /// thread per row; the cache through candle's operations.
+    pub device_kernels: bool,
 }
 
 /// What the loop keeps of a sequence besides the bookkeeping in [`Batcher`].
@@ -60,7 +67,6 @@ pub struct Scheduler {
     batcher: Batcher,
     sequences: HashMap<SeqId, Sequence>,
     next_id: SeqId,
-    workspace: Workspace,
     /// Source of keys for sequences drawn without a seed (the engine-sampler baseline).
     unseeded: u64,
 }
@@ -76,6 +82,11 @@ impl Scheduler {
             a.max_context,
             model.dtype(),
             model.device(),
+            if limits.device_kernels {
+                Access::Kernels
+            } else {
+                Access::Candle
+            },
         );
         Self {
             batcher: Batcher::new(limits.slots, limits.prefill_chunk),
@@ -85,7 +96,6 @@ impl Scheduler {
             limits,
             sequences: HashMap::new(),
             next_id: 0,
-            workspace: Workspace::default(),
             unseeded: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
@@ -109,11 +119,18 @@ impl Scheduler {
                 token: 0,
             }],
         };
+        let probe = TokenSampler::plain(1.0, Truncation::NONE, 0);
+        let row = RowDraw {
+            sampler: &probe,
+            keep: true,
+            index: 0,
+        };
         let run = |s: &mut Self| -> candle_core::Result<()> {
             for batch in [&prompt, &decode] {
-                s.model
-                    .forward(batch, &mut s.cache, &[0])?
-                    .to_vec2::<f32>()?;
+                let logits = s.model.forward(batch, &mut s.cache, &[0])?;
+                s.measure_rows(&logits, std::slice::from_ref(&row))?
+                    .rows
+                    .remove(0)?;
             }
             Ok(())
         };
@@ -219,28 +236,19 @@ impl Scheduler {
             let logits = self
                 .model
                 .forward(&work.batch, &mut self.cache, &[take - 1])?;
-            // Copy the row to the host before timing: the forward may run asynchronously.
-            let row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
+            // The forward may run asynchronously: wait for it before timing.
+            self.model.device().synchronize()?;
             crate::metrics::prefilled(take, started.elapsed());
             budget -= take;
             // When the prompt is complete, the leader and its followers all draw their first
             // token from this row.
-            let mut ended = Vec::new();
-            for id in self.batcher.prompt_done(work.seq, take) {
-                self.unseeded = self.unseeded.wrapping_add(1);
-                let seq = &self.sequences[&id];
-                let drawn = measure(
-                    &seq.job.request.drawing,
-                    &row,
-                    0,
-                    self.unseeded,
-                    &mut self.workspace,
-                );
-                if let Some(end) = self.take_drawn(id, drawn) {
-                    ended.push((id, end));
-                }
+            let ids = self.batcher.prompt_done(work.seq, take);
+            if ids.is_empty() {
+                continue;
             }
-            self.retire(ended);
+            let logits = logits.broadcast_as((ids.len(), logits.dim(1)?))?;
+            let drawn = self.draw(&ids, &logits)?;
+            self.take_all(&ids, drawn.rows);
         }
         Ok(())
     }
@@ -256,48 +264,101 @@ impl Scheduler {
         let logits = self.model.forward(&batch, &mut self.cache, &rows)?;
         self.model.device().synchronize()?;
         let forwarded = Instant::now();
-        let logits = logits.to_vec2::<f32>()?;
-        let copied = Instant::now();
         self.batcher.decoded(&ids);
-        // Rows are measured and drawn in parallel, each thread with its own workspace.
+        let drawn = self.draw(&ids, &logits)?;
+        crate::metrics::decode_step(
+            ids.len(),
+            forwarded - started,
+            drawn.copy,
+            forwarded.elapsed() - drawn.copy,
+        );
+        self.take_all(&ids, drawn.rows);
+        Ok(())
+    }
+
+    /// Measures and draws the next token of each of `ids` from its row of `logits`.
+    fn draw(&mut self, ids: &[SeqId], logits: &Tensor) -> candle_core::Result<Measured> {
         let base_key = self.unseeded;
         self.unseeded = self.unseeded.wrapping_add(ids.len() as u64);
-        let sequences = &self.sequences;
-        let drawn: Vec<candle_core::Result<(u32, Option<TokenRecord>)>> = ids
-            .par_iter()
-            .zip(logits.par_iter())
+        let samplers: Vec<(TokenSampler, bool)> = ids
+            .iter()
             .enumerate()
-            .map_init(Workspace::default, |ws, (r, (id, row))| {
-                let seq = &sequences[id];
-                let key = base_key.wrapping_add(r as u64);
-                let index = seq.generated.len() as u32;
-                measure(&seq.job.request.drawing, row, index, key, ws)
+            .map(|(r, id)| {
+                let drawing = &self.sequences[id].job.request.drawing;
+                row_sampler(drawing, base_key.wrapping_add(r as u64))
             })
             .collect();
+        let rows: Vec<RowDraw> = ids
+            .iter()
+            .zip(&samplers)
+            .map(|(id, (sampler, keep))| RowDraw {
+                sampler,
+                keep: *keep,
+                index: self.sequences[id].generated.len() as u32,
+            })
+            .collect();
+        self.measure_rows(logits, &rows)
+    }
+
+    /// Measures and draws row `r` of `logits` as `rows[r]` says. With the device kernels the
+    /// token-statistics kernel runs where the logits are and only its results come back;
+    /// without, the rows are copied to the host and measured in parallel there.
+    fn measure_rows(&self, logits: &Tensor, rows: &[RowDraw]) -> candle_core::Result<Measured> {
+        let failed = |index: u32, e: String| candle_core::Error::Msg(format!("token {index}: {e}"));
+        if self.limits.device_kernels {
+            let inputs = rows
+                .iter()
+                .map(|row| RowIn::for_token(row.sampler, row.index))
+                .collect();
+            let rows = token_stats::run(logits, inputs)?
+                .into_iter()
+                .zip(rows)
+                .map(|(out, row)| {
+                    let record = out.record().map_err(|e| failed(row.index, e))?;
+                    Ok((record.token, row.keep.then_some(record)))
+                })
+                .collect();
+            return Ok(Measured {
+                rows,
+                copy: Duration::ZERO,
+            });
+        }
+        let started = Instant::now();
+        let logits = logits.to_vec2::<f32>()?;
+        let copy = started.elapsed();
+        // Each thread with its own workspace.
+        let rows = rows
+            .par_iter()
+            .zip(logits.par_iter())
+            .map_init(Workspace::default, |ws, (row, logits)| {
+                let failed = |e: crate::stats::StatsError| failed(row.index, e.to_string());
+                if row.keep {
+                    let record = row.sampler.step(logits, row.index, ws).map_err(failed)?;
+                    Ok((record.token, Some(record)))
+                } else {
+                    let token = row.sampler.draw_only(logits, row.index, ws);
+                    Ok((token.map_err(failed)?, None))
+                }
+            })
+            .collect();
+        Ok(Measured { rows, copy })
+    }
+
+    /// Records each of `ids`' drawn token, then answers the sequences that ended.
+    fn take_all(&mut self, ids: &[SeqId], drawn: Vec<Drawn>) {
         let mut ended = Vec::new();
         for (&id, drawn) in ids.iter().zip(drawn) {
             if let Some(end) = self.take_drawn(id, drawn) {
                 ended.push((id, end));
             }
         }
-        crate::metrics::decode_step(
-            ids.len(),
-            forwarded - started,
-            copied - forwarded,
-            copied.elapsed(),
-        );
         self.retire(ended);
-        Ok(())
     }
 
     /// Records what was drawn for `id`: `None` while the sequence goes on (its token is fed
     /// next), or how it ended: `Ok` when done, `Err` when its row could not be measured (a
     /// non-finite row fails its own sequence only).
-    fn take_drawn(
-        &mut self,
-        id: SeqId,
-        drawn: candle_core::Result<(u32, Option<TokenRecord>)>,
-    ) -> Option<Result<(), String>> {
+    fn take_drawn(&mut self, id: SeqId, drawn: Drawn) -> Option<Result<(), String>> {
         let (token, record) = match drawn {
             Ok(drawn) => drawn,
             Err(e) => return Some(Err(error_message(&e))),
@@ -384,48 +445,44 @@ fn error_message(e: &candle_core::Error) -> String {
     }
 }
 
-/// Measures `row` and draws token `index` as `drawing` says: the token, and its statistics
-/// unless the engine-sampler baseline draws it (with `unseeded` as its key).
-fn measure(
-    drawing: &Drawing,
-    row: &[f32],
+/// One logits row to measure and draw.
+struct RowDraw<'a> {
+    sampler: &'a TokenSampler,
+    /// Whether the token's statistics are kept (not for the no-statistics baseline).
+    keep: bool,
+    /// The token's index in its sample.
     index: u32,
-    unseeded: u64,
-    ws: &mut Workspace,
-) -> candle_core::Result<(u32, Option<TokenRecord>)> {
-    let failed =
-        |e: crate::stats::StatsError| candle_core::Error::Msg(format!("token {index}: {e}"));
+}
+
+/// What a row gave: the drawn token and its record, or why the row could not be measured.
+type Drawn = candle_core::Result<(u32, Option<TokenRecord>)>;
+
+/// What a step's rows gave, and the time the logits took to reach the host (zero when the
+/// kernel measured them where they were).
+struct Measured {
+    rows: Vec<Drawn>,
+    copy: Duration,
+}
+
+/// The sampler of a row drawn as `drawing` says, and whether its statistics are kept: the
+/// request's own, or for the no-statistics baseline its truncation with `unseeded` as its key.
+fn row_sampler(drawing: &Drawing, unseeded: u64) -> (TokenSampler, bool) {
     match drawing {
-        Drawing::Entroll(sampler) => {
-            let record = sampler.step(row, index, ws).map_err(failed)?;
-            Ok((record.token, Some(record)))
-        }
+        Drawing::Entroll(sampler) => (sampler.clone(), true),
         Drawing::Engine {
             temperature,
             top_p,
             top_k,
         } => {
-            let sampler = baseline_sampler(*temperature, *top_p, *top_k, unseeded);
-            Ok((sampler.draw_only(row, index, ws).map_err(failed)?, None))
+            let truncation = Truncation {
+                top_k: *top_k,
+                top_p: *top_p,
+            };
+            (
+                TokenSampler::plain(*temperature, truncation, unseeded),
+                false,
+            )
         }
-    }
-}
-
-/// The sampler of the no-statistics baseline: the request's truncation, a key of its own.
-fn baseline_sampler(temperature: f64, top_p: f64, top_k: Option<usize>, key: u64) -> TokenSampler {
-    TokenSampler {
-        temperature,
-        truncation: Truncation { top_k, top_p },
-        nucleus: NucleusParams {
-            top_p: 1.0,
-            max_candidates: 1,
-            rule: NucleusRule::Strict,
-        },
-        key: DrawKey {
-            seed: key,
-            prompt: 0,
-            sample: 0,
-        },
     }
 }
 

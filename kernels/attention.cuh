@@ -1,0 +1,206 @@
+// Attention of each query token over its own sequence's cached keys and values, read in place
+// from the native engine's slot cache (row `position * slots + slot` of `[rows, kv_heads * d]`):
+// no gathered copies, no mask tensor (a query at position p reads positions 0..=p of its slot),
+// the same code for prompt chunks and decode steps. Written once for nvcc (attention.cu: one
+// thread block per (query token, key/value head)) and for the CPU harness (cpu_harness.cpp),
+// which runs each phase for every thread id in turn, as in token_stats.cuh.
+//
+// The block walks the positions in tiles of ATT_TILE with an online softmax: per tile, the
+// scores of the tile (a thread per position), the new running maximum and the rescaling of
+// what was accumulated (a thread per query head), the weights (a thread per score), their sum
+// in position order (a thread per query head), then the weighted values (a thread per output
+// element, positions in order). Every reduction has a fixed order and exp is common.cuh's, so
+// a query's result does not depend on the batch it runs in, and the GPU and the harness give
+// the same bits. Elements are float32 or bfloat16 (converted here, round to nearest even);
+// arithmetic is float32, exp's argument and result rounded from float64.
+#pragma once
+
+#include "common.cuh"
+
+// Threads per block.
+#define ATT_THREADS 128
+// Positions per tile.
+#define ATT_TILE 128
+// Most query heads per key/value head, and most outputs (query heads x head width) per block.
+#define ATT_MAX_GROUPS 16
+#define ATT_MAX_OUTPUTS 4096
+
+// The problem, the same for every block.
+struct AttShape {
+  uint32_t queries;   // query tokens
+  uint32_t heads;     // query heads
+  uint32_t kv_heads;  // key/value heads
+  uint32_t head_dim;  // width of a head
+  uint32_t slots;     // slots of the cache
+  float scale;        // 1 / sqrt(head_dim)
+};
+
+// One block's working memory.
+struct AttShared {
+  float q[ATT_MAX_OUTPUTS];
+  float acc[ATT_MAX_OUTPUTS];
+  float w[ATT_MAX_GROUPS][ATT_TILE];
+  float max[ATT_MAX_GROUPS];
+  float sum[ATT_MAX_GROUPS];
+  float alpha[ATT_MAX_GROUPS];
+};
+
+// bfloat16 as raw bits, converted by hand (the same on both compilers).
+ENT_HD float att_bf16_to_float(uint16_t b) {
+  union {
+    uint32_t u;
+    float f;
+  } v;
+  v.u = (uint32_t)b << 16;
+  return v.f;
+}
+
+ENT_HD uint16_t att_float_to_bf16(float f) {
+  union {
+    uint32_t u;
+    float f;
+  } v;
+  v.f = f;
+  if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40);  // NaN stays NaN
+  return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+}
+
+ENT_HD float att_load(const float* p, uint64_t i) { return p[i]; }
+ENT_HD float att_load(const uint16_t* p, uint64_t i) { return att_bf16_to_float(p[i]); }
+ENT_HD void att_store(float* p, uint64_t i, float x) { p[i] = x; }
+ENT_HD void att_store(uint16_t* p, uint64_t i, float x) { p[i] = att_float_to_bf16(x); }
+
+// e^x in float32 for x <= 0, through common.cuh's float64 exp (one rounding).
+ENT_HD float att_exp(float x) { return (float)ent_exp((double)x); }
+
+// The block's query token, key/value head, and that token's slot and position.
+struct AttBlock {
+  uint32_t token, kv_head, slot, position;
+};
+
+ENT_HD AttBlock att_block(uint32_t block, const AttShape& a, const uint32_t* queries) {
+  AttBlock b;
+  b.token = block / a.kv_heads;
+  b.kv_head = block % a.kv_heads;
+  b.slot = queries[2 * b.token];
+  b.position = queries[2 * b.token + 1];
+  return b;
+}
+
+// Loads the block's query heads (as float) and clears the accumulators.
+template <class T>
+ENT_HD void att_phase_begin(uint32_t t, uint32_t n, const AttShape& a, const AttBlock& b,
+                            const T* q, AttShared& s) {
+  uint32_t groups = a.heads / a.kv_heads, outputs = groups * a.head_dim;
+  uint64_t first = ((uint64_t)b.token * a.heads + (uint64_t)b.kv_head * groups) * a.head_dim;
+  for (uint32_t o = t; o < outputs; o += n) {
+    s.q[o] = att_load(q, first + o);
+    s.acc[o] = 0.0f;
+  }
+  if (t < groups) {
+    s.max[t] = -INFINITY;
+    s.sum[t] = 0.0f;
+  }
+}
+
+// The scores of the tile's positions, a thread per position, each a dot product in index order.
+template <class T>
+ENT_HD void att_phase_scores(uint32_t t, uint32_t n, const AttShape& a, const AttBlock& b,
+                             uint32_t start, uint32_t len, const T* k, AttShared& s) {
+  uint32_t groups = a.heads / a.kv_heads, d = a.head_dim, width = a.kv_heads * d;
+  for (uint32_t j = t; j < len; j += n) {
+    uint64_t row = ((uint64_t)(start + j) * a.slots + b.slot) * width + (uint64_t)b.kv_head * d;
+    for (uint32_t g = 0; g < groups; ++g) {
+      float dot = 0.0f;
+      for (uint32_t i = 0; i < d; ++i) dot = dot + s.q[g * d + i] * att_load(k, row + i);
+      s.w[g][j] = dot * a.scale;
+    }
+  }
+}
+
+// A thread per query head: the running maximum over this tile, and the factor that rescales
+// what was accumulated under the previous maximum.
+ENT_HD void att_phase_max(uint32_t t, const AttShape& a, uint32_t len, AttShared& s) {
+  if (t >= a.heads / a.kv_heads) return;
+  float m = s.max[t];
+  for (uint32_t j = 0; j < len; ++j) m = s.w[t][j] > m ? s.w[t][j] : m;
+  s.alpha[t] = s.max[t] == -INFINITY ? 0.0f : att_exp(s.max[t] - m);
+  s.max[t] = m;
+}
+
+// A thread per score: its weight under the running maximum.
+ENT_HD void att_phase_weights(uint32_t t, uint32_t n, const AttShape& a, uint32_t len,
+                              AttShared& s) {
+  uint32_t groups = a.heads / a.kv_heads;
+  for (uint32_t e = t; e < groups * len; e += n) {
+    uint32_t g = e / len, j = e % len;
+    s.w[g][j] = att_exp(s.w[g][j] - s.max[g]);
+  }
+}
+
+// A thread per query head: the running sum of weights, rescaled, then this tile's in order.
+ENT_HD void att_phase_sum(uint32_t t, const AttShape& a, uint32_t len, AttShared& s) {
+  if (t >= a.heads / a.kv_heads) return;
+  float sum = s.sum[t] * s.alpha[t];
+  for (uint32_t j = 0; j < len; ++j) sum = sum + s.w[t][j];
+  s.sum[t] = sum;
+}
+
+// A thread per output element: the accumulated weighted values, rescaled, then this tile's
+// positions in order.
+template <class T>
+ENT_HD void att_phase_values(uint32_t t, uint32_t n, const AttShape& a, const AttBlock& b,
+                             uint32_t start, uint32_t len, const T* v, AttShared& s) {
+  uint32_t groups = a.heads / a.kv_heads, d = a.head_dim, width = a.kv_heads * d;
+  for (uint32_t o = t; o < groups * d; o += n) {
+    uint32_t g = o / d, i = o % d;
+    float acc = s.acc[o] * s.alpha[g];
+    for (uint32_t j = 0; j < len; ++j) {
+      uint64_t row = ((uint64_t)(start + j) * a.slots + b.slot) * width + (uint64_t)b.kv_head * d;
+      acc = acc + s.w[g][j] * att_load(v, row + i);
+    }
+    s.acc[o] = acc;
+  }
+}
+
+// The normalised outputs, into `out` `[queries, heads * head_dim]`.
+template <class T>
+ENT_HD void att_phase_end(uint32_t t, uint32_t n, const AttShape& a, const AttBlock& b,
+                          const AttShared& s, T* out) {
+  uint32_t groups = a.heads / a.kv_heads, d = a.head_dim;
+  uint64_t first = ((uint64_t)b.token * a.heads + (uint64_t)b.kv_head * groups) * d;
+  for (uint32_t o = t; o < groups * d; o += n) att_store(out, first + o, s.acc[o] / s.sum[o / d]);
+}
+
+// The phases of one block in order; `each` runs a phase for its thread (GPU) or for every
+// thread (harness). The tile loop's bounds are the same for every thread of the block.
+#ifdef __CUDACC__
+#pragma nv_exec_check_disable
+#endif
+template <class Each, class T>
+ENT_HD void att_run(Each each, uint32_t n, uint32_t block, const AttShape& a,
+                    const uint32_t* queries, const T* q, const T* k, const T* v, AttShared& s,
+                    T* out) {
+  const AttBlock b = att_block(block, a, queries);
+  each([&](uint32_t t) { att_phase_begin(t, n, a, b, q, s); });
+  uint32_t positions = b.position + 1;
+  for (uint32_t start = 0; start < positions; start += ATT_TILE) {
+    uint32_t len = positions - start < ATT_TILE ? positions - start : ATT_TILE;
+    each([&](uint32_t t) { att_phase_scores(t, n, a, b, start, len, k, s); });
+    each([&](uint32_t t) { att_phase_max(t, a, len, s); });
+    each([&](uint32_t t) { att_phase_weights(t, n, a, len, s); });
+    each([&](uint32_t t) { att_phase_sum(t, a, len, s); });
+    each([&](uint32_t t) { att_phase_values(t, n, a, b, start, len, v, s); });
+  }
+  each([&](uint32_t t) { att_phase_end(t, n, a, b, s, out); });
+}
+
+// Copies row `from[i]` of `src` to row `to[i]` of `dst` for each i, `width` elements a row
+// (element type T as raw bits): a cache write or a copy between slots in one launch, each
+// element by its own thread.
+template <class T>
+ENT_HD void att_copy_rows(uint64_t e, uint32_t width, const uint32_t* from, const uint32_t* to,
+                          const T* src, T* dst) {
+  uint64_t i = e / width, c = e % width;
+  dst[(uint64_t)to[i] * width + c] = src[(uint64_t)from[i] * width + c];
+}
