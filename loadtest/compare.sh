@@ -15,10 +15,13 @@
 # temporary directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source loadtest/lib.sh
 PROFILE=${PROFILE:-release}
 DATASET=${DATASET:-loadtest/data/gsm8k_test.jsonl}
 CONFIGS=${CONFIGS:-"native=--engine native;native-nostats=--engine native --sampler engine;mistralrs=--engine mistralrs"}
-cargo build --quiet --profile "$PROFILE" -p entroll -p loadtest --bins
+# BUILT=1: the binaries are built already (with PROFILE=dev, `scripts/test`'s build serves:
+# building one package here would resolve other features and rebuild mistral.rs and candle).
+[ -n "${BUILT:-}" ] || cargo build --quiet --profile "$PROFILE" -p entroll -p loadtest --bins
 target=${CARGO_TARGET_DIR:-target}
 dir=$target/$PROFILE; [ "$PROFILE" = dev ] && dir=$target/debug
 out=${OUT:-$(mktemp -d)}; mkdir -p "$out"
@@ -27,16 +30,11 @@ trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 run() { # label "server flags" loadtest-flags...
   local label=$1 flags=$2 bin=$dir/entroll; shift 2
   if [[ $flags == @* ]]; then bin=${flags%% *}; bin=${bin#@}; flags=${flags#* }; fi
-  local fifo=$out/$label.stdout
   # shellcheck disable=SC2086
-  "$bin" serve --port 0 $flags < /dev/null > "$fifo" 2>"$out/$label.log" &
-  local pid=$!
-  for _ in $(seq 600); do grep -q "listening on" "$fifo" 2>/dev/null && break; sleep 0.2; done
-  local url; url=$(sed -n 's/^entroll listening on //p' "$fifo")
-  [ -n "$url" ] || { cat "$out/$label.log" >&2; exit 1; }
-  "$dir/loadtest" --url "$url" --dataset "$DATASET" --label "$label" --quiet \
+  start_entroll "$bin" "$out/$label.log" $flags || exit 1
+  "$dir/loadtest" --url "$ENTROLL_URL" --dataset "$DATASET" --label "$label" --quiet \
       --output "$out/$label.json" "$@" > /dev/null
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  stop_entroll "$ENTROLL_PID"
 }
 
 labels=()

@@ -17,6 +17,7 @@
 # (`tiny` for a smoke run on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source loadtest/lib.sh
 STAGE=${STAGE:-/root/entroll-stage}
 DEVICE=${DEVICE:-cuda}
 PYTHON=${PYTHON:-python3}
@@ -49,11 +50,14 @@ case $cmd in
       cat "$STAGE"/model.gguf.part* > "$gguf"
       rm "$STAGE"/model.gguf.part*
     fi
-    [ ! -f "$STAGE/model.sha256" ] || [ "$(sha256sum "$gguf" | cut -d' ' -f1)" = "$(cat "$STAGE/model.sha256")" ] ||
+    # The GGUF is optional (check.sh runs on the Qwen2-shaped model alone).
+    [ ! -f "$gguf" ] || [ ! -f "$STAGE/model.sha256" ] ||
+      [ "$(sha256sum "$gguf" | cut -d' ' -f1)" = "$(cat "$STAGE/model.sha256")" ] ||
       { echo "the joined GGUF does not match its checksum" >&2; exit 1; }
     qwen=$(model_path qwen2-1.5b)
-    (cd docker/learner && "$PYTHON" -m entroll_learner.checkpoints random qwen2 \
-        "$STAGE/qwen-tokenizer" "$qwen" --shape "${QWEN_SHAPE:-qwen2-1.5b}")
+    [ -f "$qwen/config.json" ] ||
+      (cd docker/learner && "$PYTHON" -m entroll_learner.checkpoints random qwen2 \
+          "$STAGE/qwen-tokenizer" "$qwen" --shape "${QWEN_SHAPE:-qwen2-1.5b}")
     ;;
   run)
     model=$1 g=$2 tokens=$3 conc=$4
@@ -62,21 +66,16 @@ case $cmd in
     for config in "${list[@]}"; do
       label=${config%%=*}
       name="$model-G$g-T$tokens-C$conc-$label"
-      log=$OUT/$name.log
       # shellcheck disable=SC2086
-      "$ENTROLL_BIN" serve --port 0 --device "$DEVICE" --model "$(model_path "$model")" \
-          --max-running-sequences 256 --max-requests 256 --max-group-size 64 \
-          ${config#*=} < /dev/null > "$log.stdout" 2> "$log" &
-      pid=$!
-      for _ in $(seq 900); do grep -q "listening on" "$log.stdout" 2>/dev/null && break; sleep 0.2; done
-      url=$(sed -n 's/^entroll listening on //p' "$log.stdout")
-      [ -n "$url" ] || { tail -20 "$log" >&2; kill "$pid" 2>/dev/null; continue; }
+      start_entroll "$ENTROLL_BIN" "$OUT/$name.log" --device "$DEVICE" \
+          --model "$(model_path "$model")" --max-running-sequences 256 --max-requests 256 \
+          --max-group-size 64 ${config#*=} || continue
       # Saturating loads send many requests at once; each request is 8 prompts × G samples.
-      "$LOADTEST_BIN" --url "$url" --dataset "$DATASET" --label "$name" --quiet \
+      "$LOADTEST_BIN" --url "$ENTROLL_URL" --dataset "$DATASET" --label "$name" --quiet \
           --prompts-per-request 8 --group-size "$g" --max-tokens "$tokens" \
           --concurrency "$conc" --requests "$((conc * 2))" --output "$OUT/$name.json" > /dev/null ||
         echo "$name: load generator failed" >&2
-      kill "$pid"; wait "$pid" 2>/dev/null || true
+      stop_entroll "$ENTROLL_PID"
     done
     ;;
   baseline)

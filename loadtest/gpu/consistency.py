@@ -1,0 +1,146 @@
+"""The engine's consistency checks against running servers, with nothing but Python's standard
+library (the GPU machine has no Rust): what tests/common checks on the CPU, asked of a server on
+any device.
+
+    python3 loadtest/gpu/consistency.py URL [OTHER_URL]
+
+URL is checked alone: every per-token statistic within its definition's range, the sums and
+lengths agreeing with the arrays, each greedy group's samples identical (prompts of 1, 7, 64 and
+200 tokens: the prefill and cache-copy edges), and the same seeded request answered identically
+twice. OTHER_URL, a second server on the same model and device with the device kernels set the
+other way (`device_kernels`), is compared with it: how many samples drew the same tokens and how
+far their statistics are apart. Prints a markdown table; exits 1 if a check that must hold fails.
+"""
+
+import json
+import math
+import sys
+import urllib.request
+
+
+def call(url, path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=600) as r:
+        return json.load(r)
+
+
+def prompts(vocab, lengths):
+    """Token-id prompts of the given lengths, from a fixed sequence of ids below `vocab`."""
+    out, x = [], 12345
+    for n in lengths:
+        ids = []
+        for _ in range(n):
+            x = (1103515245 * x + 12345) % (1 << 31)
+            ids.append(x % vocab)
+        out.append({"token_ids": ids})
+    return out
+
+
+def samples(response):
+    return [s for g in response["groups"] for s in g["samples"]]
+
+
+def range_problems(response, vocab, candidates):
+    """Every way a sample's statistics leave their definitions' ranges (empty when none)."""
+    problems = []
+    ln_v = math.log(vocab)
+    for i, s in enumerate(samples(response)):
+        n = s["length"]
+        for field in ("token_ids", "logprobs", "sampling_logprobs", "entropy", "top_p_size",
+                      "top_p_mass", "top_p_entropy", "peak"):
+            if len(s[field]) != n:
+                problems.append(f"sample {i}: {field} has {len(s[field])} entries for {n} tokens")
+        for t in range(n):
+            lp, slp, h = s["logprobs"][t], s["sampling_logprobs"][t], s["entropy"][t]
+            size, mass, hp = s["top_p_size"][t], s["top_p_mass"][t], s["top_p_entropy"][t]
+            checks = [
+                (0 <= s["token_ids"][t] < vocab, "token id out of range"),
+                (lp <= 1e-6, f"logprob {lp} > 0"),
+                (lp - 1e-5 <= slp <= 1e-6, f"sampling_logprob {slp} outside [logprob {lp}, 0]"),
+                (-1e-6 <= h <= ln_v + 1e-4, f"entropy {h} outside [0, ln V]"),
+                (1 <= size <= min(candidates, vocab), f"top_p_size {size}"),
+                (0 < mass <= 1 + 1e-6, f"top_p_mass {mass}"),
+                (-1e-6 <= hp <= math.log(size) + 1e-4, f"top_p_entropy {hp} > ln(size {size})"),
+            ]
+            problems += [f"sample {i} token {t}: {why}" for ok, why in checks if not ok]
+        total = sum(s["entropy"])
+        if abs(s["entropy_sum"] - total) > 1e-3 * max(1.0, abs(total)):
+            problems.append(f"sample {i}: entropy_sum {s['entropy_sum']} vs {total}")
+    return problems
+
+
+def main():
+    if len(sys.argv) not in (2, 3):
+        print(__doc__, file=sys.stderr)
+        return 2
+    url = sys.argv[1].rstrip("/")
+    info = call(url, "/info")
+    vocab = info["vocab_size"]
+    candidates = 10_000
+    rows = []  # (check, result, must hold)
+
+    sampled = {
+        "prompts": prompts(vocab, [1, 7, 64, 200]),
+        "group_size": 4,
+        "sampling": {"max_tokens": 32, "seed": 7, "temperature": 1.0, "top_p": 0.95},
+        "stats": {"top_k_candidates": candidates},
+    }
+    first = call(url, "/rollouts", sampled)
+    problems = range_problems(first, vocab, candidates)
+    tokens = sum(s["length"] for s in samples(first))
+    rows.append(("every statistic in range, sums and lengths agree",
+                 f"{tokens} tokens, {len(problems)} problems" + (f" (first: {problems[0]})" if problems else ""),
+                 not problems))
+
+    again = call(url, "/rollouts", sampled)
+    same = sum(a["token_ids"] == b["token_ids"] and a["logprobs"] == b["logprobs"]
+               for a, b in zip(samples(first), samples(again)))
+    rows.append(("the same seeded request answered identically twice",
+                 f"{same}/{len(samples(first))} samples", same == len(samples(first))))
+
+    greedy = dict(sampled, sampling={"max_tokens": 32, "seed": 7, "top_k": 1})
+    answer = call(url, "/rollouts", greedy)
+    equal = sum(all(s["token_ids"] == g["samples"][0]["token_ids"] for s in g["samples"])
+                for g in answer["groups"])
+    rows.append(("greedy groups identical (prompts of 1, 7, 64, 200 tokens)",
+                 f"{equal}/{len(answer['groups'])} groups", equal == len(answer["groups"])))
+
+    alone = call(url, "/rollouts", dict(sampled, prompts=sampled["prompts"][:1]))
+    batched = samples(first)[:4]
+    invariant = sum(a["token_ids"] == b["token_ids"] for a, b in zip(samples(alone), batched))
+    rows.append(("a group alone draws what it drew beside others (batch invariance; reported)",
+                 f"{invariant}/{len(batched)} samples", True))
+
+    if len(sys.argv) == 3:
+        other_url = sys.argv[2].rstrip("/")
+        other_info = call(other_url, "/info")
+        other = call(other_url, "/rollouts", sampled)
+        pairs = list(zip(samples(first), samples(other)))
+        # The two settings round differently (attention kernels, bf16 on a GPU), so a draw near
+        # a boundary may part two samples; up to there they saw the same tokens, and their
+        # statistics must agree.
+        alike, total, worst = 0, 0, 0.0
+        for a, b in pairs:
+            prefix = 0
+            while prefix < min(a["length"], b["length"]) and a["token_ids"][prefix] == b["token_ids"][prefix]:
+                prefix += 1
+            alike, total = alike + prefix, total + a["length"]
+            for field in ("logprobs", "sampling_logprobs", "entropy", "top_p_mass", "top_p_entropy"):
+                worst = max([worst] + [abs(x - y) for x, y in zip(a[field][:max(prefix, 1)], b[field][:max(prefix, 1)])])
+        name = lambda i: "device kernels " + ("on" if i["device_kernels"] else "off")
+        rows.append((f"{name(info)} vs {name(other_info)}: statistics of the same tokens agree",
+                     f"within {worst:.1e} (bound 0.5 nats: bf16 on a GPU rounds apart)", worst <= 0.5))
+        rows.append((f"{name(info)} vs {name(other_info)}: tokens drawn alike before the samples part (reported)",
+                     f"{alike}/{total}", True))
+
+    print(f"engine consistency on {info['model']} ({info['engine']}, device kernels "
+          f"{'on' if info['device_kernels'] else 'off'}, V = {vocab})\n")
+    print("| check | result | holds |\n|---|---|---|")
+    for check, result, must in rows:
+        print(f"| {check} | {result} | {'yes' if must else 'NO'} |")
+    return 0 if all(must for _, _, must in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

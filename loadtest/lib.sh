@@ -1,0 +1,28 @@
+# Shell functions the load scripts share (`source loadtest/lib.sh`).
+
+# start_entroll BIN LOG FLAGS...: starts `BIN serve --port 0 FLAGS` in the background, its log in
+# LOG and its standard output in LOG.stdout, and waits until it listens (up to 3 minutes: a
+# large checkpoint loads slowly). Sets ENTROLL_URL and ENTROLL_PID; if the server never
+# listens, prints its log's tail and returns 1.
+start_entroll() {
+  local bin=$1 log=$2
+  shift 2
+  "$bin" serve --port 0 "$@" < /dev/null > "$log.stdout" 2> "$log" &
+  ENTROLL_PID=$!
+  ENTROLL_URL=
+  for _ in $(seq 900); do
+    ENTROLL_URL=$(sed -n 's/^entroll listening on //p' "$log.stdout" 2>/dev/null || true)
+    [ -n "$ENTROLL_URL" ] && return 0
+    kill -0 "$ENTROLL_PID" 2>/dev/null || break
+    sleep 0.2
+  done
+  tail -20 "$log" >&2
+  kill "$ENTROLL_PID" 2>/dev/null || true
+  return 1
+}
+
+# stop_entroll PID: stops the server and waits for it.
+stop_entroll() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
