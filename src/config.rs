@@ -161,9 +161,20 @@ settings! {
     /// On SIGTERM/SIGINT, how long accepted requests may run on before they are cancelled and
     /// answered 503 `shutting_down` (milliseconds).
     shutdown_grace_ms: u64 = 30_000, env "ENTROLL_SHUTDOWN_GRACE_MS";
+    /// A directory a learner publishes weight versions in (`DIR/<version>/`, complete once
+    /// `DIR/<version>/READY` exists): the highest complete version is loaded at start and
+    /// whenever a higher one appears. Empty: none.
+    watch_weights: PathBuf = PathBuf::new(), env "ENTROLL_WATCH_WEIGHTS";
+    /// How often the weights directory is looked at (milliseconds).
+    watch_interval_ms: u64 = 1_000, env "ENTROLL_WATCH_INTERVAL_MS";
 }
 
 impl Config {
+    /// The directory of published weight versions, if one is watched.
+    pub fn watched_weights(&self) -> Option<&Path> {
+        (!self.watch_weights.as_os_str().is_empty()).then_some(self.watch_weights.as_path())
+    }
+
     /// Loads the settings: defaults, then the TOML file if given, then `cli` (flags and env).
     pub fn load(file: Option<&Path>, cli: ConfigLayer) -> anyhow::Result<Config> {
         let from_file = match file {
@@ -191,6 +202,7 @@ impl Config {
             ("max_new_tokens", self.max_new_tokens),
             ("default_group_size", self.default_group_size),
             ("default_max_tokens", self.default_max_tokens),
+            ("watch_interval_ms", self.watch_interval_ms as usize),
         ] {
             anyhow::ensure!(value > 0, "{name} must be positive");
         }

@@ -30,4 +30,5 @@ pub mod stats;
 #[cfg(any(test, feature = "native"))]
 mod test_rng;
 pub mod validation;
+pub mod watch;
 pub mod weights;

@@ -74,7 +74,8 @@ pub const ZERO_VARIANCE_GROUPS: &str = "entroll_zero_variance_groups_total";
 pub const LAST_REWARD_MEAN: &str = "entroll_last_reward_mean";
 /// Weights version being served.
 pub const WEIGHTS_VERSION: &str = "entroll_weights_version";
-/// Weight updates, by `outcome` (`swapped`, `rejected`).
+/// Weight updates, by `outcome` (`swapped`, `rejected`) and `source` (`http`: POST /weights,
+/// `watch`: the watched directory).
 pub const WEIGHT_UPDATES: &str = "entroll_weight_updates_total";
 /// Time to load new weights before the swap.
 pub const WEIGHT_LOAD_DURATION: &str = "entroll_weight_load_seconds";
@@ -482,16 +483,16 @@ pub fn request_succeeded(r: &RolloutResponse, queue: Duration, first_token: Opti
     }
 }
 
-/// New weights were swapped in (after `load` loading them).
-pub fn weights_swapped(version: u64, load: Duration) {
-    counter!(WEIGHT_UPDATES, "outcome" => "swapped").increment(1);
+/// New weights were swapped in (after `load` loading them), from `source` (`http`, `watch`).
+pub fn weights_swapped(version: u64, load: Duration, source: &'static str) {
+    counter!(WEIGHT_UPDATES, "outcome" => "swapped", "source" => source).increment(1);
     histogram!(WEIGHT_LOAD_DURATION).record(load.as_secs_f64());
     gauge!(WEIGHTS_VERSION).set(version as f64);
 }
 
-/// A weight update was refused; the old weights keep serving.
-pub fn weights_rejected() {
-    counter!(WEIGHT_UPDATES, "outcome" => "rejected").increment(1);
+/// A weight update from `source` (`http`, `watch`) was refused; the old weights keep serving.
+pub fn weights_rejected(source: &'static str) {
+    counter!(WEIGHT_UPDATES, "outcome" => "rejected", "source" => source).increment(1);
 }
 
 /// Every metric name, for checks that a dashboard queries only what entroll exports.

@@ -29,6 +29,7 @@ use crate::shutdown::{Phase, Shutdown};
 use crate::validation::{
     parse_json, validate, DEFAULT_ADVANTAGE, DEFAULT_STATS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
 };
+use crate::watch::Watcher;
 use crate::weights::WeightUpdater;
 
 /// Shared state of every handler.
@@ -65,13 +66,22 @@ impl AppState {
 
 /// Serves `state` on `listener` until `signal` resolves, then shuts down the way
 /// [`Shutdown`] says: the listener closes, admitted requests finish within
-/// `shutdown_grace_ms`, the rest are cancelled and answered 503. The binary and the in-process
-/// tests both run this.
+/// `shutdown_grace_ms`, the rest are cancelled and answered 503. With `watch_weights` it first
+/// loads the directory's highest complete version, then watches it ([`Watcher`]). The binary
+/// and the in-process tests both run this.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Some(dir) = state.config.watched_weights() {
+        // Catch up before serving: a replica never answers with an older version than the
+        // directory offers.
+        let mut watcher = Watcher::new(dir.to_path_buf());
+        watcher.catch_up(&state).await;
+        let every = Duration::from_millis(state.config.watch_interval_ms);
+        tokio::spawn(watcher.run(state.clone(), every));
+    }
     let grace = Duration::from_millis(state.config.shutdown_grace_ms);
     let shutdown = state.shutdown.clone();
     axum::serve(listener, router(state))
@@ -159,17 +169,23 @@ async fn weights(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<WeightsResponse>, ApiError> {
-    let result = async {
-        accepting(&state)?;
-        let request = parse_json(&read_body(body, state.config.max_body_bytes)?)?;
-        state.weights.update(&state.service, request).await
-    }
-    .await;
-    if let Err(e) = &result {
-        weights_rejected();
-        tracing::warn!(error = %e, "weight update refused; the served weights are unchanged");
-    }
-    Ok(Json(result?))
+    let request = accepting(&state)
+        .and_then(|()| read_body(body, state.config.max_body_bytes))
+        .and_then(|body| parse_json(&body));
+    let request = match request {
+        Ok(request) => request,
+        Err(e) => {
+            weights_rejected("http");
+            tracing::warn!(error = %e, "weight update refused; the served weights are unchanged");
+            return Err(e);
+        }
+    };
+    Ok(Json(
+        state
+            .weights
+            .update(&state.service, request, "http")
+            .await?,
+    ))
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {

@@ -33,11 +33,28 @@ impl WeightUpdater {
         }
     }
 
-    /// Serves the weights of `request` from now on, or leaves everything as it was.
+    /// Serves the weights of `request` from now on, or leaves everything as it was (and says
+    /// why in the log and in `entroll_weight_updates_total{outcome="rejected"}`). `source`
+    /// labels the metrics: `http` (POST /weights) or `watch` (the watched directory).
     pub async fn update(
         &self,
         service: &RolloutService,
         request: WeightsRequest,
+        source: &'static str,
+    ) -> Result<WeightsResponse, ApiError> {
+        let result = self.swap(service, request, source).await;
+        if let Err(e) = &result {
+            metrics::weights_rejected(source);
+            tracing::warn!(source, error = %e, "weight update refused; the served weights are unchanged");
+        }
+        result
+    }
+
+    async fn swap(
+        &self,
+        service: &RolloutService,
+        request: WeightsRequest,
+        source: &'static str,
     ) -> Result<WeightsResponse, ApiError> {
         let _turn = self.one_at_a_time.lock().await;
         let current = service.live();
@@ -81,7 +98,7 @@ impl WeightUpdater {
             load_ms: load.as_millis() as u64,
         };
         service.swap(Live { engine, version });
-        metrics::weights_swapped(version, load);
+        metrics::weights_swapped(version, load, source);
         tracing::info!(
             version,
             path = %response.path,

@@ -16,4 +16,5 @@ mod overload;
 mod rewards;
 mod shutdown;
 mod startup;
+mod watch;
 mod weights;

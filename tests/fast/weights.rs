@@ -21,7 +21,7 @@ async fn post_weights(base: &str, body: Value) -> (u16, Value) {
     (status, resp.json().await.expect("a JSON body"))
 }
 
-async fn served_version(base: &str) -> u64 {
+pub(crate) async fn served_version(base: &str) -> u64 {
     crate::common::get_json(base, "/info").await["weights_version"]
         .as_u64()
         .unwrap()
@@ -66,7 +66,7 @@ fn version_of(t: &Timed) -> u64 {
 
 /// A copy of `model` in `dir` whose files are links, with `config.json` edited by `edit` or the
 /// weights replaced by `weights`.
-fn variant(model: &Path, dir: &Path, edit: impl Fn(&mut Value), weights: Option<&[u8]>) {
+pub(crate) fn variant(model: &Path, dir: &Path, edit: impl Fn(&mut Value), weights: Option<&[u8]>) {
     std::fs::create_dir_all(dir).unwrap();
     for entry in std::fs::read_dir(model).unwrap() {
         let entry = entry.unwrap();
@@ -175,13 +175,13 @@ async fn a_swap_under_load_loses_nothing_and_bad_weights_change_nothing() {
     assert_eq!(version_of(&t), 1);
     assert_eq!(
         server
-            .metric("entroll_weight_updates_total{outcome=\"rejected\"}")
+            .metric("entroll_weight_updates_total{outcome=\"rejected\",source=\"http\"}")
             .await,
         5.0
     );
     assert_eq!(
         server
-            .metric("entroll_weight_updates_total{outcome=\"swapped\"}")
+            .metric("entroll_weight_updates_total{outcome=\"swapped\",source=\"http\"}")
             .await,
         1.0
     );

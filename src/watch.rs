@@ -1,0 +1,143 @@
+//! `watch_weights`: weights that reach every replica through a shared directory.
+//!
+//! A learner publishes version `v` by writing the directory `DIR/<v>/` (a safetensors
+//! checkpoint, as `POST /weights` takes) and then an empty file `DIR/<v>/READY`. Every replica
+//! watching `DIR` loads the highest complete version above the one it serves, with the same
+//! checks and atomic swap as `POST /weights` ([`WeightUpdater`]): requests running keep their
+//! version, every request after the swap runs on the new one. Directories without `READY` are
+//! still being written and are left alone; a version that is refused (another architecture,
+//! unreadable weights) is logged with the reason, counted in
+//! `entroll_weight_updates_total{outcome="rejected",source="watch"}`, and not tried again. A
+//! replica that starts (or restarts) catches up before it listens, so it never serves an older
+//! version than the directory offers. The directory is polled, which works on shared volumes
+//! where change notifications do not cross hosts.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::WeightsRequest;
+use crate::server::AppState;
+
+/// The file a version's directory holds once it is complete.
+pub const READY: &str = "READY";
+
+/// The complete versions under `dir`: subdirectories named by a version number that hold
+/// [`READY`], in increasing order. Other entries are ignored.
+pub fn complete_versions(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut versions: Vec<u64> = std::fs::read_dir(dir)?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            entry.path().join(READY).is_file().then_some(version)
+        })
+        .collect();
+    versions.sort_unstable();
+    Ok(versions)
+}
+
+/// The version to load next: the highest complete one above `served` that was not refused.
+pub fn next_version(complete: &[u64], served: u64, refused: &BTreeSet<u64>) -> Option<u64> {
+    complete
+        .iter()
+        .rev()
+        .copied()
+        .find(|v| !refused.contains(v))
+        .filter(|&v| v > served)
+}
+
+/// The watcher of one server: what it refused so far.
+pub struct Watcher {
+    dir: PathBuf,
+    refused: BTreeSet<u64>,
+}
+
+impl Watcher {
+    /// A watcher of `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            refused: BTreeSet::new(),
+        }
+    }
+
+    /// Loads the highest complete version above the served one, if there is one; returns the
+    /// version now served.
+    pub async fn catch_up(&mut self, state: &AppState) -> u64 {
+        let served = state.service.live().version;
+        let complete = match complete_versions(&self.dir) {
+            Ok(complete) => complete,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), "cannot read the weights directory: {e}");
+                return served;
+            }
+        };
+        let Some(version) = next_version(&complete, served, &self.refused) else {
+            return served;
+        };
+        let path = self.dir.join(version.to_string());
+        let request = WeightsRequest {
+            path: path.display().to_string(),
+            version: Some(version),
+        };
+        match state.weights.update(&state.service, request, "watch").await {
+            Ok(_) => version,
+            Err(e) => {
+                tracing::warn!(
+                    version,
+                    "weights version refused; it will not be tried again: {e}"
+                );
+                self.refused.insert(version);
+                state.service.live().version
+            }
+        }
+    }
+
+    /// Catches up every `every` until the server stops accepting work.
+    pub async fn run(mut self, state: Arc<AppState>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if state.shutdown.phase() != crate::shutdown::Phase::Serving {
+                return;
+            }
+            self.catch_up(&state).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_highest_complete_version_above_the_served_one_that_was_not_refused() {
+        let none = BTreeSet::new();
+        assert_eq!(next_version(&[1, 2, 5], 0, &none), Some(5));
+        assert_eq!(next_version(&[1, 2, 5], 5, &none), None);
+        assert_eq!(next_version(&[1, 2, 5], 7, &none), None);
+        assert_eq!(next_version(&[], 0, &none), None);
+        let refused: BTreeSet<u64> = [5].into();
+        assert_eq!(next_version(&[1, 2, 5], 0, &refused), Some(2));
+        assert_eq!(next_version(&[1, 2, 5], 2, &refused), None);
+    }
+
+    #[test]
+    fn only_numbered_directories_with_ready_are_complete() {
+        let dir = std::env::temp_dir().join(format!("entroll-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (name, ready) in [("3", true), ("12", true), ("7", false), ("x", true)] {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            if ready {
+                std::fs::write(dir.join(name).join(READY), "").unwrap();
+            }
+        }
+        // A file named like a version is not a version directory.
+        std::fs::write(dir.join("20"), "").unwrap();
+        assert_eq!(complete_versions(&dir).unwrap(), [3, 12]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(complete_versions(&dir).is_err());
+    }
+}
