@@ -161,6 +161,10 @@ settings! {
     /// On SIGTERM/SIGINT, how long accepted requests may run on before they are cancelled and
     /// answered 503 `shutting_down` (milliseconds).
     shutdown_grace_ms: u64 = 30_000, env "ENTROLL_SHUTDOWN_GRACE_MS";
+    /// On SIGTERM/SIGINT, how long `/health` answers 503 while requests are still accepted,
+    /// before the listener closes (milliseconds): long enough for a load balancer's health
+    /// checks to take the replica out of rotation.
+    shutdown_announce_ms: u64 = 0, env "ENTROLL_SHUTDOWN_ANNOUNCE_MS";
     /// A directory a learner publishes weight versions in (`DIR/<version>/`, complete once
     /// `DIR/<version>/READY` exists): the highest complete version is loaded at start and
     /// whenever a higher one appears. Empty: none.

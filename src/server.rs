@@ -82,10 +82,11 @@ pub async fn serve(
         let every = Duration::from_millis(state.config.watch_interval_ms);
         tokio::spawn(watcher.run(state.clone(), every));
     }
+    let announce = Duration::from_millis(state.config.shutdown_announce_ms);
     let grace = Duration::from_millis(state.config.shutdown_grace_ms);
     let shutdown = state.shutdown.clone();
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.on_signal(signal, grace))
+        .with_graceful_shutdown(shutdown.on_signal(signal, announce, grace))
         .await
 }
 
@@ -115,7 +116,7 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
 /// Refuses new work once shutdown has begun.
 fn accepting(state: &AppState) -> Result<(), ApiError> {
     match state.shutdown.phase() {
-        Phase::Serving => Ok(()),
+        Phase::Serving | Phase::Announcing => Ok(()),
         Phase::Draining | Phase::Cancelling => Err(ApiError::ShuttingDown),
     }
 }
@@ -198,9 +199,13 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     )
 }
 
-async fn health() -> StatusCode {
-    // The server only listens once the model is loaded and probed.
-    StatusCode::OK
+/// 200 while serving (the server only listens once the model is loaded and probed); once
+/// shutdown has begun, 503 `shutting_down`, so a load balancer stops sending work here.
+async fn health(State(state): State<Arc<AppState>>) -> Result<StatusCode, ApiError> {
+    match state.shutdown.phase() {
+        Phase::Serving => Ok(StatusCode::OK),
+        _ => Err(ApiError::ShuttingDown),
+    }
 }
 
 async fn info(State(state): State<Arc<AppState>>) -> Json<InfoResponse> {

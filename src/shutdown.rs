@@ -1,10 +1,12 @@
 //! Graceful shutdown: the phases a server goes through after SIGTERM/SIGINT.
 //!
-//! On the signal the listener stops accepting and the server starts *draining*: requests
-//! already admitted keep running, new ones on open connections get 503 `shutting_down`. When the
-//! grace period ends, the remaining requests are *cancelled*: their sequences stop and each is
-//! answered 503 `shutting_down`, so every accepted request gets a complete answer or a clear
-//! error before the process exits.
+//! On the signal the server first *announces* it (for `shutdown_announce_ms`, 0 by default):
+//! `/health` answers 503 while requests are still accepted, so a load balancer's health check
+//! takes the replica out of rotation before anything is refused. Then the listener stops
+//! accepting and the server starts *draining*: requests already admitted keep running, new ones
+//! on open connections get 503 `shutting_down`. When the grace period ends, the remaining
+//! requests are *cancelled*: their sequences stop and each is answered 503 `shutting_down`, so
+//! every accepted request gets a complete answer or a clear error before the process exits.
 
 use std::future::Future;
 use std::time::Duration;
@@ -16,6 +18,8 @@ use tokio::sync::watch;
 pub enum Phase {
     /// Serving normally.
     Serving,
+    /// Serving, but `/health` says the server is going away.
+    Announcing,
     /// No new requests; admitted ones finish.
     Draining,
     /// Admitted requests are cancelled.
@@ -62,14 +66,24 @@ impl Shutdown {
         }
     }
 
-    /// Runs the shutdown sequence once `signal` resolves: drain at once, cancel after `grace`.
-    /// Resolves when draining begins (the moment the listener should stop accepting).
+    /// Runs the shutdown sequence once `signal` resolves: announce for `announce`, then drain,
+    /// then cancel after `grace`. Resolves when draining begins (the moment the listener should
+    /// stop accepting).
     pub async fn on_signal(
         self: std::sync::Arc<Self>,
         signal: impl Future<Output = ()>,
+        announce: Duration,
         grace: Duration,
     ) {
         signal.await;
+        if !announce.is_zero() {
+            tracing::info!(
+                announce_ms = announce.as_millis() as u64,
+                "shutting down: /health answers 503, requests are still accepted"
+            );
+            self.advance(Phase::Announcing);
+            tokio::time::sleep(announce).await;
+        }
         tracing::info!(
             grace_ms = grace.as_millis() as u64,
             "shutting down: draining"
@@ -104,9 +118,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_signal_announces_then_drains_then_cancels() {
+        let s = std::sync::Arc::new(Shutdown::default());
+        let announcing = tokio::spawn(s.clone().on_signal(
+            async {},
+            Duration::from_secs(3),
+            Duration::from_secs(30),
+        ));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(s.phase(), Phase::Announcing);
+        assert!(
+            !announcing.is_finished(),
+            "the listener closed while announcing"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(s.phase(), Phase::Draining);
+        assert!(announcing.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_signal_drains_then_cancels_after_the_grace_period() {
         let s = std::sync::Arc::new(Shutdown::default());
-        s.clone().on_signal(async {}, Duration::from_secs(30)).await;
+        s.clone()
+            .on_signal(async {}, Duration::ZERO, Duration::from_secs(30))
+            .await;
         assert_eq!(s.phase(), Phase::Draining);
         tokio::time::sleep(Duration::from_secs(29)).await;
         assert_eq!(s.phase(), Phase::Draining);

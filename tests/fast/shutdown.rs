@@ -87,3 +87,57 @@ async fn a_shutdown_signal_finishes_or_cancels_accepted_requests() {
     let stopped = server.wait_stopped(Duration::from_secs(60));
     assert!(stopped.is_ok(), "{stopped:?}");
 }
+
+/// `GET /health`: its status, or `None` if the connection was refused.
+async fn health(base: &str) -> Option<(u16, String)> {
+    let response = crate::common::client()
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .ok()?;
+    Some((response.status().as_u16(), response.text().await.ok()?))
+}
+
+#[tokio::test]
+async fn a_replica_announces_its_shutdown_on_health_before_it_stops_accepting() {
+    const ANNOUNCE_MS: u64 = 1_500;
+    let mut server = harness::start(|c| c.shutdown_announce_ms = ANNOUNCE_MS);
+    assert_eq!(health(&server.base).await.map(|h| h.0), Some(200));
+    let signalled = Instant::now();
+    server.signal();
+    // /health says so at once (poll briefly for the signal to land) ...
+    let mut said = None;
+    for _ in 0..50 {
+        match health(&server.base).await {
+            Some((503, body)) => {
+                said = Some(body);
+                break;
+            }
+            other => assert_eq!(other.map(|h| h.0), Some(200)),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body: Value = serde_json::from_str(&said.expect("/health never answered 503")).unwrap();
+    assert_eq!(body["error_type"], "shutting_down");
+    // ... while work is still accepted and completed.
+    let (status, answer) = post(
+        server.base.clone(),
+        json!({"prompts": [{"text": "Say hello."}], "group_size": 1,
+               "sampling": {"max_tokens": 4, "seed": 1}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    // After the announcement the listener closes.
+    let mut refused = false;
+    for _ in 0..250 {
+        if health(&server.base).await.is_none() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the listener never closed");
+    assert!(signalled.elapsed() >= Duration::from_millis(ANNOUNCE_MS));
+    let stopped = server.wait_stopped(Duration::from_secs(30));
+    assert!(stopped.is_ok(), "{stopped:?}");
+}
