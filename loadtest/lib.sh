@@ -1,13 +1,13 @@
 # Shell functions the load scripts share (`source loadtest/lib.sh`).
 
-# start_entroll BIN LOG FLAGS...: starts `BIN serve --port 0 FLAGS` in the background, its log in
-# LOG and its standard output in LOG.stdout, and waits until it listens (up to 3 minutes: a
-# large checkpoint loads slowly). Sets ENTROLL_URL and ENTROLL_PID; if the server never
-# listens, prints its log's tail and returns 1.
+# start_entroll BIN LOG FLAGS...: starts `BIN serve --port ${PORT:-0} FLAGS` in the background,
+# its log in LOG and its standard output in LOG.stdout, and waits until it listens (up to 3
+# minutes: a large checkpoint loads slowly). Sets ENTROLL_URL and ENTROLL_PID; if the server
+# never listens, prints its log's tail and returns 1.
 start_entroll() {
   local bin=$1 log=$2
   shift 2
-  "$bin" serve --port 0 "$@" < /dev/null > "$log.stdout" 2> "$log" &
+  "$bin" serve --port "${PORT:-0}" "$@" < /dev/null > "$log.stdout" 2> "$log" &
   ENTROLL_PID=$!
   ENTROLL_URL=
   for _ in $(seq 900); do
@@ -25,4 +25,15 @@ start_entroll() {
 stop_entroll() {
   kill "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
+}
+
+# free_ports N: N TCP ports nothing listens on now, one per line.
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+sockets = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in sockets:
+    s.bind(("127.0.0.1", 0))
+print("\n".join(str(s.getsockname()[1]) for s in sockets))
+PY
 }

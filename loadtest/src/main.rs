@@ -73,6 +73,10 @@ struct Args {
     /// After a 429, the worker waits this long before its next request (milliseconds).
     #[arg(long, default_value_t = 100)]
     backoff_ms: u64,
+    /// Sends a normal request again, up to this many times, after an answer a client may
+    /// retry (429, 502, 503, 504, a cut connection), waiting `backoff_ms` between attempts.
+    #[arg(long, default_value_t = 0)]
+    retries: usize,
     /// Seconds between `/metrics` scrapes (resident memory series).
     #[arg(long, default_value_t = 10.0)]
     scrape_every: f64,
@@ -88,6 +92,12 @@ struct Tally {
     outcomes: BTreeMap<String, BTreeMap<String, usize>>,
     unexpected: usize,
     unexpected_examples: Vec<String>,
+    /// Attempts sent again after a retryable answer.
+    retries: usize,
+    /// Complete requests by the weights version they ran on.
+    versions: BTreeMap<u64, usize>,
+    /// Complete requests whose samples reported different versions.
+    mixed_versions: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -109,6 +119,12 @@ struct Report {
     requests_unexpected: usize,
     unexpected_examples: Vec<String>,
     outcomes: BTreeMap<String, BTreeMap<String, usize>>,
+    /// Attempts sent again after a retryable answer (`--retries`).
+    retries: usize,
+    /// Complete requests by the weights version they ran on.
+    versions: BTreeMap<u64, usize>,
+    /// Complete requests whose samples reported different weights versions (must be 0).
+    mixed_version_requests: usize,
     generated_tokens: u64,
     samples: u64,
     tokens_per_s: f64,
@@ -259,10 +275,20 @@ async fn main() -> anyhow::Result<()> {
                 let kind = args.mix.kind(n);
                 let planned = workload::plan(kind, n, request_body(&args, &prompts, n), body_limit);
                 let sent = Instant::now();
-                let outcome = workload::send(&client, &args.url, planned).await;
+                let mut outcome = workload::send(&client, &args.url, planned.clone()).await;
+                let mut retries = 0;
+                while kind == workload::Kind::Normal
+                    && outcome.is_retryable()
+                    && retries < args.retries
+                {
+                    retries += 1;
+                    tokio::time::sleep(Duration::from_millis(args.backoff_ms)).await;
+                    outcome = workload::send(&client, &args.url, planned.clone()).await;
+                }
                 let latency = sent.elapsed().as_secs_f64();
                 let overloaded = outcome.is_overloaded();
                 let mut t = tally.lock().await;
+                t.retries += retries;
                 *t.outcomes
                     .entry(kind.to_string())
                     .or_default()
@@ -275,7 +301,17 @@ async fn main() -> anyhow::Result<()> {
                             .push(format!("{kind} request {n}: {outcome}"));
                     }
                 }
-                if let workload::Outcome::Complete { tokens, samples } = outcome {
+                if let workload::Outcome::Complete {
+                    tokens,
+                    samples,
+                    version,
+                    mixed,
+                } = outcome
+                {
+                    if let Some(v) = version {
+                        *t.versions.entry(v).or_default() += 1;
+                    }
+                    t.mixed_versions += mixed as usize;
                     t.latencies.push(latency);
                     t.tokens += tokens;
                     t.samples += samples;
@@ -307,6 +343,9 @@ async fn main() -> anyhow::Result<()> {
         requests_overloaded: count("429 overloaded"),
         requests_unexpected: t.unexpected,
         unexpected_examples: t.unexpected_examples,
+        retries: t.retries,
+        versions: t.versions,
+        mixed_version_requests: t.mixed_versions,
         generated_tokens: t.tokens,
         samples: t.samples,
         tokens_per_s: t.tokens as f64 / wall,

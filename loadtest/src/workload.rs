@@ -101,6 +101,7 @@ impl Mix {
 }
 
 /// One request to send.
+#[derive(Clone)]
 pub struct Planned {
     pub body: Vec<u8>,
     /// Give up client-side after this long.
@@ -131,8 +132,14 @@ pub fn plan(kind: Kind, n: usize, mut base: Value, max_body_bytes: usize) -> Pla
 /// How a request ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// 200 with this many generated tokens and samples.
-    Complete { tokens: u64, samples: u64 },
+    /// 200 with this many generated tokens and samples, on this weights version; `mixed` if
+    /// a sample reported another version than the response (a request must never mix them).
+    Complete {
+        tokens: u64,
+        samples: u64,
+        version: Option<u64>,
+        mixed: bool,
+    },
     /// Any other HTTP status, with the body's `error_type` and `error`.
     Status(u16, String, String),
     /// The client gave up (its own timeout).
@@ -157,11 +164,17 @@ impl Outcome {
         matches!(self, Outcome::Status(429, kind, _) if kind == "overloaded")
     }
 
+    /// Whether a client may send the same request again: the server (or a balancer in front)
+    /// was full, going away or unreachable, or the connection was cut before an answer.
+    pub fn is_retryable(&self) -> bool {
+        self.is_overloaded() || matches!(self, Outcome::Status(502..=504, _, _) | Outcome::Cut(_))
+    }
+
     /// Whether this is an answer a correct server may give to a request of `kind`.
     pub fn expected_for(&self, kind: Kind) -> bool {
         let status =
             |code: u16, t: &str| matches!(self, Outcome::Status(c, k, _) if *c == code && k == t);
-        let complete = matches!(self, Outcome::Complete { .. });
+        let complete = matches!(self, Outcome::Complete { mixed: false, .. });
         let overloaded = self.is_overloaded();
         match kind {
             Kind::Normal => complete || overloaded,
@@ -212,15 +225,54 @@ pub async fn send(client: &reqwest::Client, url: &str, p: Planned) -> Outcome {
             .map(|g| g["samples"].as_array().map_or(0, |s| s.len() as u64))
             .sum()
     });
+    let version = body["weights_version"].as_u64();
+    let mixed = body["groups"].as_array().is_some_and(|groups| {
+        groups
+            .iter()
+            .filter_map(|g| g["samples"].as_array())
+            .flatten()
+            .any(|s| s["weights_version"].as_u64() != version)
+    });
     Outcome::Complete {
         tokens: body["summary"]["tokens"].as_u64().unwrap_or(0),
         samples,
+        version,
+        mixed,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_are_for_answers_a_client_may_retry_and_mixed_versions_are_wrong() {
+        let status = |code, kind: &str| Outcome::Status(code, kind.into(), String::new());
+        for retryable in [
+            status(429, "overloaded"),
+            status(502, ""),
+            status(503, "shutting_down"),
+            status(504, "timeout"),
+            Outcome::Cut("reset".into()),
+        ] {
+            assert!(retryable.is_retryable(), "{retryable}");
+        }
+        let complete = |mixed| Outcome::Complete {
+            tokens: 1,
+            samples: 1,
+            version: Some(1),
+            mixed,
+        };
+        for final_answer in [
+            status(422, "validation"),
+            status(500, "engine"),
+            complete(false),
+        ] {
+            assert!(!final_answer.is_retryable(), "{final_answer}");
+        }
+        assert!(complete(false).expected_for(Kind::Normal));
+        assert!(!complete(true).expected_for(Kind::Normal));
+    }
 
     #[test]
     fn the_mix_follows_its_weights() {

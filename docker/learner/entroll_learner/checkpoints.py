@@ -43,6 +43,20 @@ def save(model: PreTrainedModel, tokenizer, out: str) -> str:
     return out
 
 
+# The file that marks a published version complete (entroll's `watch_weights`).
+READY = "READY"
+
+
+def publish(model: PreTrainedModel, tokenizer, directory: str, version: int) -> str:
+    """Publishes `model` as weights version `version` for every replica watching `directory`
+    (entroll's `watch_weights`): the checkpoint as `directory/<version>/`, then the empty file
+    `READY`, which tells the replicas the version is complete."""
+    out = save(model, tokenizer, os.path.join(directory, str(version)))
+    with open(os.path.join(out, READY), "w"):
+        pass
+    return out
+
+
 def convert_gguf(gguf: str, out: str, dtype: torch.dtype = torch.float32) -> str:
     """Converts a GGUF file into a safetensors directory at `out` (kept if already complete)."""
     needed = ("config.json", "tokenizer.json", "model.safetensors")

@@ -7,6 +7,12 @@
 path entroll can read too (the same machine, or a shared volume). Each step writes a checkpoint
 there and asks entroll to serve it (POST /weights, version = step), then logs one JSON line to
 OUT_DIR/steps.jsonl; at the end OUT_DIR/training.png plots the run.
+
+With replicas (docs/replicas.md): `--url` is the load balancer, `--publish-dir` the directory
+every replica watches (`watch_weights`), `--replicas` the replicas' own URLs. Each step then
+publishes its checkpoint as `PUBLISH_DIR/<version>/` plus `READY`, and either waits until every
+replica serves it (on-policy, the default) or, with `--max-staleness K`, goes on and requests
+rollouts again when one ran more than K versions behind (off-policy).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from . import checkpoints, losses, plot
+from . import checkpoints, losses, plot, replicas
 from .client import Entroll
 
 PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -66,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--aer-alpha", type=float, default=0.005, help="AER: initial global coefficient")
     p.add_argument("--aer-alpha-max", type=float, default=0.05)
     p.add_argument("--keep", type=int, default=2, help="checkpoints kept on disk")
+    p.add_argument("--publish-dir", help="publish checkpoints here for replicas watching it, instead of POST /weights")
+    p.add_argument("--replicas", default="", help="comma-separated replica URLs to wait for (default: --url)")
+    p.add_argument("--max-staleness", type=int, help="off-policy: accept rollouts this many versions old; default: wait for every replica")
     return p.parse_args(argv)
 
 
@@ -82,6 +91,8 @@ def main(argv=None) -> int:
 
     server = Entroll(args.url)
     server.wait_ready()
+    fleet = [Entroll(u) for u in args.replicas.split(",") if u] or [server]
+    keep = max(args.keep, 2) if args.publish_dir else args.keep
     version = server.info()["weights_version"]
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
@@ -94,20 +105,25 @@ def main(argv=None) -> int:
     for step in range(1, args.steps + 1):
         batch = [problems[((step - 1) * args.prompts_per_step + i) % len(problems)] for i in range(args.prompts_per_step)]
         t0 = time.time()
-        rollout = server.rollouts(
-            {
-                "prompts": [
-                    {"id": f"s{step}p{i}", "messages": [{"role": "user", "content": q + PROMPT_SUFFIX}], "answer": a}
-                    for i, (q, a) in enumerate(batch)
-                ],
-                "group_size": args.group_size,
-                "sampling": {"temperature": args.temperature, "max_tokens": args.max_tokens, "seed": args.seed * 100_000 + step},
-                "advantage": "drgrpo",
-            }
-        )
+        request = {
+            "prompts": [
+                {"id": f"s{step}p{i}", "messages": [{"role": "user", "content": q + PROMPT_SUFFIX}], "answer": a}
+                for i, (q, a) in enumerate(batch)
+            ],
+            "group_size": args.group_size,
+            "sampling": {"temperature": args.temperature, "max_tokens": args.max_tokens, "seed": args.seed * 100_000 + step},
+            "advantage": "drgrpo",
+        }
+        rollout = server.rollouts(request)
+        dropped = 0
+        if args.max_staleness is None:
+            if rollout["weights_version"] != version:
+                raise SystemExit(f"step {step}: rollouts came from version {rollout['weights_version']}, expected {version}")
+        else:
+            while not replicas.fresh_enough(rollout, version, args.max_staleness):
+                dropped += 1
+                rollout = server.rollouts(request)
         rollout_s = time.time() - t0
-        if rollout["weights_version"] != version:
-            raise SystemExit(f"step {step}: rollouts came from version {rollout['weights_version']}, expected {version}")
         summary, stats = rollout["summary"], rollout["stats"]
         if siren_anchor is None:
             siren_anchor = summary["siren_anchor"]  # the initial policy's H_anchor (step 1)
@@ -141,11 +157,17 @@ def main(argv=None) -> int:
         train_s = time.time() - t1
 
         t2 = time.time()
-        path = os.path.abspath(os.path.join(args.checkpoints, f"{args.method}-step-{step}"))
-        checkpoints.save(model, tokenizer, path)
-        version = server.load_weights(path, version + 1)["weights_version"]
+        if args.publish_dir:
+            version += 1
+            path = checkpoints.publish(model, tokenizer, args.publish_dir, version)
+            if args.max_staleness is None:
+                replicas.wait_for_version(fleet, version)
+        else:
+            path = os.path.abspath(os.path.join(args.checkpoints, f"{args.method}-step-{step}"))
+            checkpoints.save(model, tokenizer, path)
+            version = server.load_weights(path, version + 1)["weights_version"]
         saved.append(path)
-        while len(saved) > args.keep:
+        while len(saved) > keep:
             shutil.rmtree(saved.pop(0), ignore_errors=True)
         swap_s = time.time() - t2
 
@@ -154,6 +176,7 @@ def main(argv=None) -> int:
             "step": step,
             "method": args.method,
             "rollout_weights_version": rollout["weights_version"],
+            "stale_rollouts_dropped": dropped,
             "served_weights_version": version,
             "loss": loss.item(),
             "policy_loss": pg.item(),
