@@ -241,12 +241,11 @@ impl Scheduler {
             crate::metrics::prefilled(take, started.elapsed());
             budget -= take;
             // When the prompt is complete, the leader and its followers all draw their first
-            // token from this row.
+            // token from this one row.
             let ids = self.batcher.prompt_done(work.seq, take);
             if ids.is_empty() {
                 continue;
             }
-            let logits = logits.broadcast_as((ids.len(), logits.dim(1)?))?;
             let drawn = self.draw(&ids, &logits)?;
             self.take_all(&ids, drawn.rows);
         }
@@ -276,7 +275,8 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Measures and draws the next token of each of `ids` from its row of `logits`.
+    /// Measures and draws the next token of each of `ids` from its row of `logits` (or, for a
+    /// group's first tokens, from the one row they share).
     fn draw(&mut self, ids: &[SeqId], logits: &Tensor) -> candle_core::Result<Measured> {
         let base_key = self.unseeded;
         self.unseeded = self.unseeded.wrapping_add(ids.len() as u64);
@@ -300,17 +300,27 @@ impl Scheduler {
         self.measure_rows(logits, &rows)
     }
 
-    /// Measures and draws row `r` of `logits` as `rows[r]` says. With the device kernels the
-    /// token-statistics kernel runs where the logits are and only its results come back;
-    /// without, the rows are copied to the host and measured in parallel there.
+    /// Measures and draws row `r` of `logits` as `rows[r]` says (every row from the first, if
+    /// `logits` has one row). With the device kernels the token-statistics kernel runs where the
+    /// logits are and only its results come back; without, the rows are copied to the host
+    /// (a shared row once) and measured in parallel there.
     fn measure_rows(&self, logits: &Tensor, rows: &[RowDraw]) -> candle_core::Result<Measured> {
         let failed = |index: u32, e: String| candle_core::Error::Msg(format!("token {index}: {e}"));
+        let (count, vocab) = logits.dims2()?;
+        if count != 1 && count != rows.len() {
+            candle_core::bail!("{count} logits rows for {} draws", rows.len());
+        }
         if self.limits.device_kernels {
+            // A shared row is repeated on the device, where the kernel reads a row per input.
+            let logits = match count {
+                1 if rows.len() > 1 => logits.broadcast_as((rows.len(), vocab))?.contiguous()?,
+                _ => logits.clone(),
+            };
             let inputs = rows
                 .iter()
                 .map(|row| RowIn::for_token(row.sampler, row.index))
                 .collect();
-            let rows = token_stats::run(logits, inputs)?
+            let rows = token_stats::run(&logits, inputs)?
                 .into_iter()
                 .zip(rows)
                 .map(|(out, row)| {
@@ -329,8 +339,9 @@ impl Scheduler {
         // Each thread with its own workspace.
         let rows = rows
             .par_iter()
-            .zip(logits.par_iter())
-            .map_init(Workspace::default, |ws, (row, logits)| {
+            .enumerate()
+            .map_init(Workspace::default, |ws, (r, row)| {
+                let logits = &logits[if count == 1 { 0 } else { r }];
                 let failed = |e: crate::stats::StatsError| failed(row.index, e.to_string());
                 if row.keep {
                     let record = row.sampler.step(logits, row.index, ws).map_err(failed)?;
