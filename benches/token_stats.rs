@@ -40,6 +40,7 @@ fn bench(c: &mut Criterion) {
             prompt: 0,
             sample: 0,
         },
+        mask: false,
     };
     let mut group = c.benchmark_group("per_token");
     for v in [49_152usize, 151_936] {

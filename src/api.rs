@@ -31,6 +31,15 @@ pub struct RolloutRequest {
     /// `timeout` and its sequences are cancelled.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Answer `application/x-ndjson`: one [`StreamLine`] per group as soon as its samples are
+    /// done, then the summary.
+    #[serde(default)]
+    pub stream: bool,
+    /// Return, for every token whose draw top-k or top-p truncated, the ids the truncation
+    /// kept and their mass (`sampling_mask`, `sampling_mass`), so a learner can replay the
+    /// sampling distribution.
+    #[serde(default)]
+    pub return_sampling_mask: bool,
 }
 
 /// One prompt: exactly one of `messages`, `text`, `token_ids`.
@@ -174,6 +183,19 @@ pub struct StatsParams {
 /// `POST /rollouts` response.
 #[derive(Debug, Clone, Serialize)]
 pub struct RolloutResponse {
+    /// What served the request and with which parameters.
+    #[serde(flatten)]
+    pub served: Served,
+    /// Groups in request order.
+    pub groups: Vec<Group>,
+    /// Request-level aggregates.
+    pub summary: Summary,
+}
+
+/// The fields of a `/rollouts` answer besides its groups: the model, its weights version and
+/// the effective parameters.
+#[derive(Debug, Clone, Serialize)]
+pub struct Served {
     /// Model id.
     pub model: String,
     /// Rows of the model's output distribution (V).
@@ -186,10 +208,28 @@ pub struct RolloutResponse {
     pub stats: StatsParams,
     /// Effective advantage estimator.
     pub advantage: AdvantageSpec,
-    /// Groups in request order.
-    pub groups: Vec<Group>,
-    /// Request-level aggregates.
-    pub summary: Summary,
+}
+
+/// One line of a streamed `/rollouts` answer (`"stream": true`, `application/x-ndjson`).
+/// Its groups and last line together hold exactly the fields of the unstreamed answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum StreamLine {
+    /// `{"group": {...}}`: a group, as soon as all its samples are done (completion order).
+    Group {
+        /// The group, exactly as in the unstreamed answer.
+        group: Group,
+    },
+    /// `{"error": ..., "error_type": ...}`: the request failed; no line follows.
+    Error(ErrorBody),
+    /// The last line: `{"summary": {...}}` with the unstreamed answer's other fields.
+    Summary {
+        /// Request-level aggregates.
+        summary: Summary,
+        /// Model, weights version and effective parameters.
+        #[serde(flatten)]
+        served: Served,
+    },
 }
 
 /// The samples of one prompt.
@@ -224,6 +264,15 @@ pub struct Sample {
     pub logprobs: Vec<f32>,
     /// ln probability under the truncated sampling distribution.
     pub sampling_logprobs: Vec<f32>,
+    /// Per token, the ids its truncated draw could pick, in the compact form of
+    /// [`crate::mask_codec`]; null where the draw kept every token. Only with
+    /// `return_sampling_mask` on a request whose sampling truncates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampling_mask: Option<Vec<Option<String>>>,
+    /// Per token, the full-distribution mass of that set (1 where nothing was cut), so
+    /// `logprob - sampling_logprob = ln sampling_mass`. With `sampling_mask` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampling_mass: Option<Vec<f32>>,
     /// Full-vocabulary entropy per token.
     pub entropy: Vec<f32>,
     /// SIREN nucleus size per token.

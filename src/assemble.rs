@@ -6,6 +6,7 @@ use crate::api::{
     AdvantageSpec, FinishReason, Group, PeakOn, PeakScope, Sample, StatsParams, Summary,
 };
 use crate::engine::SequenceOutput;
+use crate::mask_codec;
 use crate::quantile::quantile_sorted;
 use crate::rewards::{group_stats, Score};
 
@@ -42,6 +43,19 @@ fn sample(
     let entropy: Vec<f32> = t.iter().map(|r| r.entropy).collect();
     let top_p_entropy: Vec<f32> = t.iter().map(|r| r.top_p_entropy).collect();
     let peak_count = peak.iter().filter(|&&p| p).count();
+    let masks = out.masks.as_deref();
+    let sampling_mask = masks.map(|masks| {
+        masks
+            .iter()
+            .map(|m| m.as_ref().map(|m| mask_codec::encode(&m.ids)))
+            .collect()
+    });
+    let sampling_mass = masks.map(|masks| {
+        masks
+            .iter()
+            .map(|m| m.as_ref().map_or(1.0, |m| m.mass as f32))
+            .collect()
+    });
     let peak_sum: f64 = top_p_entropy
         .iter()
         .zip(&peak)
@@ -53,6 +67,8 @@ fn sample(
         token_ids: t.iter().map(|r| r.token).collect(),
         logprobs: t.iter().map(|r| r.logprob).collect(),
         sampling_logprobs: t.iter().map(|r| r.sampling_logprob).collect(),
+        sampling_mask,
+        sampling_mass,
         top_p_size: t.iter().map(|r| r.top_p_size).collect(),
         top_p_mass: t.iter().map(|r| r.top_p_mass).collect(),
         entropy_sum: entropy.iter().map(|&h| h as f64).sum(),
@@ -87,7 +103,6 @@ pub fn assemble(
     weights_version: u64,
     elapsed_ms: u64,
 ) -> (Vec<Group>, Summary) {
-    let q = stats.peak_quantile;
     let batch_threshold = match stats.peak_scope {
         PeakScope::Batch => peak_threshold(
             groups
@@ -96,60 +111,128 @@ pub fn assemble(
                 .flat_map(|o| peak_values(o, stats.peak_on))
                 .collect::<Vec<_>>()
                 .iter(),
-            q,
+            stats.peak_quantile,
         ),
         PeakScope::Response => None,
     };
     let groups: Vec<Group> = groups
         .into_iter()
-        .map(|g| {
-            let rewards = g.scores.as_ref().map(|s| group_stats(s, advantage));
-            let mut scores = g.scores.map(|s| s.into_iter());
-            Group {
-                id: g.id,
-                prompt_token_ids: g.prompt_token_ids,
-                pass_rate: rewards.as_ref().map(|r| r.pass_rate),
-                reward_mean: rewards.as_ref().map(|r| r.reward_mean),
-                reward_std: rewards.as_ref().map(|r| r.reward_std),
-                all_equal: rewards.as_ref().map(|r| r.all_equal),
-                samples: g
-                    .outputs
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, out)| {
-                        let values = peak_values(&out, stats.peak_on);
-                        let threshold = match stats.peak_scope {
-                            PeakScope::Response => peak_threshold(&values, q),
-                            PeakScope::Batch => batch_threshold,
-                        };
-                        let flags = peak_flags(&values, threshold);
-                        let score = scores.as_mut().and_then(Iterator::next);
-                        let adv = rewards.as_ref().map_or(0.0, |r| r.advantages[i]);
-                        sample(i, out, flags, score.map(|s| (s, adv)), weights_version)
-                    })
-                    .collect(),
-            }
-        })
+        .map(|g| assemble_group(g, stats, advantage, weights_version, batch_threshold))
         .collect();
-    let samples = groups.iter().flat_map(|g| g.samples.iter());
-    let (mut tokens, mut h, mut hp, mut anchor, mut n) = (0usize, 0.0, 0.0, 0.0, 0usize);
-    for s in samples {
-        tokens += s.length;
-        h += s.entropy_sum;
-        hp += s.top_p_entropy_sum;
-        anchor += s.peak_top_p_entropy_mean;
-        n += 1;
+    let mut totals = Totals::default();
+    for g in &groups {
+        totals.merge(&Totals::of(g));
     }
-    let per_token = |x: f64| if tokens > 0 { x / tokens as f64 } else { 0.0 };
-    let summary = Summary {
-        tokens,
-        entropy_mean: per_token(h),
-        top_p_entropy_mean: per_token(hp),
-        siren_anchor: if n > 0 { anchor / n as f64 } else { 0.0 },
-        peak_threshold: batch_threshold,
-        elapsed_ms,
-    };
-    (groups, summary)
+    (groups, totals.summary(batch_threshold, elapsed_ms))
+}
+
+/// Assembles one group. Under `peak_scope: batch` its peaks are taken against
+/// `batch_threshold`, the request's; under `response` each sample's own.
+pub fn assemble_group(
+    g: FinishedGroup,
+    stats: &StatsParams,
+    advantage: AdvantageSpec,
+    weights_version: u64,
+    batch_threshold: Option<f64>,
+) -> Group {
+    let rewards = g.scores.as_ref().map(|s| group_stats(s, advantage));
+    let mut scores = g.scores.map(|s| s.into_iter());
+    Group {
+        id: g.id,
+        prompt_token_ids: g.prompt_token_ids,
+        pass_rate: rewards.as_ref().map(|r| r.pass_rate),
+        reward_mean: rewards.as_ref().map(|r| r.reward_mean),
+        reward_std: rewards.as_ref().map(|r| r.reward_std),
+        all_equal: rewards.as_ref().map(|r| r.all_equal),
+        samples: g
+            .outputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, out)| {
+                let values = peak_values(&out, stats.peak_on);
+                let threshold = match stats.peak_scope {
+                    PeakScope::Response => peak_threshold(&values, stats.peak_quantile),
+                    PeakScope::Batch => batch_threshold,
+                };
+                let flags = peak_flags(&values, threshold);
+                let score = scores.as_mut().and_then(Iterator::next);
+                let adv = rewards.as_ref().map_or(0.0, |r| r.advantages[i]);
+                sample(i, out, flags, score.map(|s| (s, adv)), weights_version)
+            })
+            .collect(),
+    }
+}
+
+/// Sums over samples, for a request's [`Summary`]: each group's are taken alone and merged in
+/// request order, so a streamed answer (groups in completion order) sums exactly as the whole
+/// answer does.
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    tokens: usize,
+    entropy: f64,
+    top_p_entropy: f64,
+    anchor: f64,
+    samples: usize,
+    reward: f64,
+    rewarded: usize,
+}
+
+impl Totals {
+    /// The sums over the samples of `group`.
+    pub fn of(group: &Group) -> Self {
+        let mut t = Self::default();
+        for s in &group.samples {
+            t.tokens += s.length;
+            t.entropy += s.entropy_sum;
+            t.top_p_entropy += s.top_p_entropy_sum;
+            t.anchor += s.peak_top_p_entropy_mean;
+            t.samples += 1;
+            if let Some(r) = s.reward {
+                t.reward += r;
+                t.rewarded += 1;
+            }
+        }
+        t
+    }
+
+    /// Adds `other`'s sums.
+    pub fn merge(&mut self, other: &Totals) {
+        self.tokens += other.tokens;
+        self.entropy += other.entropy;
+        self.top_p_entropy += other.top_p_entropy;
+        self.anchor += other.anchor;
+        self.samples += other.samples;
+        self.reward += other.reward;
+        self.rewarded += other.rewarded;
+    }
+
+    /// Mean reward over the samples that have one; `None` if none has.
+    pub fn reward_mean(&self) -> Option<f64> {
+        (self.rewarded > 0).then(|| self.reward / self.rewarded as f64)
+    }
+
+    /// The request's summary.
+    pub fn summary(&self, peak_threshold: Option<f64>, elapsed_ms: u64) -> Summary {
+        let per_token = |x: f64| {
+            if self.tokens > 0 {
+                x / self.tokens as f64
+            } else {
+                0.0
+            }
+        };
+        Summary {
+            tokens: self.tokens,
+            entropy_mean: per_token(self.entropy),
+            top_p_entropy_mean: per_token(self.top_p_entropy),
+            siren_anchor: if self.samples > 0 {
+                self.anchor / self.samples as f64
+            } else {
+                0.0
+            },
+            peak_threshold,
+            elapsed_ms,
+        }
+    }
 }
 
 /// The peak-entropy threshold `Q_q` over `values`; `None` for no values.
@@ -185,6 +268,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            masks: None,
             length: top_p_entropy.len(),
             text: String::new(),
             finish_reason: FinishReason::Length,

@@ -83,13 +83,19 @@ impl From<EngineError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
+impl ApiError {
+    /// The answer's body: `{error, error_type}`.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
             error: self.to_string(),
             error_type: self.error_type().to_string(),
-        };
-        let mut response = (self.status(), Json(body)).into_response();
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), Json(self.body())).into_response();
         if matches!(self, ApiError::Overloaded(_)) {
             response
                 .headers_mut()

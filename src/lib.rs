@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod mask_codec;
 pub mod metrics;
 pub mod model_store;
 pub mod panic;
@@ -27,6 +28,7 @@ pub mod sampling;
 pub mod server;
 pub mod shutdown;
 pub mod stats;
+pub mod stream;
 #[cfg(any(test, feature = "native"))]
 mod test_rng;
 pub mod validation;

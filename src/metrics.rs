@@ -11,7 +11,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::api::RolloutResponse;
+use crate::api::{Group, Summary};
 
 /// Requests received on `/rollouts`.
 pub const REQUESTS_RECEIVED: &str = "entroll_requests_received_total";
@@ -423,14 +423,32 @@ pub fn sequence_finished(prompt_tokens: usize, generated: usize, engine_time: Du
     }
 }
 
-/// Records a successful request: latencies, every statistic of its samples, its rewards.
-pub fn request_succeeded(r: &RolloutResponse, queue: Duration, first_token: Option<Duration>) {
+/// Records a successful request: its latencies and the last request's means. Its groups are
+/// recorded by [`group_served`] as they are answered.
+pub fn request_succeeded(
+    summary: &Summary,
+    reward_mean: Option<f64>,
+    queue: Duration,
+    first_token: Option<Duration>,
+) {
     counter!(REQUESTS_SUCCEEDED).increment(1);
-    histogram!(REQUEST_DURATION).record(r.summary.elapsed_ms as f64 / 1000.0);
+    histogram!(REQUEST_DURATION).record(summary.elapsed_ms as f64 / 1000.0);
     histogram!(QUEUE_DURATION).record(queue.as_secs_f64());
     if let Some(t) = first_token {
         histogram!(TIME_TO_FIRST_TOKEN).record(t.as_secs_f64());
     }
+    if summary.tokens > 0 {
+        gauge!(LAST_ENTROPY_MEAN).set(summary.entropy_mean);
+        gauge!(LAST_TOP_P_ENTROPY_MEAN).set(summary.top_p_entropy_mean);
+        gauge!(LAST_SIREN_ANCHOR).set(summary.siren_anchor);
+    }
+    if let Some(reward) = reward_mean {
+        gauge!(LAST_REWARD_MEAN).set(reward);
+    }
+}
+
+/// Records every statistic of an answered group's samples and its rewards.
+pub fn group_served(g: &Group) {
     let (entropy, top_p_entropy, size) = (
         histogram!(TOKEN_ENTROPY),
         histogram!(TOKEN_TOP_P_ENTROPY),
@@ -441,46 +459,31 @@ pub fn request_succeeded(r: &RolloutResponse, queue: Duration, first_token: Opti
         histogram!(RESPONSE_LENGTH),
     );
     let (mut tokens, mut peaks) = (0u64, 0u64);
-    let (mut rewards, mut rewarded) = (0.0, 0usize);
-    for g in &r.groups {
-        for s in &g.samples {
-            for ((&h, &hp), &k) in s.entropy.iter().zip(&s.top_p_entropy).zip(&s.top_p_size) {
-                entropy.record(h as f64);
-                top_p_entropy.record(hp as f64);
-                size.record(k as f64);
-            }
-            if !s.entropy.is_empty() {
-                mean_entropy.record(s.entropy_sum / s.entropy.len() as f64);
-            }
-            length.record(s.length as f64);
-            tokens += s.entropy.len() as u64;
-            peaks += s.peak_count as u64;
-            if let Some(status) = s.verdict {
-                counter!(VERDICTS, "status" => status.as_str()).increment(1);
-            }
-            if let Some(reward) = s.reward {
-                rewards += reward;
-                rewarded += 1;
-            }
+    for s in &g.samples {
+        for ((&h, &hp), &k) in s.entropy.iter().zip(&s.top_p_entropy).zip(&s.top_p_size) {
+            entropy.record(h as f64);
+            top_p_entropy.record(hp as f64);
+            size.record(k as f64);
         }
-        if let (Some(pass_rate), Some(all_equal)) = (g.pass_rate, g.all_equal) {
-            histogram!(GROUP_PASS_RATE).record(pass_rate);
-            counter!(GROUPS).increment(1);
-            if all_equal {
-                counter!(ZERO_VARIANCE_GROUPS).increment(1);
-            }
+        if !s.entropy.is_empty() {
+            mean_entropy.record(s.entropy_sum / s.entropy.len() as f64);
+        }
+        length.record(s.length as f64);
+        tokens += s.entropy.len() as u64;
+        peaks += s.peak_count as u64;
+        if let Some(status) = s.verdict {
+            counter!(VERDICTS, "status" => status.as_str()).increment(1);
+        }
+    }
+    if let (Some(pass_rate), Some(all_equal)) = (g.pass_rate, g.all_equal) {
+        histogram!(GROUP_PASS_RATE).record(pass_rate);
+        counter!(GROUPS).increment(1);
+        if all_equal {
+            counter!(ZERO_VARIANCE_GROUPS).increment(1);
         }
     }
     counter!(RESPONSE_TOKENS).increment(tokens);
     counter!(PEAK_TOKENS).increment(peaks);
-    if tokens > 0 {
-        gauge!(LAST_ENTROPY_MEAN).set(r.summary.entropy_mean);
-        gauge!(LAST_TOP_P_ENTROPY_MEAN).set(r.summary.top_p_entropy_mean);
-        gauge!(LAST_SIREN_ANCHOR).set(r.summary.siren_anchor);
-    }
-    if rewarded > 0 {
-        gauge!(LAST_REWARD_MEAN).set(rewards / rewarded as f64);
-    }
 }
 
 /// New weights were swapped in (after `load` loading them), from `source` (`http`, `watch`).

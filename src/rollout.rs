@@ -1,13 +1,15 @@
 //! The rollout service behind `POST /rollouts`: admission control, then for each request its
 //! steps: tokenization ([`crate::validation::tokenize`]), one engine sequence per sample, the
-//! regrouping of finished samples, and the assembly of the response.
+//! regrouping of finished samples into groups, and the assembly of the answer, whole or group
+//! by group ([`Running`]).
 //!
 //! Admission is a semaphore of `max_requests` permits taken with `try_acquire`, so a full server
 //! answers 429 at once. Sequences take permits of a second, fair semaphore of
 //! `min(max_running_sequences, engine batch)` before they reach the engine, so waiting
-//! sequences queue here, in arrival order, and a cancelled request never reaches the engine. Each sequence runs in a task owned by
-//! the request's `JoinSet`: when the request future is dropped (the client went away) the
-//! tasks are aborted and their engine futures dropped.
+//! sequences queue here, in arrival order, and a cancelled request never reaches the engine.
+//! Each sequence runs in a task owned by the request's `JoinSet`: when the request is dropped
+//! (the client went away, whole or streamed) the tasks are aborted and their engine futures
+//! dropped.
 
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
@@ -15,8 +17,8 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::api::RolloutResponse;
-use crate::assemble::{assemble, FinishedGroup};
+use crate::api::{Group, RolloutResponse, Served, Summary};
+use crate::assemble::{assemble, assemble_group, FinishedGroup, Totals};
 use crate::config::{Config, SamplerKind};
 use crate::engine::{Drawing, Engine, SequenceOutput, SequenceRequest};
 use crate::error::ApiError;
@@ -24,7 +26,7 @@ use crate::metrics::{self, SequenceGauge};
 use crate::rewards::{score, RewardValues, Score};
 use crate::sampling::{DrawKey, TokenSampler};
 use crate::stats::{NucleusParams, Truncation};
-use crate::validation::{tokenize, TokenizedRollout, ValidPrompt, ValidRollout};
+use crate::validation::{tokenize, TokenizedRollout, ValidRollout};
 
 /// A finished sequence and its verifier score (when its prompt has a gold answer).
 type ScoredOutput = (SequenceOutput, Option<Score>);
@@ -43,7 +45,7 @@ pub struct Live {
 pub struct RolloutService {
     live: RwLock<Live>,
     sampler: SamplerKind,
-    requests: Semaphore,
+    requests: Arc<Semaphore>,
     max_requests: usize,
     sequences: Arc<Semaphore>,
     sequence_slots: usize,
@@ -51,8 +53,9 @@ pub struct RolloutService {
     verifier: Arc<verifier::Config>,
 }
 
-/// Proof that a request was admitted; dropping it frees the slot.
-pub struct Admission<'a>(#[allow(dead_code)] tokio::sync::SemaphorePermit<'a>);
+/// Proof that a request was admitted; dropping it frees the slot. It is owned, so a streamed
+/// answer holds it until its last line.
+pub struct Admission(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 impl RolloutService {
     /// A service over `engine` with the limits of `config`.
@@ -66,7 +69,7 @@ impl RolloutService {
             sequence_slots,
             live: RwLock::new(Live { engine, version: 0 }),
             sampler: config.sampler,
-            requests: Semaphore::new(config.max_requests),
+            requests: Arc::new(Semaphore::new(config.max_requests)),
             max_requests: config.max_requests,
             rewards: RewardValues {
                 correct: config.reward_correct,
@@ -91,9 +94,10 @@ impl RolloutService {
     }
 
     /// Admits a request, or answers overloaded at once.
-    pub fn admit(&self) -> Result<Admission<'_>, ApiError> {
+    pub fn admit(&self) -> Result<Admission, ApiError> {
         self.requests
-            .try_acquire()
+            .clone()
+            .try_acquire_owned()
             .map(Admission)
             .map_err(|_| ApiError::Overloaded(self.max_requests))
     }
@@ -117,6 +121,8 @@ impl RolloutService {
                     prompt,
                     sample,
                 },
+                // Nothing to return when nothing truncates.
+                mask: req.return_sampling_mask && (s.top_p < 1.0 || s.top_k.is_some()),
             }),
             SamplerKind::Engine => Drawing::Engine {
                 temperature: s.temperature,
@@ -126,90 +132,79 @@ impl RolloutService {
         }
     }
 
-    /// Runs an admitted, validated request to completion: tokenizes its prompts on the live
-    /// engine, runs one sequence per sample, regroups the finished sequences and assembles the
-    /// response. Every sample runs on the same weights.
+    /// Runs an admitted, validated request to completion and answers it whole: every group in
+    /// request order, then the summary. Every sample runs on the same weights.
     pub async fn run(
         &self,
         req: ValidRollout,
-        _admission: Admission<'_>,
+        admission: Admission,
     ) -> Result<RolloutResponse, ApiError> {
+        self.start(req, admission).await?.collect().await
+    }
+
+    /// Starts an admitted, validated request: tokenizes its prompts on the live engine and
+    /// starts one sequence per sample, each a task of the returned [`Running`]'s `JoinSet`
+    /// (dropping it cancels them). Every sample runs on the same weights.
+    pub async fn start(
+        &self,
+        req: ValidRollout,
+        admission: Admission,
+    ) -> Result<Running, ApiError> {
         let started = Instant::now();
         let live = self.live();
-        let req = tokenize(req, live.engine.as_ref()).await?;
-        let finished = self.run_sequences(&req, &live).await?;
         let TokenizedRollout {
             request,
             prompt_ids,
-        } = req;
-        let groups = regroup(request.prompts, prompt_ids, finished.outputs);
-        let info = live.engine.info();
-        let (groups, summary) = assemble(
-            groups,
-            &request.stats,
-            request.advantage,
-            live.version,
-            started.elapsed().as_millis() as u64,
-        );
-        let response = RolloutResponse {
-            model: info.id.clone(),
-            vocab_size: info.vocab_size,
-            weights_version: live.version,
-            sampling: request.sampling,
-            stats: request.stats,
-            advantage: request.advantage,
-            groups,
-            summary,
-        };
-        let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(started));
-        metrics::request_succeeded(
-            &response,
-            since(finished.first_entered).unwrap_or_default(),
-            since(finished.first_token),
-        );
-        Ok(response)
-    }
-
-    /// Runs every sample of `req` as its own task of a `JoinSet` (dropped with the request, which
-    /// cancels them) and collects their outputs in prompt and sample order.
-    async fn run_sequences(
-        &self,
-        req: &TokenizedRollout,
-        live: &Live,
-    ) -> Result<Finished, ApiError> {
+        } = tokenize(req, live.engine.as_ref()).await?;
         let mut tasks = JoinSet::new();
-        for (pi, (p, ids)) in req.request.prompts.iter().zip(&req.prompt_ids).enumerate() {
+        let mut groups = Vec::with_capacity(request.prompts.len());
+        for (pi, (p, ids)) in request.prompts.iter().zip(prompt_ids).enumerate() {
             for si in 0..p.group_size {
                 let sequence = Sequence {
                     prompt: pi,
                     sample: si,
                     request: SequenceRequest {
                         prompt: ids.clone(),
-                        max_tokens: req.request.sampling.max_tokens,
-                        stop: req.request.sampling.stop.clone(),
-                        drawing: self.drawing(&req.request, pi as u32, si as u32),
+                        max_tokens: request.sampling.max_tokens,
+                        stop: request.sampling.stop.clone(),
+                        drawing: self.drawing(&request, pi as u32, si as u32),
                     },
                     gold: p.answer.clone(),
                 };
                 tasks.spawn(self.sample_task(sequence, live.engine.clone()));
             }
+            groups.push(PendingGroup {
+                id: p.id.clone(),
+                prompt_ids: ids,
+                rewarded: p.answer.is_some(),
+                outputs: vec![None; p.group_size],
+                waiting: p.group_size,
+            });
         }
-        let mut finished = Finished {
-            outputs: req
-                .request
-                .prompts
+        let info = live.engine.info();
+        Ok(Running {
+            served: Served {
+                model: info.id.clone(),
+                vocab_size: info.vocab_size,
+                weights_version: live.version,
+                sampling: request.sampling,
+                stats: request.stats,
+                advantage: request.advantage,
+            },
+            ready: groups
                 .iter()
-                .map(|p| vec![None; p.group_size])
+                .enumerate()
+                .filter(|(_, g)| g.waiting == 0)
+                .map(|(i, _)| i)
                 .collect(),
+            totals: groups.iter().map(|_| None).collect(),
+            groups,
+            tasks,
             first_entered: None,
             first_token: None,
-        };
-        while let Some(joined) = tasks.join_next().await {
-            let done =
-                joined.map_err(|e| ApiError::Engine(format!("sequence task failed: {e}")))??;
-            finished.record(done);
-        }
-        Ok(finished)
+            started,
+            _admission: admission,
+        })
     }
 
     /// One sample: waits for a sequence slot (the fair queue), generates, and verifies the
@@ -272,47 +267,144 @@ struct SampleDone {
     entered: Instant,
 }
 
-/// Every sample's output by prompt and sample index, and the request's first engine entry
-/// and first token (for the queue and time-to-first-token metrics).
-struct Finished {
-    outputs: Vec<Vec<Option<ScoredOutput>>>,
+/// A started request: its samples' tasks (aborted when it is dropped) and the groups they
+/// complete, answered whole ([`Running::collect`]) or group by group ([`Running::next_group`],
+/// then [`Running::finish`]).
+pub struct Running {
+    served: Served,
+    groups: Vec<PendingGroup>,
+    /// Groups whose samples are all done and that were not handed out yet.
+    ready: Vec<usize>,
+    tasks: JoinSet<Result<SampleDone, ApiError>>,
     first_entered: Option<Instant>,
     first_token: Option<Instant>,
+    started: Instant,
+    /// Each group's sums, once `next_group` handed it out.
+    totals: Vec<Option<Totals>>,
+    _admission: Admission,
 }
 
-impl Finished {
+/// A prompt's samples as they finish.
+struct PendingGroup {
+    id: String,
+    prompt_ids: Arc<[u32]>,
+    rewarded: bool,
+    outputs: Vec<Option<ScoredOutput>>,
+    /// Samples not finished yet.
+    waiting: usize,
+}
+
+impl PendingGroup {
+    /// The finished group, its samples in index order.
+    fn finished(&mut self) -> FinishedGroup {
+        let (outputs, scores): (Vec<SequenceOutput>, Vec<Option<Score>>) =
+            self.outputs.drain(..).flatten().unzip();
+        FinishedGroup {
+            id: std::mem::take(&mut self.id),
+            prompt_token_ids: self.prompt_ids.to_vec(),
+            outputs,
+            scores: self
+                .rewarded
+                .then(|| scores.into_iter().flatten().collect()),
+        }
+    }
+}
+
+impl Running {
+    /// The model, weights version and effective parameters of the answer.
+    pub fn served(&self) -> &Served {
+        &self.served
+    }
+
+    /// The next group whose samples are all done, with its index in the request, in
+    /// completion order; `None` once every group was handed out.
+    async fn next_finished(&mut self) -> Result<Option<(usize, FinishedGroup)>, ApiError> {
+        loop {
+            if let Some(index) = self.ready.pop() {
+                return Ok(Some((index, self.groups[index].finished())));
+            }
+            let Some(joined) = self.tasks.join_next().await else {
+                return Ok(None);
+            };
+            let done =
+                joined.map_err(|e| ApiError::Engine(format!("sequence task failed: {e}")))??;
+            self.record(done);
+        }
+    }
+
     fn record(&mut self, done: SampleDone) {
         let earliest = |a: Option<Instant>, b: Instant| Some(a.map_or(b, |a| a.min(b)));
         self.first_entered = earliest(self.first_entered, done.entered);
         if let Some(t) = done.output.0.first_token_at {
             self.first_token = earliest(self.first_token, t);
         }
-        self.outputs[done.prompt][done.sample] = Some(done.output);
+        let group = &mut self.groups[done.prompt];
+        group.outputs[done.sample] = Some(done.output);
+        group.waiting -= 1;
+        if group.waiting == 0 {
+            self.ready.push(done.prompt);
+        }
     }
-}
 
-/// Pairs each prompt with its tokens and its samples' outputs and scores, in order.
-fn regroup(
-    prompts: Vec<ValidPrompt>,
-    prompt_ids: Vec<Arc<[u32]>>,
-    outputs: Vec<Vec<Option<ScoredOutput>>>,
-) -> Vec<FinishedGroup> {
-    prompts
-        .into_iter()
-        .zip(prompt_ids)
-        .zip(outputs)
-        .map(|((p, ids), outs)| {
-            let (outputs, scores): (Vec<SequenceOutput>, Vec<Option<Score>>) =
-                outs.into_iter().flatten().unzip();
-            FinishedGroup {
-                id: p.id,
-                prompt_token_ids: ids.to_vec(),
-                outputs,
-                scores: p
-                    .answer
-                    .is_some()
-                    .then(|| scores.into_iter().flatten().collect()),
-            }
+    /// The next group whose samples are all done, assembled (in completion order), or `None`
+    /// when every group was answered. Only for `peak_scope: response`, where a group's peaks
+    /// do not depend on the other groups.
+    pub async fn next_group(&mut self) -> Result<Option<Group>, ApiError> {
+        let Some((index, finished)) = self.next_finished().await? else {
+            return Ok(None);
+        };
+        let s = &self.served;
+        let group = assemble_group(finished, &s.stats, s.advantage, s.weights_version, None);
+        self.totals[index] = Some(Totals::of(&group));
+        metrics::group_served(&group);
+        Ok(Some(group))
+    }
+
+    /// The summary of the groups answered by [`Running::next_group`], once it returned `None`.
+    pub fn finish(self) -> (Summary, Served) {
+        let mut totals = Totals::default();
+        for group in self.totals.iter().flatten() {
+            totals.merge(group);
+        }
+        let summary = totals.summary(None, self.started.elapsed().as_millis() as u64);
+        self.succeeded(&summary, totals.reward_mean());
+        (summary, self.served)
+    }
+
+    /// Waits for every group and answers them whole, in request order.
+    pub async fn collect(mut self) -> Result<RolloutResponse, ApiError> {
+        let mut finished: Vec<Option<FinishedGroup>> = self.groups.iter().map(|_| None).collect();
+        while let Some((index, group)) = self.next_finished().await? {
+            finished[index] = Some(group);
+        }
+        let s = &self.served;
+        let (groups, summary) = assemble(
+            finished.into_iter().flatten().collect(),
+            &s.stats,
+            s.advantage,
+            s.weights_version,
+            self.started.elapsed().as_millis() as u64,
+        );
+        let mut totals = Totals::default();
+        for g in &groups {
+            totals.merge(&Totals::of(g));
+            metrics::group_served(g);
+        }
+        self.succeeded(&summary, totals.reward_mean());
+        Ok(RolloutResponse {
+            served: self.served,
+            groups,
+            summary,
         })
-        .collect()
+    }
+
+    fn succeeded(&self, summary: &Summary, reward_mean: Option<f64>) {
+        let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(self.started));
+        metrics::request_succeeded(
+            summary,
+            reward_mean,
+            since(self.first_entered).unwrap_or_default(),
+            since(self.first_token),
+        );
+    }
 }

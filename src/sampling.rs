@@ -72,6 +72,16 @@ pub struct TokenRecord {
     pub top_p_entropy: f32,
 }
 
+/// The tokens a truncated draw could pick (what top-k and top-p kept), so that a learner can
+/// replay the sampling distribution: `logprob - sampling_logprob = ln mass`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingMask {
+    /// The kept token ids, ascending.
+    pub ids: Box<[u32]>,
+    /// Their probability under the full, untruncated distribution (at the temperature).
+    pub mass: f64,
+}
+
 /// The per-step sampler of one sequence: measures each logits row and draws the next token.
 #[derive(Clone, Debug)]
 pub struct TokenSampler {
@@ -83,6 +93,8 @@ pub struct TokenSampler {
     pub nucleus: NucleusParams,
     /// This sample's random stream.
     pub key: DrawKey,
+    /// Whether [`TokenSampler::step_with_mask`] returns the kept set of truncated draws.
+    pub mask: bool,
 }
 
 impl TokenSampler {
@@ -102,6 +114,7 @@ impl TokenSampler {
                 prompt: 0,
                 sample: 0,
             },
+            mask: false,
         }
     }
 
@@ -112,10 +125,36 @@ impl TokenSampler {
         index: u32,
         ws: &mut Workspace,
     ) -> Result<TokenRecord, StatsError> {
+        Ok(self.measure(logits, index, ws, false)?.0)
+    }
+
+    /// [`TokenSampler::step`], and when this sampler returns masks and the draw was truncated,
+    /// the set it was drawn from.
+    pub fn step_with_mask(
+        &self,
+        logits: &[f32],
+        index: u32,
+        ws: &mut Workspace,
+    ) -> Result<(TokenRecord, Option<SamplingMask>), StatsError> {
+        self.measure(logits, index, ws, self.mask)
+    }
+
+    fn measure(
+        &self,
+        logits: &[f32],
+        index: u32,
+        ws: &mut Workspace,
+        mask: bool,
+    ) -> Result<(TokenRecord, Option<SamplingMask>), StatsError> {
         let mut dist = Distribution::new(logits, self.temperature, ws)?;
         let nucleus = dist.nucleus(&self.nucleus);
         let draw = dist.draw(&self.truncation, self.key.uniform(index));
-        Ok(TokenRecord {
+        let mask = draw.kept.filter(|_| mask).map(|(n, mass)| {
+            let mut ids: Box<[u32]> = dist.ranked(n).into();
+            ids.sort_unstable();
+            SamplingMask { ids, mass }
+        });
+        let record = TokenRecord {
             token: draw.token,
             logprob: draw.logprob as f32,
             sampling_logprob: draw.sampling_logprob as f32,
@@ -123,7 +162,8 @@ impl TokenSampler {
             top_p_size: nucleus.size as u32,
             top_p_mass: nucleus.mass as f32,
             top_p_entropy: nucleus.entropy as f32,
-        })
+        };
+        Ok((record, mask))
     }
 
     /// Draws token number `index` and measures nothing else: the no-statistics baseline.
@@ -199,6 +239,7 @@ mod tests {
                 prompt: 0,
                 sample: 0,
             },
+            mask: false,
         };
         let mut ws = Workspace::default();
         let a = sampler.step(&logits, 5, &mut ws).unwrap();

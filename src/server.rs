@@ -14,9 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::api::{
-    Defaults, InfoResponse, Limits, RolloutResponse, SamplingDefaults, WeightsResponse,
-};
+use crate::api::{Defaults, InfoResponse, Limits, SamplingDefaults, WeightsResponse};
 use crate::config::Config;
 use crate::engine::{Engine, EngineLoader};
 use crate::error::ApiError;
@@ -26,6 +24,7 @@ use crate::metrics::{
 use crate::panic::panic_message;
 use crate::rollout::RolloutService;
 use crate::shutdown::{Phase, Shutdown};
+use crate::stream::{self, Deadline};
 use crate::validation::{
     parse_json, validate, DEFAULT_ADVANTAGE, DEFAULT_STATS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
 };
@@ -132,38 +131,36 @@ fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes,
 async fn rollouts(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<RolloutResponse>, ApiError> {
+) -> Response {
     request_received();
-    let result = async {
+    let result: Result<Response, ApiError> = async {
         accepting(&state)?;
         // A body that could not be read (too large) is refused before admission: it is the
         // request's fault, whatever the load.
         let body = read_body(body, state.config.max_body_bytes)?;
         let admission = state.service.admit()?;
-        let _running = RunningRequest::start();
+        let running = RunningRequest::start();
         let request = parse_json(&body)?;
         let valid = validate(request, &state.config)?;
-        let deadline = valid.timeout;
-        let run = state.service.run(valid, admission);
-        // Dropping the run (at the deadline, or when shutdown cancels) cancels its sequences.
-        let bounded = async {
-            match deadline {
-                Some(d) => tokio::time::timeout(d, run)
-                    .await
-                    .unwrap_or(Err(ApiError::Timeout(d.as_millis() as u64))),
-                None => run.await,
-            }
-        };
-        tokio::select! {
-            result = bounded => result,
-            () = state.shutdown.cancelled() => Err(ApiError::ShuttingDown),
+        let deadline = Deadline::after(valid.timeout);
+        if valid.stream {
+            // Tokenization errors still answer with their status; the lines follow once every
+            // sequence started.
+            let started = deadline
+                .bound(&state, state.service.start(valid, admission))
+                .await?;
+            return Ok(stream::ndjson(state.clone(), started, deadline, running));
         }
+        let response = deadline
+            .bound(&state, state.service.run(valid, admission))
+            .await?;
+        Ok(Json(response).into_response())
     }
     .await;
-    if let Err(e) = &result {
+    result.unwrap_or_else(|e| {
         request_failed(e.error_type());
-    }
-    Ok(Json(result?))
+        e.into_response()
+    })
 }
 
 async fn weights(

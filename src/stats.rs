@@ -72,6 +72,9 @@ pub struct Draw {
     pub logprob: f64,
     /// `ln` of the token's probability under the truncated, renormalised distribution.
     pub sampling_logprob: f64,
+    /// How many of the highest-ranked tokens the truncation kept, and their mass under the
+    /// full distribution; `None` when the draw was not truncated (every token kept).
+    pub kept: Option<(usize, f64)>,
 }
 
 /// Why a logits row has no distribution.
@@ -337,6 +340,7 @@ impl<'a> Distribution<'a> {
                 token,
                 logprob,
                 sampling_logprob: logprob,
+                kept: None,
             };
         }
         let v = self.logits.len();
@@ -373,7 +377,13 @@ impl<'a> Distribution<'a> {
             logprob: self.ln_prob(token),
             // The token's share of the kept weight: exactly 0 when it is all of it (top_k = 1).
             sampling_logprob: (self.ws.weights[token as usize] / weight).ln(),
+            kept: (len < v).then(|| (len, weight / self.sum)),
         }
+    }
+
+    /// The `n` highest-ranked token ids, after a [`Self::draw`] whose truncation kept `n`.
+    pub fn ranked(&self, n: usize) -> &[u32] {
+        &self.ws.order[..n]
     }
 
     /// The first id whose cumulative weight exceeds `target`; the last id of positive weight

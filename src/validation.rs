@@ -57,6 +57,10 @@ pub struct ValidRollout {
     pub advantage: AdvantageSpec,
     /// Deadline of the whole request.
     pub timeout: Option<std::time::Duration>,
+    /// Answer group by group as they finish (`application/x-ndjson`).
+    pub stream: bool,
+    /// Return the sampling mask of every truncated draw.
+    pub return_sampling_mask: bool,
 }
 
 /// One validated prompt.
@@ -225,6 +229,14 @@ pub fn validate(req: RolloutRequest, config: &Config) -> Result<ValidRollout, Ap
         return Err(invalid("timeout_ms must be positive"));
     }
     let timeout = req.timeout_ms.map(std::time::Duration::from_millis);
+    if req.stream && stats.peak_scope == PeakScope::Batch {
+        // The batch threshold exists only once every group is done: no group could be sent
+        // before the last one.
+        return Err(invalid(
+            "stream: true needs stats.peak_scope \"response\" (a batch peak threshold is known \
+             only when every group is done)",
+        ));
+    }
 
     let mut prompts = Vec::with_capacity(req.prompts.len());
     for (i, p) in req.prompts.iter().enumerate() {
@@ -247,6 +259,8 @@ pub fn validate(req: RolloutRequest, config: &Config) -> Result<ValidRollout, Ap
         stats,
         advantage,
         timeout,
+        stream: req.stream,
+        return_sampling_mask: req.return_sampling_mask,
     })
 }
 
@@ -356,6 +370,8 @@ mod tests {
             r#"{"prompts":[{"text":"a"}],"temperature":1}"#,
             r#"{"prompts":[{"text":"a"}],"advantage":"ppo"}"#,
             r#"{"prompts":[{"text":"a"}],"timeout_ms":0}"#,
+            r#"{"prompts":[{"text":"a"}],"stream":true,"stats":{"peak_scope":"batch"}}"#,
+            r#"{"prompts":[{"text":"a"}],"stream":1}"#,
         ] {
             assert!(parse(body).is_err(), "accepted {body}");
         }

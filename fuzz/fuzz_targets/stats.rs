@@ -60,6 +60,7 @@ fuzz_target!(|input: Input| {
             rule: if input.inclusive { NucleusRule::Inclusive } else { NucleusRule::Strict },
         },
         key: DrawKey { seed: input.seed, prompt: 0, sample: 0 },
+        mask: false,
     };
     let mut ws = Workspace::default();
     let Ok(r) = sampler.step(&row, input.index, &mut ws) else {

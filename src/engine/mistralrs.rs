@@ -29,7 +29,7 @@ use super::{
 use crate::config::{Config, DeviceKind, WeightsDType};
 use crate::engine::FinishReason;
 use crate::panic::panic_message;
-use crate::sampling::{TokenRecord, TokenSampler};
+use crate::sampling::{SamplingMask, TokenRecord, TokenSampler};
 use crate::stats::Workspace;
 
 /// mistral.rs serving one model.
@@ -60,6 +60,7 @@ impl Drop for CancelOnDrop {
 struct TapState {
     workspace: Workspace,
     records: Vec<TokenRecord>,
+    masks: Vec<Option<SamplingMask>>,
     first_token_at: Option<std::time::Instant>,
     error: Option<String>,
 }
@@ -93,7 +94,8 @@ impl CustomLogitsProcessor for DrawTap {
         let state = &mut *state;
         // This runs on mistral.rs's engine thread: a panic here must fail this sequence only.
         let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            self.sampler.step(&row, index, &mut state.workspace)
+            self.sampler
+                .step_with_mask(&row, index, &mut state.workspace)
         }));
         let step = match step {
             Ok(measured) => measured.map_err(|e| e.to_string()),
@@ -106,11 +108,12 @@ impl CustomLogitsProcessor for DrawTap {
             }
         };
         match step {
-            Ok(record) => {
+            Ok((record, mask)) => {
                 state
                     .first_token_at
                     .get_or_insert_with(std::time::Instant::now);
                 state.records.push(record);
+                state.masks.push(mask);
                 forcing_row(record.token, row.len(), logits)
             }
             Err(e) => {
@@ -336,6 +339,7 @@ impl Engine for MistralRsEngine {
                 params.top_k = Some(1);
                 let cancelled = Arc::new(AtomicBool::new(false));
                 let _cancel_on_drop = CancelOnDrop(cancelled.clone());
+                let masking = sampler.mask;
                 let tap = Arc::new(DrawTap::new(sampler, cancelled));
                 let result = self.run(prompt, params, Some(tap.clone())).await;
                 let state =
@@ -347,6 +351,7 @@ impl Engine for MistralRsEngine {
                 Ok(SequenceOutput {
                     length: state.records.len(),
                     tokens: state.records,
+                    masks: masking.then_some(state.masks),
                     text: choice.text,
                     finish_reason: finish_reason(&choice.finish_reason),
                     first_token_at: state.first_token_at,
@@ -363,6 +368,7 @@ impl Engine for MistralRsEngine {
                 let (choice, length) = self.run(prompt, params, None).await?;
                 Ok(SequenceOutput {
                     tokens: Vec::new(),
+                    masks: None,
                     length,
                     text: choice.text,
                     finish_reason: finish_reason(&choice.finish_reason),

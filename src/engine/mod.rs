@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::ModelShape;
 use crate::config::Config;
-use crate::sampling::{TokenRecord, TokenSampler};
+use crate::sampling::{SamplingMask, TokenRecord, TokenSampler};
 
 #[cfg(feature = "mistralrs")]
 pub mod mistralrs;
@@ -111,6 +111,9 @@ pub struct SequenceOutput {
     /// Generated tokens with their statistics; empty under [`Drawing::Engine`], whose sampler
     /// reports neither.
     pub tokens: Vec<TokenRecord>,
+    /// Each token's sampling mask (`None` where its draw kept every token), when the sampler
+    /// was asked for them ([`TokenSampler::mask`]).
+    pub masks: Option<Vec<Option<SamplingMask>>>,
     /// Number of generated tokens.
     pub length: usize,
     /// Decoded text.

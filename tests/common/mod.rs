@@ -419,3 +419,69 @@ pub fn check_rewards(r: &Value, gold: &str, estimator: &Value) -> Vec<bool> {
     assert_eq!(r["advantage"], *estimator);
     correct
 }
+
+/// A streamed `/rollouts` answer (`"stream": true`), read line by line as it arrives.
+pub struct Lines {
+    /// The answer's status.
+    pub status: u16,
+    /// Its content type.
+    pub content_type: String,
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl Lines {
+    /// POSTs `request` with `"stream": true` to `{base}/rollouts`.
+    pub async fn post(server: &impl Base, request: &Value) -> Lines {
+        let mut request = request.clone();
+        request["stream"] = Value::Bool(true);
+        let response = client()
+            .post(format!("{}/rollouts", server.base()))
+            .json(&request)
+            .send()
+            .await
+            .expect("request");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        Lines {
+            status: response.status().as_u16(),
+            content_type,
+            response,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// The next line as JSON, once it has arrived whole; `None` at the end of the answer.
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return Some(serde_json::from_slice(&line).unwrap_or_else(|e| {
+                    panic!(
+                        "a line is not JSON ({e}): {}",
+                        String::from_utf8_lossy(&line)
+                    )
+                }));
+            }
+            match self.response.chunk().await.expect("the stream broke") {
+                Some(chunk) => self.buffer.extend_from_slice(&chunk),
+                None => {
+                    assert!(self.buffer.is_empty(), "the answer ends inside a line");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Every remaining line.
+    pub async fn rest(&mut self) -> Vec<Value> {
+        let mut lines = Vec::new();
+        while let Some(line) = self.next().await {
+            lines.push(line);
+        }
+        lines
+    }
+}

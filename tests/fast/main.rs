@@ -1,5 +1,5 @@
 //! The fast tier: the HTTP and rollout logic (validation, overload, cancellation, faults,
-//! shutdown, rewards, weight updates) on servers in this process, on a tiny random Llama, in
+//! shutdown, rewards, weight updates, streamed answers, sampling masks) on servers in this process, on a tiny random Llama, in
 //! one test binary. `scripts/test-fast` runs it with the unit tests; the real-model tier (the
 //! other files of `tests/`) runs the `entroll` binary on the default model.
 
@@ -14,7 +14,9 @@ mod device_kernels;
 mod faults;
 mod overload;
 mod rewards;
+mod sampling_mask;
 mod shutdown;
 mod startup;
+mod streaming;
 mod watch;
 mod weights;

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import requests
 
@@ -24,17 +25,20 @@ class Entroll:
     url: str
     timeout_s: float = 3600.0
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict[str, Any]:
+    def _send(self, method: str, path: str, body: dict | None = None, stream: bool = False) -> requests.Response:
         # 429 means "full, retry": honour Retry-After instead of failing the training step.
         while True:
-            resp = requests.request(method, self.url + path, json=body, timeout=self.timeout_s)
+            resp = requests.request(method, self.url + path, json=body, timeout=self.timeout_s, stream=stream)
             if resp.status_code == 429:
                 time.sleep(float(resp.headers.get("Retry-After", "1")))
                 continue
-            data = resp.json()
             if resp.status_code != 200:
+                data = resp.json()
                 raise EntrollError(resp.status_code, data.get("error", ""), data.get("error_type", ""))
-            return data
+            return resp
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict[str, Any]:
+        return self._send(method, path, body).json()
 
     def wait_ready(self, within_s: float = 300.0) -> None:
         """Waits until GET /health answers 200."""
@@ -56,6 +60,24 @@ class Entroll:
     def rollouts(self, request: dict[str, Any]) -> dict[str, Any]:
         """POST /rollouts."""
         return self._call("POST", "/rollouts", request)
+
+    def stream_rollouts(self, request: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+        """POST /rollouts with `"stream": true`: yields `("group", group)` as each group's
+        samples are done (completion order), then `("summary", line)` with the summary and
+        every other field of the whole answer. An error line raises `EntrollError`."""
+        with self._send("POST", "/rollouts", dict(request, stream=True), stream=True) as resp:
+            for raw in resp.iter_lines():
+                if not raw:
+                    continue
+                line = json.loads(raw)
+                if "group" in line:
+                    yield "group", line["group"]
+                elif "summary" in line:
+                    yield "summary", line
+                    return
+                else:
+                    raise EntrollError(200, line.get("error", ""), line.get("error_type", ""))
+        raise EntrollError(200, "the stream ended before its summary line", "engine")
 
     def load_weights(self, path: str, version: int) -> dict[str, Any]:
         """POST /weights: serve the checkpoint at `path` (on the server's filesystem) as `version`."""

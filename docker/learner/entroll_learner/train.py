@@ -51,6 +51,26 @@ def load_problems(path: str) -> list[tuple[str, str]]:
     return problems
 
 
+def streamed_terms(server: Entroll, request: dict, model, args, stats: dict):
+    """Requests the step's rollouts as a stream and computes each sample's loss terms (the
+    current policy's forward pass) as soon as its group arrives, while entroll still generates
+    the other groups. Returns the rollout (its groups in completion order), the terms, their
+    difficulty weights and the seconds spent in the forward passes."""
+    groups, terms, weights, forward_s = [], [], [], 0.0
+    for kind, line in server.stream_rollouts(request):
+        if kind == "summary":
+            return dict(line, groups=groups), terms, weights, forward_s
+        started = time.time()
+        groups.append(line)
+        for sample in line["samples"]:
+            if not sample["token_ids"]:
+                continue
+            terms.append(losses.sequence_terms(model, line["prompt_token_ids"], sample, args.temperature, stats, args.method))
+            weights.append(losses.difficulty_weight(line.get("pass_rate")))
+        forward_s += time.time() - started
+    raise RuntimeError("unreachable: stream_rollouts ends with the summary")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="SIREN / AER learner training through entroll")
     p.add_argument("--url", default="http://127.0.0.1:8000")
@@ -99,6 +119,8 @@ def main(argv=None) -> int:
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
     aer = losses.AerController(args.rho, args.aer_eta, args.aer_alpha, args.aer_alpha_max)
+    # The statistics parameters the requests run with (they set none): SIREN's nucleus and peaks.
+    stats = server.info()["defaults"]["stats"]
     siren_anchor = None
     saved: list[str] = []
 
@@ -114,32 +136,26 @@ def main(argv=None) -> int:
             "sampling": {"temperature": args.temperature, "max_tokens": args.max_tokens, "seed": args.seed * 100_000 + step},
             "advantage": "drgrpo",
         }
-        rollout = server.rollouts(request)
         dropped = 0
-        if args.max_staleness is None:
-            if rollout["weights_version"] != version:
-                raise SystemExit(f"step {step}: rollouts came from version {rollout['weights_version']}, expected {version}")
-        else:
-            while not replicas.fresh_enough(rollout, version, args.max_staleness):
-                dropped += 1
-                rollout = server.rollouts(request)
+        while True:
+            optimizer.zero_grad()
+            rollout, terms, weights, forward_s = streamed_terms(server, request, model, args, stats)
+            if args.max_staleness is None:
+                if rollout["weights_version"] != version:
+                    raise SystemExit(f"step {step}: rollouts came from version {rollout['weights_version']}, expected {version}")
+                break
+            if replicas.fresh_enough(rollout, version, args.max_staleness):
+                break
+            dropped += 1
         rollout_s = time.time() - t0
-        summary, stats = rollout["summary"], rollout["stats"]
+        summary = rollout["summary"]
+        if rollout["stats"] != stats:
+            raise SystemExit(f"step {step}: the rollouts ran with stats {rollout['stats']}, not {stats}")
         if siren_anchor is None:
             siren_anchor = summary["siren_anchor"]  # the initial policy's H_anchor (step 1)
         alpha = aer.observe(summary["entropy_mean"]) if args.method == "aer" else None
 
         t1 = time.time()
-        optimizer.zero_grad()
-        terms, weights = [], []
-        for group in rollout["groups"]:
-            for sample in group["samples"]:
-                if not sample["token_ids"]:
-                    continue
-                terms.append(
-                    losses.sequence_terms(model, group["prompt_token_ids"], sample, args.temperature, stats, args.method)
-                )
-                weights.append(losses.difficulty_weight(group.get("pass_rate")))
         pg = torch.stack([t.pg_sum for t in terms]).mean() / args.max_tokens
         if args.method == "siren":
             h_bar = torch.stack([t.siren_mean for t in terms]).mean()
@@ -194,6 +210,7 @@ def main(argv=None) -> int:
             "logprob_gap": sum(t.logprob_gap for t in terms) / len(terms),
             "grad_norm": grad_norm,
             "rollout_s": round(rollout_s, 2),
+            "forward_while_streaming_s": round(forward_s, 2),
             "train_s": round(train_s, 2),
             "save_and_swap_s": round(swap_s, 2),
         }

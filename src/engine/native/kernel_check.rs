@@ -73,6 +73,7 @@ pub fn settings(vocab: usize) -> Vec<(&'static str, TokenSampler)> {
             rule,
         },
         key,
+        mask: false,
     };
     vec![
         (

@@ -26,7 +26,7 @@ use super::token_stats;
 use crate::engine::FinishReason;
 use crate::engine::{Drawing, EngineError, SequenceOutput, SequenceRequest};
 use crate::panic::panic_message;
-use crate::sampling::{TokenRecord, TokenSampler};
+use crate::sampling::{SamplingMask, TokenRecord, TokenSampler};
 use crate::stats::{Truncation, Workspace};
 
 /// A sequence handed to the loop, with the channel its answer goes to.
@@ -55,6 +55,8 @@ struct Sequence {
     job: Job,
     generated: Vec<u32>,
     records: Vec<TokenRecord>,
+    /// Each token's sampling mask, when the sampler returns them.
+    masks: Option<Vec<Option<SamplingMask>>>,
     first_token_at: Option<Instant>,
 }
 
@@ -190,12 +192,14 @@ impl Scheduler {
             return;
         }
         self.batcher.push(id, job.request.prompt.clone());
+        let masks = matches!(&job.request.drawing, Drawing::Entroll(s) if s.mask).then(Vec::new);
         self.sequences.insert(
             id,
             Sequence {
                 job,
                 generated: Vec::new(),
                 records: Vec::new(),
+                masks,
                 first_token_at: None,
             },
         );
@@ -323,9 +327,20 @@ impl Scheduler {
             let rows = token_stats::run(&logits, inputs)?
                 .into_iter()
                 .zip(rows)
-                .map(|(out, row)| {
+                .enumerate()
+                .map(|(r, (out, row))| {
+                    if row.sampler.mask && row.keep {
+                        // The kernel returns no token sets: a row whose mask is asked for is
+                        // measured on the host, from its own logits.
+                        let logits = logits.get(r)?.to_dtype(candle_core::DType::F32)?;
+                        return row.measure(&logits.to_vec1::<f32>()?, &mut Workspace::default());
+                    }
                     let record = out.record().map_err(|e| failed(row.index, e))?;
-                    Ok((record.token, row.keep.then_some(record)))
+                    Ok(Row {
+                        token: record.token,
+                        record: row.keep.then_some(record),
+                        mask: None,
+                    })
                 })
                 .collect();
             return Ok(Measured {
@@ -341,15 +356,7 @@ impl Scheduler {
             .par_iter()
             .enumerate()
             .map_init(Workspace::default, |ws, (r, row)| {
-                let logits = &logits[if count == 1 { 0 } else { r }];
-                let failed = |e: crate::stats::StatsError| failed(row.index, e.to_string());
-                if row.keep {
-                    let record = row.sampler.step(logits, row.index, ws).map_err(failed)?;
-                    Ok((record.token, Some(record)))
-                } else {
-                    let token = row.sampler.draw_only(logits, row.index, ws);
-                    Ok((token.map_err(failed)?, None))
-                }
+                row.measure(&logits[if count == 1 { 0 } else { r }], ws)
             })
             .collect();
         Ok(Measured { rows, copy })
@@ -370,12 +377,19 @@ impl Scheduler {
     /// next), or how it ended: `Ok` when done, `Err` when its row could not be measured (a
     /// non-finite row fails its own sequence only).
     fn take_drawn(&mut self, id: SeqId, drawn: Drawn) -> Option<Result<(), String>> {
-        let (token, record) = match drawn {
+        let Row {
+            token,
+            record,
+            mask,
+        } = match drawn {
             Ok(drawn) => drawn,
             Err(e) => return Some(Err(error_message(&e))),
         };
         let seq = self.sequences.get_mut(&id).expect("a known sequence");
         seq.records.extend(record);
+        if let Some(masks) = &mut seq.masks {
+            masks.push(mask);
+        }
         seq.first_token_at.get_or_insert_with(Instant::now);
         seq.generated.push(token);
         let request = &seq.job.request;
@@ -436,6 +450,7 @@ impl Scheduler {
         }
         SequenceOutput {
             tokens: seq.records.clone(),
+            masks: seq.masks.clone(),
             length: seq.generated.len(),
             text,
             finish_reason,
@@ -465,8 +480,42 @@ struct RowDraw<'a> {
     index: u32,
 }
 
-/// What a row gave: the drawn token and its record, or why the row could not be measured.
-type Drawn = candle_core::Result<(u32, Option<TokenRecord>)>;
+impl RowDraw<'_> {
+    /// Measures and draws this row from its logits on the host.
+    fn measure(&self, logits: &[f32], ws: &mut Workspace) -> Drawn {
+        let failed = |e: crate::stats::StatsError| {
+            candle_core::Error::Msg(format!("token {}: {e}", self.index))
+        };
+        if !self.keep {
+            let token = self.sampler.draw_only(logits, self.index, ws);
+            return Ok(Row {
+                token: token.map_err(failed)?,
+                record: None,
+                mask: None,
+            });
+        }
+        let (record, mask) = self
+            .sampler
+            .step_with_mask(logits, self.index, ws)
+            .map_err(failed)?;
+        Ok(Row {
+            token: record.token,
+            record: Some(record),
+            mask,
+        })
+    }
+}
+
+/// What a row gave: the drawn token, its record (unless the sampler keeps none) and its
+/// sampling mask (when asked for and the draw was truncated).
+struct Row {
+    token: u32,
+    record: Option<TokenRecord>,
+    mask: Option<SamplingMask>,
+}
+
+/// A row's result, or why the row could not be measured.
+type Drawn = candle_core::Result<Row>;
 
 /// What a step's rows gave, and the time the logits took to reach the host (zero when the
 /// kernel measured them where they were).

@@ -201,6 +201,7 @@ mod tests {
                     prompt: (r / 4) as u32,
                     sample: (r % 4) as u32,
                 },
+                mask: false,
             })
             .collect();
         let inputs = samplers

@@ -1,0 +1,123 @@
+//! Sampling-mask replay (`return_sampling_mask`): every truncated draw carries the ids its
+//! truncation kept and their mass, consistent with the token's own statistics; asking for the
+//! mask changes no draw; nothing is returned when nothing truncates. The learner's test
+//! (docker/learner/tests/test_replay.py) replays the masks against its own recomputation of
+//! the model.
+
+use entroll::mask_codec;
+use serde_json::{json, Value};
+
+use crate::common::{check_sample, rollout, samples};
+use crate::harness;
+
+fn request(mask: bool, top_p: f64, top_k: Option<u64>) -> Value {
+    json!({
+        "prompts": [
+            {"text": "The capital of France is"},
+            {"messages": [{"role": "user", "content": "Name three colours."}]}
+        ],
+        "group_size": 3,
+        "sampling": {"max_tokens": 32, "seed": 11, "temperature": 0.8, "top_p": top_p, "top_k": top_k},
+        "return_sampling_mask": mask
+    })
+}
+
+fn ids(sample: &Value, field: &str) -> Vec<u64> {
+    sample[field]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn truncated_draws_carry_their_kept_set_and_its_mass() {
+    let server = harness::start(|_| {});
+    let vocab = 49_152;
+    for (top_p, top_k) in [(0.9, None), (1.0, Some(20)), (0.7, Some(50))] {
+        let r = rollout(&server, &request(true, top_p, top_k)).await;
+        let (mut truncated, mut cut) = (0, 0);
+        for s in samples(&r) {
+            check_sample(s, vocab, 32, false);
+            let tokens = ids(s, "token_ids");
+            let masks = s["sampling_mask"].as_array().expect("sampling_mask");
+            let masses = s["sampling_mass"].as_array().expect("sampling_mass");
+            assert_eq!(masks.len(), tokens.len());
+            assert_eq!(masses.len(), tokens.len());
+            for t in 0..tokens.len() {
+                let (lp, slp) = (
+                    s["logprobs"][t].as_f64().unwrap(),
+                    s["sampling_logprobs"][t].as_f64().unwrap(),
+                );
+                let mass = masses[t].as_f64().unwrap();
+                let Some(wire) = masks[t].as_str() else {
+                    // Every token kept: the draw was from the full distribution.
+                    assert_eq!(mass, 1.0);
+                    assert_eq!(lp, slp);
+                    continue;
+                };
+                truncated += 1;
+                let kept = mask_codec::decode(wire).unwrap();
+                assert!(kept.windows(2).all(|w| w[0] < w[1]), "ascending, distinct");
+                assert!(kept.len() < vocab && kept.iter().all(|&id| (id as usize) < vocab));
+                assert!(
+                    kept.contains(&(tokens[t] as u32)),
+                    "the drawn token is in its set"
+                );
+                if let Some(k) = top_k {
+                    assert!(kept.len() as u64 <= k, "{} ids under top_k {k}", kept.len());
+                }
+                // The mass is the set's share of the full distribution: ln mass = lp - slp.
+                assert!(mass > 0.0 && mass <= 1.0, "{mass}");
+                assert!(
+                    (mass.ln() - (lp - slp)).abs() < 1e-4 * (1.0 + lp.abs()),
+                    "token {t}: ln {mass} vs {lp} - {slp}"
+                );
+                if top_k.is_none() || top_p < 1.0 {
+                    // Top-p keeps at least p of what top-k left.
+                    assert!(mass >= top_p * 0.999 || top_k.is_some(), "{mass} < {top_p}");
+                }
+                if mass < 0.999 {
+                    cut += 1;
+                }
+            }
+        }
+        assert!(
+            truncated > 0 && cut > 0,
+            "top_p {top_p}, top_k {top_k:?}: nothing was cut"
+        );
+    }
+}
+
+#[tokio::test]
+async fn asking_for_the_mask_changes_no_draw() {
+    let server = harness::start(|_| {});
+    let plain = rollout(&server, &request(false, 0.9, Some(40))).await;
+    let masked = rollout(&server, &request(true, 0.9, Some(40))).await;
+    for (a, b) in samples(&plain).into_iter().zip(samples(&masked)) {
+        assert!(a.get("sampling_mask").is_none() && a.get("sampling_mass").is_none());
+        let mut b = b.clone();
+        let object = b.as_object_mut().unwrap();
+        assert!(object.remove("sampling_mask").is_some());
+        assert!(object.remove("sampling_mass").is_some());
+        assert_eq!(a, &b);
+    }
+}
+
+#[tokio::test]
+async fn nothing_is_returned_when_nothing_truncates() {
+    let server = harness::start(|_| {});
+    let r = rollout(&server, &request(true, 1.0, None)).await;
+    for s in samples(&r) {
+        assert!(s.get("sampling_mask").is_none(), "{s}");
+        assert!(s.get("sampling_mass").is_none());
+    }
+    // Streamed groups carry the masks too.
+    let mut stream = crate::common::Lines::post(&server, &request(true, 0.9, None)).await;
+    let line = stream.next().await.unwrap();
+    assert!(
+        line["group"]["samples"][0]["sampling_mask"].is_array(),
+        "{line}"
+    );
+}
