@@ -95,14 +95,15 @@ fn sample(
     }
 }
 
-/// Assembles groups and the summary. `elapsed_ms` is the request's wall time.
+/// Assembles groups and the summary, with the sums it was taken from. `elapsed_ms` is the
+/// request's wall time.
 pub fn assemble(
     groups: Vec<FinishedGroup>,
     stats: &StatsParams,
     advantage: AdvantageSpec,
     weights_version: u64,
     elapsed_ms: u64,
-) -> (Vec<Group>, Summary) {
+) -> (Vec<Group>, Summary, Totals) {
     let batch_threshold = match stats.peak_scope {
         PeakScope::Batch => peak_threshold(
             groups
@@ -123,7 +124,8 @@ pub fn assemble(
     for g in &groups {
         totals.merge(&Totals::of(g));
     }
-    (groups, totals.summary(batch_threshold, elapsed_ms))
+    let summary = totals.summary(batch_threshold, elapsed_ms);
+    (groups, summary, totals)
 }
 
 /// Assembles one group. Under `peak_scope: batch` its peaks are taken against
@@ -288,7 +290,7 @@ mod tests {
     #[test]
     fn response_scope_flags_each_response_on_its_own() {
         let values: Vec<f32> = (0..10).map(|i| i as f32 / 10.0).collect();
-        let (groups, summary) = assemble(
+        let (groups, summary, _) = assemble(
             vec![group(vec![output(&values), output(&[5.0])])],
             &DEFAULT_STATS,
             AdvantageSpec::Grpo,
@@ -318,7 +320,7 @@ mod tests {
         };
         let low: Vec<f32> = vec![0.1; 5];
         let high: Vec<f32> = vec![0.1, 0.1, 0.1, 0.9, 0.9];
-        let (groups, summary) = assemble(
+        let (groups, summary, _) = assemble(
             vec![group(vec![output(&low), output(&high)])],
             &stats,
             AdvantageSpec::Grpo,
@@ -340,7 +342,7 @@ mod tests {
         };
         let mut out = output(&[0.5, 0.5, 0.5, 0.5, 0.5]);
         out.tokens[2].entropy = 9.0;
-        let (groups, _) = assemble(vec![group(vec![out])], &stats, AdvantageSpec::Grpo, 0, 0);
+        let (groups, ..) = assemble(vec![group(vec![out])], &stats, AdvantageSpec::Grpo, 0, 0);
         assert_eq!(
             groups[0].samples[0].peak,
             vec![false, false, true, false, false]

@@ -378,16 +378,14 @@ impl Running {
             finished[index] = Some(group);
         }
         let s = &self.served;
-        let (groups, summary) = assemble(
+        let (groups, summary, totals) = assemble(
             finished.into_iter().flatten().collect(),
             &s.stats,
             s.advantage,
             s.weights_version,
             self.started.elapsed().as_millis() as u64,
         );
-        let mut totals = Totals::default();
         for g in &groups {
-            totals.merge(&Totals::of(g));
             metrics::group_served(g);
         }
         self.succeeded(&summary, totals.reward_mean());
