@@ -8,6 +8,8 @@ use crate::stats::NucleusRule;
 
 /// The engine layer owns these; the wire format re-exports them.
 pub use crate::engine::{ChatMessage, FinishReason};
+/// A weight update's policy for the samples in flight.
+pub use crate::in_flight::InFlight;
 
 /// `POST /rollouts` body.
 #[derive(Debug, Clone, Deserialize)]
@@ -308,8 +310,13 @@ pub struct Sample {
     pub verdict: Option<verifier::Status>,
     /// Advantage under the request's estimator; null without a gold answer.
     pub advantage: Option<f64>,
-    /// Weights version that generated this sample.
+    /// Weights version that drew this sample's first token (all of them, unless
+    /// `weights_versions` is given).
     pub weights_version: u64,
+    /// Which version drew which tokens, as runs `[version, from_token]`, when an update under
+    /// `in_flight: continue` moved the sample to new weights mid-way; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights_versions: Option<Vec<(u64, usize)>>,
 }
 
 /// Request-level aggregates.
@@ -400,13 +407,47 @@ pub struct Limits {
     pub max_body_bytes: usize,
 }
 
-/// Every error body: `{error, error_type}`.
+/// Every error body: `{error, error_type}`, and for `weights_changed` what was drawn.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// What is wrong, in words.
     pub error: String,
-    /// `validation`, `overloaded`, `timeout` or `engine`.
+    /// One of `validation`, `overloaded`, `timeout`, `engine`, `shutting_down`, `internal`,
+    /// `weights_changed`.
     pub error_type: String,
+    /// With `weights_changed`: every group not answered yet, each sample with the tokens it
+    /// drew before the update stopped it, so a client can resume it as a new prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Vec<PartialGroup>>,
+}
+
+/// A group of a request that a weight update aborted (`in_flight: abort`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartialGroup {
+    /// The prompt's id.
+    pub id: String,
+    /// The prompt's tokens as the model saw them.
+    pub prompt_token_ids: Vec<u32>,
+    /// Every sample, in index order.
+    pub samples: Vec<PartialSample>,
+}
+
+/// What one sample drew before a weight update stopped its request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartialSample {
+    /// Index within the group.
+    pub index: usize,
+    /// The tokens it drew (none if it had not started).
+    pub token_ids: Vec<u32>,
+    /// Their text.
+    pub text: String,
+    /// `abort` where the update cut it; `stop` or `length` where it had ended before.
+    pub finish_reason: FinishReason,
+    /// Weights version that drew its first token.
+    pub weights_version: u64,
+    /// Runs `[version, from_token]`, when more than one version drew its tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_versions: Option<Vec<(u64, usize)>>,
 }
 
 /// `POST /weights` body: serve new weights of the same architecture.
@@ -418,6 +459,9 @@ pub struct WeightsRequest {
     pub path: String,
     /// The new weights version; must exceed the one served. Default: the served one + 1.
     pub version: Option<u64>,
+    /// What happens to the samples running on the old weights: `finish`, `abort` or
+    /// `continue` ([`InFlight`]). Default: the server's `weights_in_flight`.
+    pub in_flight: Option<InFlight>,
 }
 
 /// `POST /weights` answer, once the new weights serve every new request.
@@ -433,4 +477,6 @@ pub struct WeightsResponse {
     pub path: String,
     /// Time spent loading them, in milliseconds.
     pub load_ms: u64,
+    /// What the update did to the samples running on the old weights.
+    pub in_flight: InFlight,
 }

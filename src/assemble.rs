@@ -6,6 +6,7 @@ use crate::api::{
     AdvantageSpec, FinishReason, Group, PeakOn, PeakScope, Sample, StatsParams, Summary,
 };
 use crate::engine::SequenceOutput;
+use crate::in_flight::VersionRuns;
 use crate::mask_codec;
 use crate::quantile::quantile_sorted;
 use crate::rewards::{group_stats, Score};
@@ -18,6 +19,8 @@ pub struct FinishedGroup {
     pub prompt_token_ids: Vec<u32>,
     /// The G outputs, index order.
     pub outputs: Vec<SequenceOutput>,
+    /// The weights versions that drew each output's tokens, index order.
+    pub versions: Vec<VersionRuns>,
     /// The verifier's scores, index order, when the prompt has a gold answer.
     pub scores: Option<Vec<Score>>,
 }
@@ -37,7 +40,7 @@ fn sample(
     out: SequenceOutput,
     peak: Vec<bool>,
     score: Option<(Score, f64)>,
-    weights_version: u64,
+    versions: VersionRuns,
 ) -> Sample {
     let t = &out.tokens;
     let entropy: Vec<f32> = t.iter().map(|r| r.entropy).collect();
@@ -91,7 +94,8 @@ fn sample(
         verdict: score.as_ref().map(|(s, _)| s.status),
         advantage: score.as_ref().map(|(_, a)| *a),
         extracted_answer: score.and_then(|(s, _)| s.extracted_answer),
-        weights_version,
+        weights_version: versions.first(),
+        weights_versions: versions.switched(),
     }
 }
 
@@ -101,7 +105,6 @@ pub fn assemble(
     groups: Vec<FinishedGroup>,
     stats: &StatsParams,
     advantage: AdvantageSpec,
-    weights_version: u64,
     elapsed_ms: u64,
 ) -> (Vec<Group>, Summary, Totals) {
     let batch_threshold = match stats.peak_scope {
@@ -118,7 +121,7 @@ pub fn assemble(
     };
     let groups: Vec<Group> = groups
         .into_iter()
-        .map(|g| assemble_group(g, stats, advantage, weights_version, batch_threshold))
+        .map(|g| assemble_group(g, stats, advantage, batch_threshold))
         .collect();
     let mut totals = Totals::default();
     for g in &groups {
@@ -134,7 +137,6 @@ pub fn assemble_group(
     g: FinishedGroup,
     stats: &StatsParams,
     advantage: AdvantageSpec,
-    weights_version: u64,
     batch_threshold: Option<f64>,
 ) -> Group {
     let rewards = g.scores.as_ref().map(|s| group_stats(s, advantage));
@@ -149,8 +151,9 @@ pub fn assemble_group(
         samples: g
             .outputs
             .into_iter()
+            .zip(g.versions)
             .enumerate()
-            .map(|(i, out)| {
+            .map(|(i, (out, versions))| {
                 let values = peak_values(&out, stats.peak_on);
                 let threshold = match stats.peak_scope {
                     PeakScope::Response => peak_threshold(&values, stats.peak_quantile),
@@ -159,7 +162,7 @@ pub fn assemble_group(
                 let flags = peak_flags(&values, threshold);
                 let score = scores.as_mut().and_then(Iterator::next);
                 let adv = rewards.as_ref().map_or(0.0, |r| r.advantages[i]);
-                sample(i, out, flags, score.map(|s| (s, adv)), weights_version)
+                sample(i, out, flags, score.map(|s| (s, adv)), versions)
             })
             .collect(),
     }
@@ -278,11 +281,16 @@ mod tests {
         }
     }
 
+    /// A group whose first output version 3 drew up to its token 4, and version 5 after; the
+    /// others version 3 alone.
     fn group(outputs: Vec<SequenceOutput>) -> FinishedGroup {
+        let mut versions = vec![VersionRuns::starting(3); outputs.len()];
+        versions[0].switch(5, 4);
         FinishedGroup {
             id: "g".into(),
             prompt_token_ids: vec![1],
             outputs,
+            versions,
             scores: None,
         }
     }
@@ -294,7 +302,6 @@ mod tests {
             vec![group(vec![output(&values), output(&[5.0])])],
             &DEFAULT_STATS,
             AdvantageSpec::Grpo,
-            3,
             0,
         );
         let s0 = &groups[0].samples[0];
@@ -304,6 +311,9 @@ mod tests {
         assert!((s0.top_p_entropy_sum - 4.5).abs() < 1e-5);
         assert!((s0.entropy_sum - 9.0).abs() < 1e-5);
         assert!(s0.truncated && s0.weights_version == 3);
+        assert_eq!(s0.weights_versions, Some(vec![(3, 0), (5, 4)]));
+        let s1 = &groups[0].samples[1];
+        assert_eq!((s1.weights_version, &s1.weights_versions), (3, &None));
         // A one-token response has no peaks even with a large value.
         assert_eq!(groups[0].samples[1].peak_count, 0);
         assert_eq!(summary.tokens, 11);
@@ -325,7 +335,6 @@ mod tests {
             &stats,
             AdvantageSpec::Grpo,
             0,
-            0,
         );
         // Threshold over 10 values: sorted position 7.2 lies between 0.1 and 0.9.
         let th = summary.peak_threshold.unwrap();
@@ -342,7 +351,7 @@ mod tests {
         };
         let mut out = output(&[0.5, 0.5, 0.5, 0.5, 0.5]);
         out.tokens[2].entropy = 9.0;
-        let (groups, ..) = assemble(vec![group(vec![out])], &stats, AdvantageSpec::Grpo, 0, 0);
+        let (groups, ..) = assemble(vec![group(vec![out])], &stats, AdvantageSpec::Grpo, 0);
         assert_eq!(
             groups[0].samples[0].peak,
             vec![false, false, true, false, false]

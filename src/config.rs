@@ -8,6 +8,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+use crate::in_flight::InFlight;
 use crate::model_store;
 
 /// Where the model runs.
@@ -171,6 +172,12 @@ settings! {
     watch_weights: PathBuf = PathBuf::new(), env "ENTROLL_WATCH_WEIGHTS";
     /// How often the weights directory is looked at (milliseconds).
     watch_interval_ms: u64 = 1_000, env "ENTROLL_WATCH_INTERVAL_MS";
+    /// What a weight update does to the samples running on the old weights, unless its
+    /// `POST /weights` body says otherwise (the watched directory's updates always use it):
+    /// `finish` (they finish on their version), `abort` (their requests answer 409
+    /// `weights_changed` with what they drew) or `continue` (the new weights draw on from
+    /// their next token).
+    weights_in_flight: InFlight = InFlight::Finish, env "ENTROLL_WEIGHTS_IN_FLIGHT";
 }
 
 impl Config {

@@ -4,7 +4,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::api::ErrorBody;
+use crate::api::{ErrorBody, PartialGroup};
 use crate::engine::EngineError;
 
 /// Everything that can go wrong with a request.
@@ -35,6 +35,20 @@ pub enum ApiError {
     /// A bug: the request's handler panicked (500). The server keeps serving.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A weight update with `in_flight: abort` stopped the request (409); `partial` holds what
+    /// its unanswered groups drew. Retrying it runs it on the new weights.
+    #[error(
+        "the weights changed from version {from} to {to} while the request ran (in_flight: \
+         abort); retry it, or resume its samples from `partial`"
+    )]
+    WeightsChanged {
+        /// The version the request started on.
+        from: u64,
+        /// The version that replaced it.
+        to: u64,
+        /// Every group not answered yet, with what each sample drew.
+        partial: Vec<PartialGroup>,
+    },
 }
 
 impl ApiError {
@@ -48,17 +62,20 @@ impl ApiError {
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Engine(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            // Not 503: a balancer that retries 503 elsewhere would drop the partial tokens.
+            ApiError::WeightsChanged { .. } => StatusCode::CONFLICT,
         }
     }
 
     /// Every `error_type` an answer can carry.
-    pub const ERROR_TYPES: [&'static str; 6] = [
+    pub const ERROR_TYPES: [&'static str; 7] = [
         "validation",
         "overloaded",
         "timeout",
         "engine",
         "shutting_down",
         "internal",
+        "weights_changed",
     ];
 
     /// The `error_type` string clients switch on (one of [`ApiError::ERROR_TYPES`]).
@@ -70,6 +87,7 @@ impl ApiError {
             ApiError::Engine(_) => "engine",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Internal(_) => "internal",
+            ApiError::WeightsChanged { .. } => "weights_changed",
         }
     }
 }
@@ -84,11 +102,15 @@ impl From<EngineError> for ApiError {
 }
 
 impl ApiError {
-    /// The answer's body: `{error, error_type}`.
+    /// The answer's body: `{error, error_type}`, and `partial` for `weights_changed`.
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             error: self.to_string(),
             error_type: self.error_type().to_string(),
+            partial: match self {
+                ApiError::WeightsChanged { partial, .. } => Some(partial.clone()),
+                _ => None,
+            },
         }
     }
 }
@@ -120,6 +142,11 @@ mod tests {
             ApiError::Engine(String::new()),
             ApiError::ShuttingDown,
             ApiError::Internal(String::new()),
+            ApiError::WeightsChanged {
+                from: 0,
+                to: 1,
+                partial: Vec::new(),
+            },
         ] {
             assert!(ApiError::ERROR_TYPES.contains(&e.error_type()), "{e:?}");
         }

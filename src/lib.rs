@@ -8,8 +8,9 @@
 //! tokens) → [`rollout`] (admission and fan-out) → [`engine`] (the engine trait and its
 //! implementations; it imports no HTTP type), which calls [`sampling`] and [`stats`] for every
 //! token; [`rewards`] scores answers with the `verifier` crate; [`assemble`] builds the response
-//! (peak flags, sums, summary). [`error`] maps failures to HTTP answers; [`panic`] and
-//! [`quantile`] are shared helpers.
+//! (peak flags, sums, summary). [`weights`] swaps in new weights, and [`in_flight`] carries
+//! the requests running across a swap as its policy says. [`error`] maps failures to HTTP
+//! answers; [`panic`] and [`quantile`] are shared helpers.
 
 pub mod api;
 pub mod assemble;
@@ -17,6 +18,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod in_flight;
 pub mod mask_codec;
 pub mod metrics;
 pub mod model_store;

@@ -77,6 +77,9 @@ pub const WEIGHTS_VERSION: &str = "entroll_weights_version";
 /// Weight updates, by `outcome` (`swapped`, `rejected`) and `source` (`http`: POST /weights,
 /// `watch`: the watched directory).
 pub const WEIGHT_UPDATES: &str = "entroll_weight_updates_total";
+/// Samples a weight update stopped, by `in_flight`: `abort` (ended with what they drew) or
+/// `continue` (moved to the new weights at their next token).
+pub const SAMPLES_INTERRUPTED: &str = "entroll_samples_interrupted_total";
 /// Time to load new weights before the swap.
 pub const WEIGHT_LOAD_DURATION: &str = "entroll_weight_load_seconds";
 /// Prompt tokens the engine computed (native engine; a group's shared prompt counts once).
@@ -280,6 +283,11 @@ fn describe() {
         Unit::Count,
         "Weight updates, by outcome (swapped, rejected)."
     );
+    describe_counter!(
+        SAMPLES_INTERRUPTED,
+        Unit::Count,
+        "Samples a weight update stopped (abort) or moved to the new weights (continue)."
+    );
     describe_histogram!(
         WEIGHT_LOAD_DURATION,
         Unit::Seconds,
@@ -332,6 +340,9 @@ fn export_counters_at_zero() {
     }
     for outcome in ["swapped", "rejected"] {
         counter!(WEIGHT_UPDATES, "outcome" => outcome).absolute(0);
+    }
+    for in_flight in ["abort", "continue"] {
+        counter!(SAMPLES_INTERRUPTED, "in_flight" => in_flight).absolute(0);
     }
 }
 
@@ -498,6 +509,12 @@ pub fn weights_rejected(source: &'static str) {
     counter!(WEIGHT_UPDATES, "outcome" => "rejected", "source" => source).increment(1);
 }
 
+/// A weight update stopped a sample (`in_flight`: `abort`) or moved it to the new weights
+/// (`continue`).
+pub fn sample_interrupted(in_flight: &'static str) {
+    counter!(SAMPLES_INTERRUPTED, "in_flight" => in_flight).increment(1);
+}
+
 /// Every metric name, for checks that a dashboard queries only what entroll exports.
 pub const ALL: &[&str] = &[
     REQUESTS_RECEIVED,
@@ -530,6 +547,7 @@ pub const ALL: &[&str] = &[
     LAST_REWARD_MEAN,
     WEIGHTS_VERSION,
     WEIGHT_UPDATES,
+    SAMPLES_INTERRUPTED,
     WEIGHT_LOAD_DURATION,
     PREFILL_TOKENS,
     DECODE_BATCH,

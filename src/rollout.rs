@@ -9,30 +9,33 @@
 //! sequences queue here, in arrival order, and a cancelled request never reaches the engine.
 //! Each sequence runs in a task owned by the request's `JoinSet`: when the request is dropped
 //! (the client went away, whole or streamed) the tasks are aborted and their engine futures
-//! dropped.
+//! dropped. Weight swaps are published to every sample task, which follows them as the swap's
+//! `in_flight` policy says ([`crate::in_flight`]).
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::api::{Group, RolloutResponse, Served, Summary};
+use crate::api::{Group, PartialGroup, PartialSample, RolloutResponse, Served, Summary};
 use crate::assemble::{assemble, assemble_group, FinishedGroup, Totals};
 use crate::config::{Config, SamplerKind};
-use crate::engine::{Drawing, Engine, SequenceOutput, SequenceRequest};
+use crate::engine::{Drawing, Engine, SequenceRequest};
 use crate::error::ApiError;
+use crate::in_flight::{self, Generated, InFlight, Switch};
 use crate::metrics::{self, SequenceGauge};
 use crate::rewards::{score, RewardValues, Score};
 use crate::sampling::{DrawKey, TokenSampler};
 use crate::stats::{NucleusParams, Truncation};
 use crate::validation::{tokenize, TokenizedRollout, ValidRollout};
 
-/// A finished sequence and its verifier score (when its prompt has a gold answer).
-type ScoredOutput = (SequenceOutput, Option<Score>);
+/// A sample's tokens and its verifier score (when its prompt has a gold answer and the sample
+/// was not aborted).
+type ScoredOutput = (Generated, Option<Score>);
 
 /// The engine being served and the version of its weights. A request takes one snapshot when
-/// it starts and runs every sample on it, so a weight swap never splits a request.
+/// it starts; its samples run on it unless a swap's `in_flight` policy moves or stops them.
 #[derive(Clone)]
 pub struct Live {
     /// The engine, with the weights loaded.
@@ -43,7 +46,9 @@ pub struct Live {
 
 /// Serves rollout requests on the live engine.
 pub struct RolloutService {
-    live: RwLock<Live>,
+    /// The live engine, and the policy of the swap that made it live; every sample task
+    /// watches it.
+    switches: watch::Sender<Switch>,
     sampler: SamplerKind,
     requests: Arc<Semaphore>,
     max_requests: usize,
@@ -67,7 +72,10 @@ impl RolloutService {
         Self {
             sequences: Arc::new(Semaphore::new(sequence_slots)),
             sequence_slots,
-            live: RwLock::new(Live { engine, version: 0 }),
+            switches: watch::Sender::new(Switch {
+                live: Live { engine, version: 0 },
+                in_flight: InFlight::Finish,
+            }),
             sampler: config.sampler,
             requests: Arc::new(Semaphore::new(config.max_requests)),
             max_requests: config.max_requests,
@@ -81,16 +89,17 @@ impl RolloutService {
 
     /// The engine and weights version now serving new requests.
     pub fn live(&self) -> Live {
-        self.live
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.switches.borrow().live.clone()
     }
 
-    /// Makes `next` serve every request that starts from now on; requests already running
-    /// finish on the engine they started with, which is dropped after the last of them.
-    pub fn swap(&self, next: Live) {
-        *self.live.write().unwrap_or_else(PoisonError::into_inner) = next;
+    /// Makes `next` serve every request that starts from now on; the samples running on older
+    /// weights finish there, abort or move to `next`, as `in_flight` says. An engine is dropped
+    /// after the last sample running on it.
+    pub fn swap(&self, next: Live, in_flight: InFlight) {
+        self.switches.send_replace(Switch {
+            live: next,
+            in_flight,
+        });
     }
 
     /// Admits a request, or answers overloaded at once.
@@ -165,13 +174,15 @@ impl RolloutService {
                     sample: si,
                     request: SequenceRequest {
                         prompt: ids.clone(),
+                        drawn: Arc::new([]),
                         max_tokens: request.sampling.max_tokens,
                         stop: request.sampling.stop.clone(),
                         drawing: self.drawing(&request, pi as u32, si as u32),
+                        interrupt: Default::default(),
                     },
                     gold: p.answer.clone(),
                 };
-                tasks.spawn(self.sample_task(sequence, live.engine.clone()));
+                tasks.spawn(self.sample_task(sequence, live.clone()));
             }
             groups.push(PendingGroup {
                 id: p.id.clone(),
@@ -179,6 +190,7 @@ impl RolloutService {
                 rewarded: p.answer.is_some(),
                 outputs: vec![None; p.group_size],
                 waiting: p.group_size,
+                handed_out: false,
             });
         }
         let info = live.engine.info();
@@ -200,6 +212,7 @@ impl RolloutService {
             totals: groups.iter().map(|_| None).collect(),
             groups,
             tasks,
+            aborted_by: None,
             first_entered: None,
             first_token: None,
             started,
@@ -207,31 +220,42 @@ impl RolloutService {
         })
     }
 
-    /// One sample: waits for a sequence slot (the fair queue), generates, and verifies the
-    /// answer off the executor, overlapping the generation of the other samples.
+    /// One sample: waits for a sequence slot (the fair queue), generates on `live` and the
+    /// weights that swaps move it to ([`in_flight::generate`]), and verifies the answer off
+    /// the executor, overlapping the generation of the other samples. A swap under `abort`
+    /// stops it, waiting or running, with what it drew.
     fn sample_task(
         &self,
         sequence: Sequence,
-        engine: Arc<dyn Engine>,
+        live: Live,
     ) -> impl std::future::Future<Output = Result<SampleDone, ApiError>> + Send + 'static {
         let (slots, capacity) = (self.sequences.clone(), self.sequence_slots);
         let (values, verifier) = (self.rewards, self.verifier.clone());
+        let mut switches = self.switches.subscribe();
         async move {
+            let (prompt, sample) = (sequence.prompt, sequence.sample);
+            let follows = in_flight::interruptible(&sequence.request);
             let mut gauge = SequenceGauge::waiting();
-            let slot = slots
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| ApiError::Engine("the sequence scheduler has shut down".into()))?;
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot.map_err(|_| {
+                    ApiError::Engine("the sequence scheduler has shut down".into())
+                })?,
+                by = in_flight::aborted(&mut switches, live.version), if follows => {
+                    let generated = Generated::aborted_before_start(live.version, by);
+                    let output = (generated, None);
+                    return Ok(SampleDone { prompt, sample, output, entered: None });
+                }
+            };
             let entered = Instant::now();
             gauge.run(capacity - slots.available_permits() - 1);
             let prompt_len = sequence.request.prompt.len();
-            let output = engine.generate(sequence.request).await?;
-            metrics::sequence_finished(prompt_len, output.length, entered.elapsed());
+            let generated = in_flight::generate(live, sequence.request, &mut switches).await?;
+            let length = generated.output.length;
+            metrics::sequence_finished(prompt_len, length, entered.elapsed());
             drop((slot, gauge));
-            let score = match sequence.gold {
+            let score = match sequence.gold.filter(|_| generated.aborted_by.is_none()) {
                 Some(gold) => {
-                    let text = output.text.clone();
+                    let text = generated.output.text.clone();
                     let verdict =
                         tokio::task::spawn_blocking(move || score(&gold, &text, values, &verifier))
                             .await
@@ -241,10 +265,10 @@ impl RolloutService {
                 None => None,
             };
             Ok(SampleDone {
-                prompt: sequence.prompt,
-                sample: sequence.sample,
-                output: (output, score),
-                entered,
+                prompt,
+                sample,
+                output: (generated, score),
+                entered: Some(entered),
             })
         }
     }
@@ -263,8 +287,8 @@ struct SampleDone {
     prompt: usize,
     sample: usize,
     output: ScoredOutput,
-    /// When it got its sequence slot.
-    entered: Instant,
+    /// When it got its sequence slot (never, if an update aborted it before).
+    entered: Option<Instant>,
 }
 
 /// A started request: its samples' tasks (aborted when it is dropped) and the groups they
@@ -276,6 +300,8 @@ pub struct Running {
     /// Groups whose samples are all done and that were not handed out yet.
     ready: Vec<usize>,
     tasks: JoinSet<Result<SampleDone, ApiError>>,
+    /// Set when an update under `abort` stopped a sample: the version it swapped in.
+    aborted_by: Option<u64>,
     first_entered: Option<Instant>,
     first_token: Option<Instant>,
     started: Instant,
@@ -292,20 +318,49 @@ struct PendingGroup {
     outputs: Vec<Option<ScoredOutput>>,
     /// Samples not finished yet.
     waiting: usize,
+    /// Whether it was answered (then an abort's `partial` leaves it out).
+    handed_out: bool,
 }
 
 impl PendingGroup {
     /// The finished group, its samples in index order.
     fn finished(&mut self) -> FinishedGroup {
-        let (outputs, scores): (Vec<SequenceOutput>, Vec<Option<Score>>) =
+        self.handed_out = true;
+        let (samples, scores): (Vec<Generated>, Vec<Option<Score>>) =
             self.outputs.drain(..).flatten().unzip();
+        let (outputs, versions) = samples.into_iter().map(|g| (g.output, g.versions)).unzip();
         FinishedGroup {
             id: std::mem::take(&mut self.id),
             prompt_token_ids: self.prompt_ids.to_vec(),
             outputs,
+            versions,
             scores: self
                 .rewarded
                 .then(|| scores.into_iter().flatten().collect()),
+        }
+    }
+
+    /// What its samples drew, for an aborted request's answer.
+    fn partial(&self) -> PartialGroup {
+        PartialGroup {
+            id: self.id.clone(),
+            prompt_token_ids: self.prompt_ids.to_vec(),
+            samples: self
+                .outputs
+                .iter()
+                .enumerate()
+                .filter_map(|(index, sample)| {
+                    let (generated, _) = sample.as_ref()?;
+                    Some(PartialSample {
+                        index,
+                        token_ids: generated.output.tokens.iter().map(|r| r.token).collect(),
+                        text: generated.output.text.clone(),
+                        finish_reason: generated.output.finish_reason,
+                        weights_version: generated.versions.first(),
+                        weights_versions: generated.versions.switched(),
+                    })
+                })
+                .collect(),
         }
     }
 }
@@ -317,14 +372,30 @@ impl Running {
     }
 
     /// The next group whose samples are all done, with its index in the request, in
-    /// completion order; `None` once every group was handed out.
+    /// completion order; `None` once every group was handed out. When an update under `abort`
+    /// stopped a sample, waits for every other sample (the update stops them too) and fails
+    /// with what the groups not handed out drew.
     async fn next_finished(&mut self) -> Result<Option<(usize, FinishedGroup)>, ApiError> {
         loop {
-            if let Some(index) = self.ready.pop() {
-                return Ok(Some((index, self.groups[index].finished())));
+            if self.aborted_by.is_none() {
+                if let Some(index) = self.ready.pop() {
+                    return Ok(Some((index, self.groups[index].finished())));
+                }
             }
             let Some(joined) = self.tasks.join_next().await else {
-                return Ok(None);
+                return match self.aborted_by {
+                    Some(to) => Err(ApiError::WeightsChanged {
+                        from: self.served.weights_version,
+                        to,
+                        partial: self
+                            .groups
+                            .iter()
+                            .filter(|g| !g.handed_out)
+                            .map(PendingGroup::partial)
+                            .collect(),
+                    }),
+                    None => Ok(None),
+                };
             };
             let done =
                 joined.map_err(|e| ApiError::Engine(format!("sequence task failed: {e}")))??;
@@ -334,9 +405,14 @@ impl Running {
 
     fn record(&mut self, done: SampleDone) {
         let earliest = |a: Option<Instant>, b: Instant| Some(a.map_or(b, |a| a.min(b)));
-        self.first_entered = earliest(self.first_entered, done.entered);
-        if let Some(t) = done.output.0.first_token_at {
+        if let Some(t) = done.entered {
+            self.first_entered = earliest(self.first_entered, t);
+        }
+        if let Some(t) = done.output.0.output.first_token_at {
             self.first_token = earliest(self.first_token, t);
+        }
+        if let Some(by) = done.output.0.aborted_by {
+            self.aborted_by = self.aborted_by.max(Some(by));
         }
         let group = &mut self.groups[done.prompt];
         group.outputs[done.sample] = Some(done.output);
@@ -354,7 +430,7 @@ impl Running {
             return Ok(None);
         };
         let s = &self.served;
-        let group = assemble_group(finished, &s.stats, s.advantage, s.weights_version, None);
+        let group = assemble_group(finished, &s.stats, s.advantage, None);
         self.totals[index] = Some(Totals::of(&group));
         metrics::group_served(&group);
         Ok(Some(group))
@@ -382,7 +458,6 @@ impl Running {
             finished.into_iter().flatten().collect(),
             &s.stats,
             s.advantage,
-            s.weights_version,
             self.started.elapsed().as_millis() as u64,
         );
         for g in &groups {

@@ -55,7 +55,7 @@ impl AppState {
     ) -> Arc<Self> {
         Arc::new(Self {
             service: RolloutService::new(engine, &config),
-            weights: WeightUpdater::new(loader),
+            weights: WeightUpdater::new(loader, config.weights_in_flight),
             config,
             metrics,
             shutdown: Arc::new(Shutdown::default()),

@@ -3,10 +3,10 @@
 //! A learner publishes version `v` by writing the directory `DIR/<v>/` (a safetensors
 //! checkpoint, as `POST /weights` takes) and then an empty file `DIR/<v>/READY`. Every replica
 //! watching `DIR` loads the highest complete version above the one it serves, with the same
-//! checks and atomic swap as `POST /weights` ([`WeightUpdater`]): requests running keep their
-//! version, every request after the swap runs on the new one. Directories without `READY` are
-//! still being written and are left alone; a version that is refused (another architecture,
-//! unreadable weights) is logged with the reason, counted in
+//! checks and atomic swap as `POST /weights` ([`WeightUpdater`]): every request after the swap
+//! runs on the new version, the samples running do what `weights_in_flight` says.
+//! Directories without `READY` are still being written and are left alone; a version that is
+//! refused (another architecture, unreadable weights) is logged with the reason, counted in
 //! `entroll_weight_updates_total{outcome="rejected",source="watch"}`, and not tried again. A
 //! replica that starts (or restarts) catches up before it listens, so it never serves an older
 //! version than the directory offers. The directory is polled, which works on shared volumes
@@ -80,6 +80,7 @@ impl Watcher {
         let request = WeightsRequest {
             path: path.display().to_string(),
             version: Some(version),
+            in_flight: None,
         };
         match state.weights.update(&state.service, request, "watch").await {
             Ok(_) => version,

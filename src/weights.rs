@@ -2,10 +2,11 @@
 //!
 //! The new engine is loaded while the old one keeps serving. It must declare the same
 //! architecture (`config.json` shape keys) and produce the same vocabulary width; otherwise the
-//! update is refused and nothing changes. The swap is atomic: requests that started before it
-//! finish on the old weights (and report the old version), every request after it runs on the
-//! new ones. The old engine is dropped with its last request; the new one starts with an empty
-//! prefix cache. Updates run one at a time.
+//! update is refused and nothing changes. The swap is atomic: every request after it runs on
+//! the new weights; the samples running on the old ones finish there (and report the old
+//! version), abort, or go on under the new weights, as the update's `in_flight` says
+//! ([`crate::in_flight`]). The old engine is dropped with its last sample; the new one starts
+//! with an empty prefix cache. Updates run one at a time.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,20 +16,25 @@ use crate::api::{WeightsRequest, WeightsResponse};
 use crate::checkpoint;
 use crate::engine::EngineLoader;
 use crate::error::ApiError;
+use crate::in_flight::InFlight;
 use crate::metrics;
 use crate::rollout::{Live, RolloutService};
 
 /// Loads and swaps in new weights for a [`RolloutService`].
 pub struct WeightUpdater {
     loader: Arc<dyn EngineLoader>,
+    /// The policy of updates that do not name one.
+    in_flight: InFlight,
     one_at_a_time: tokio::sync::Mutex<()>,
 }
 
 impl WeightUpdater {
-    /// An updater that loads engines with `loader`.
-    pub fn new(loader: Arc<dyn EngineLoader>) -> Self {
+    /// An updater that loads engines with `loader`; updates that name no `in_flight` policy
+    /// apply `in_flight`.
+    pub fn new(loader: Arc<dyn EngineLoader>, in_flight: InFlight) -> Self {
         Self {
             loader,
+            in_flight,
             one_at_a_time: tokio::sync::Mutex::new(()),
         }
     }
@@ -90,19 +96,22 @@ impl WeightUpdater {
             )));
         }
         let load = started.elapsed();
+        let in_flight = request.in_flight.unwrap_or(self.in_flight);
         let response = WeightsResponse {
             weights_version: version,
             previous_version: current.version,
             model: loaded.id.clone(),
             path: request.path,
             load_ms: load.as_millis() as u64,
+            in_flight,
         };
-        service.swap(Live { engine, version });
+        service.swap(Live { engine, version }, in_flight);
         metrics::weights_swapped(version, load, source);
         tracing::info!(
             version,
             path = %response.path,
             load_ms = response.load_ms,
+            in_flight = in_flight.as_str(),
             "new weights serving"
         );
         Ok(response)

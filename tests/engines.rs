@@ -203,3 +203,153 @@ async fn gguf_and_safetensors_paths_agree() {
         "{compared} of {total} tokens in common"
     );
 }
+
+/// One sequence drawn by entroll's sampler (seed 9, top-p 0.9, masks returned) after `drawn`.
+fn sequence(
+    prompt: &std::sync::Arc<[u32]>,
+    drawn: &[u32],
+    max_tokens: usize,
+    stop: Option<&str>,
+) -> entroll::engine::SequenceRequest {
+    use entroll::stats::Truncation;
+    let mut sampler = entroll::sampling::TokenSampler::plain(
+        1.0,
+        Truncation {
+            top_k: None,
+            top_p: 0.9,
+        },
+        9,
+    );
+    sampler.mask = true;
+    entroll::engine::SequenceRequest {
+        prompt: prompt.clone(),
+        drawn: drawn.into(),
+        max_tokens,
+        stop: stop.into_iter().map(str::to_string).collect(),
+        drawing: entroll::engine::Drawing::Entroll(sampler),
+        interrupt: Default::default(),
+    }
+}
+
+fn ids(output: &entroll::engine::SequenceOutput) -> Vec<u32> {
+    output.tokens.iter().map(|r| r.token).collect()
+}
+
+/// The shortest piece of `text` around byte `at` that occurs first there: a stop string
+/// that a sequence resumed at `at` only completes with the tokens it draws itself.
+fn spanning(text: &str, at: usize) -> String {
+    let start = text[..at].char_indices().last().map_or(0, |(i, _)| i);
+    let ends = text[at..].char_indices().skip(1).map(|(i, _)| at + i);
+    ends.chain([text.len()])
+        .map(|end| &text[start..end])
+        .find(|piece| text.find(piece) == Some(start))
+        .unwrap_or_else(|| panic!("no piece of {text:?} at {at} occurs first there"))
+        .to_string()
+}
+
+/// A sequence resumed from its first tokens (as a weight update under `continue` resumes it)
+/// draws what it would have drawn uninterrupted: the same tokens with the same statistics, the
+/// same text, and a stop string that spans the resumption ends it at the same token. One
+/// interrupted before its first step answers at once with nothing new drawn.
+async fn resuming_agrees_on(kind: entroll::config::EngineKind) {
+    use entroll::engine::{ChatMessage, EngineLoader, FinishReason, PromptInput};
+    let model = common::safetensors_model();
+    let config = entroll::config::Config {
+        model: model.clone(),
+        engine: kind,
+        ..Default::default()
+    };
+    let engine = entroll::engine::ConfiguredLoader(config)
+        .load(&model)
+        .await
+        .unwrap();
+    let prompt: std::sync::Arc<[u32]> = engine
+        .tokenize(&PromptInput::Messages(vec![ChatMessage {
+            role: "user".into(),
+            content: "Write a long poem about rivers and the sea.".into(),
+        }]))
+        .await
+        .unwrap()
+        .into();
+    let whole = engine
+        .generate(sequence(&prompt, &[], 40, None))
+        .await
+        .unwrap();
+    let all = ids(&whole);
+    assert!(all.len() >= 20, "{kind:?}: only {} tokens", all.len());
+    let k = all.len() / 2;
+    let head = engine
+        .generate(sequence(&prompt, &[], k, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&head),
+        all[..k],
+        "{kind:?}: the same seed drew other tokens"
+    );
+
+    let resumed = engine
+        .generate(sequence(&prompt, &all[..k], 40, None))
+        .await
+        .unwrap();
+    assert_eq!(ids(&resumed), all[k..], "{kind:?}: resumed at {k}");
+    assert_eq!(resumed.length, all.len() - k);
+    assert_eq!(resumed.masks.as_ref().map(Vec::len), Some(all.len() - k));
+    for (a, b) in whole.tokens[k..].iter().zip(&resumed.tokens) {
+        assert!(
+            (a.logprob - b.logprob).abs() < 1e-3,
+            "{kind:?}: {a:?} vs {b:?}"
+        );
+        assert!(
+            (a.entropy - b.entropy).abs() < 1e-3,
+            "{kind:?}: {a:?} vs {b:?}"
+        );
+    }
+    assert_eq!(resumed.text, whole.text, "{kind:?}");
+    assert_eq!(resumed.finish_reason, whole.finish_reason, "{kind:?}");
+
+    // A stop string across the resumption point.
+    assert!(whole.text.starts_with(&head.text), "{kind:?}");
+    let stop = spanning(&whole.text, head.text.len());
+    let stopped = engine
+        .generate(sequence(&prompt, &[], 40, Some(&stop)))
+        .await
+        .unwrap();
+    let stopped_resumed = engine
+        .generate(sequence(&prompt, &all[..k], 40, Some(&stop)))
+        .await
+        .unwrap();
+    assert_eq!(
+        stopped.finish_reason,
+        FinishReason::Stop,
+        "{kind:?}: {stop:?}"
+    );
+    assert_eq!(
+        (stopped_resumed.finish_reason, &stopped_resumed.text),
+        (FinishReason::Stop, &stopped.text),
+        "{kind:?}: {stop:?}"
+    );
+    assert_eq!(
+        ids(&stopped_resumed),
+        ids(&stopped)[k..],
+        "{kind:?}: {stop:?}"
+    );
+
+    // Interrupted before its first step: nothing new, the text of what it had drawn.
+    let interrupted = sequence(&prompt, &all[..k], 40, None);
+    interrupted.interrupt.set();
+    let cut = engine.generate(interrupted).await.unwrap();
+    assert_eq!(cut.finish_reason, FinishReason::Abort, "{kind:?}");
+    assert_eq!((cut.length, cut.tokens.len()), (0, 0), "{kind:?}");
+    assert_eq!(cut.text, head.text, "{kind:?}");
+}
+
+#[tokio::test]
+async fn a_resumed_sequence_draws_on_as_if_uninterrupted_on_native() {
+    resuming_agrees_on(entroll::config::EngineKind::Native).await;
+}
+
+#[tokio::test]
+async fn a_resumed_sequence_draws_on_as_if_uninterrupted_on_mistralrs() {
+    resuming_agrees_on(entroll::config::EngineKind::Mistralrs).await;
+}

@@ -7,7 +7,12 @@
 //! Prompts are tokenized here and sent as token ids, so the tap never relies on the context
 //! mistral.rs passes it (which omits prefix-cached tokens). Dropping a `generate` future
 //! cancels its sequence at the next step: the tap then fails, and mistral.rs drops the
-//! sequence (mistral.rs does not watch for closed response channels).
+//! sequence (mistral.rs does not watch for closed response channels). An [`Interrupt`] fails
+//! the tap the same way, and the sequence is answered with the tokens the tap recorded. Tokens
+//! drawn before an interruption are sent after the prompt. mistral.rs checks stop strings on the
+//! tokens it drew only, and one token late (on the text before the token just drawn), so with
+//! stop strings the sample is ended here, at the token that completes one, as the native
+//! engine ends it.
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -24,7 +29,8 @@ use mistralrs::{
 };
 
 use super::{
-    Drawing, Engine, EngineError, ModelInfo, PromptInput, SequenceOutput, SequenceRequest,
+    Drawing, Engine, EngineError, Interrupt, ModelInfo, PromptInput, SequenceOutput,
+    SequenceRequest,
 };
 use crate::config::{Config, DeviceKind, WeightsDType};
 use crate::engine::FinishReason;
@@ -41,10 +47,14 @@ pub struct MistralRsEngine {
 /// The per-sequence logits processor that measures each step and forces entroll's draw.
 struct DrawTap {
     sampler: TokenSampler,
+    /// The draw index of the first token it draws (the tokens drawn before an interruption).
+    first_index: u32,
     state: Mutex<TapState>,
     /// Set when the caller stopped waiting; the next step then fails, which makes mistral.rs
     /// drop the sequence (it never notices a closed response channel by itself).
     cancelled: Arc<AtomicBool>,
+    /// Set to end the sequence with what it drew: the next step fails the same way.
+    interrupt: Interrupt,
 }
 
 /// Sets the flag when dropped: a `generate` future that is dropped cancels its sequence.
@@ -63,14 +73,23 @@ struct TapState {
     masks: Vec<Option<SamplingMask>>,
     first_token_at: Option<std::time::Instant>,
     error: Option<String>,
+    /// The tap refused a step because the sequence was interrupted.
+    interrupted: bool,
 }
 
 impl DrawTap {
-    fn new(sampler: TokenSampler, cancelled: Arc<AtomicBool>) -> Self {
+    fn new(
+        sampler: TokenSampler,
+        first_index: usize,
+        cancelled: Arc<AtomicBool>,
+        interrupt: Interrupt,
+    ) -> Self {
         Self {
             sampler,
+            first_index: first_index as u32,
             state: Mutex::new(TapState::default()),
             cancelled,
+            interrupt,
         }
     }
 }
@@ -88,9 +107,13 @@ impl CustomLogitsProcessor for DrawTap {
             crate::metrics::sequence_cancelled();
             return Err(candle_core::Error::Msg("cancelled by the client".into()));
         }
-        let row: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let index = state.records.len() as u32;
+        if self.interrupt.is_set() {
+            state.interrupted = true;
+            return Err(candle_core::Error::Msg("interrupted".into()));
+        }
+        let row: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
+        let index = self.first_index + state.records.len() as u32;
         let state = &mut *state;
         // This runs on mistral.rs's engine thread: a panic here must fail this sequence only.
         let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -293,6 +316,57 @@ impl MistralRsEngine {
     }
 }
 
+impl MistralRsEngine {
+    /// The text of `tokens`, special tokens left out, as mistral.rs words a completion
+    /// (leading whitespace trimmed). Like tokenization, it runs in a task of its own that
+    /// always waits for the answer.
+    async fn detokenize(&self, tokens: Vec<u32>) -> Result<String, EngineError> {
+        let model = self.model.clone();
+        let text = tokio::spawn(async move { model.detokenize(tokens, true).await })
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("detokenization task failed: {e}")))?
+            .map_err(|e| EngineError::Generation(format!("cannot detokenize: {e}")))?;
+        Ok(text.trim_start().to_string())
+    }
+
+    /// Sets `output.text` to the whole sample's text (`drawn`, then its tokens) and, where it
+    /// holds a stop string, ends the sample at the token that completes the first one.
+    async fn whole_text(
+        &self,
+        drawn: &[u32],
+        stop: &[String],
+        output: &mut SequenceOutput,
+    ) -> Result<(), EngineError> {
+        let ids = |n: usize| -> Vec<u32> {
+            let new = output.tokens[..n].iter().map(|r| r.token);
+            drawn.iter().copied().chain(new).collect()
+        };
+        let first_stop = |text: &str| stop.iter().filter_map(|s| text.find(s.as_str())).min();
+        let mut text = self.detokenize(ids(output.tokens.len())).await?;
+        if let Some(at) = first_stop(&text) {
+            // The fewest tokens whose text holds a stop string (it only grows with them).
+            let (mut lo, mut hi) = (0, output.tokens.len());
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if first_stop(&self.detokenize(ids(mid)).await?).is_some() {
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            output.tokens.truncate(hi);
+            if let Some(masks) = &mut output.masks {
+                masks.truncate(hi);
+            }
+            output.length = hi;
+            output.finish_reason = FinishReason::Stop;
+            text.truncate(at);
+        }
+        output.text = text;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Engine for MistralRsEngine {
     fn info(&self) -> &ModelInfo {
@@ -327,11 +401,12 @@ impl Engine for MistralRsEngine {
 
     async fn generate(&self, request: SequenceRequest) -> Result<SequenceOutput, EngineError> {
         let mut params = SamplingParams::neutral();
-        params.max_len = Some(request.max_tokens);
+        let drawn = request.drawn.len();
+        params.max_len = Some(request.max_tokens.saturating_sub(drawn));
         if !request.stop.is_empty() {
             params.stop_toks = Some(StopTokens::Seqs(request.stop.clone()));
         }
-        let prompt = request.prompt.to_vec();
+        let prompt = request.context().to_vec();
         match request.drawing {
             Drawing::Entroll(sampler) => {
                 // The tap's row forces one token; top_k = 1 keeps mistral.rs from sorting V.
@@ -340,22 +415,42 @@ impl Engine for MistralRsEngine {
                 let cancelled = Arc::new(AtomicBool::new(false));
                 let _cancel_on_drop = CancelOnDrop(cancelled.clone());
                 let masking = sampler.mask;
-                let tap = Arc::new(DrawTap::new(sampler, cancelled));
+                let interrupt = request.interrupt.clone();
+                let tap = Arc::new(DrawTap::new(sampler, drawn, cancelled, interrupt));
                 let result = self.run(prompt, params, Some(tap.clone())).await;
                 let state =
                     std::mem::take(&mut *tap.state.lock().unwrap_or_else(|p| p.into_inner()));
                 if let Some(error) = state.error {
                     return Err(EngineError::Generation(error));
                 }
-                let (choice, _) = result?;
-                Ok(SequenceOutput {
+                let choice = if state.interrupted {
+                    None
+                } else {
+                    Some(result?.0)
+                };
+                let mut output = SequenceOutput {
                     length: state.records.len(),
                     tokens: state.records,
                     masks: masking.then_some(state.masks),
-                    text: choice.text,
-                    finish_reason: finish_reason(&choice.finish_reason),
+                    text: String::new(),
+                    finish_reason: choice
+                        .as_ref()
+                        .map_or(FinishReason::Abort, |c| finish_reason(&c.finish_reason)),
                     first_token_at: state.first_token_at,
-                })
+                };
+                match choice {
+                    Some(choice) if drawn == 0 && request.stop.is_empty() => {
+                        output.text = choice.text;
+                    }
+                    // Interrupted, resumed, or with stop strings: mistral.rs checks them on
+                    // its own tokens only, and a token late (on the text before the token it
+                    // draws), so the ending is found here.
+                    _ => {
+                        self.whole_text(&request.drawn, &request.stop, &mut output)
+                            .await?
+                    }
+                }
+                Ok(output)
             }
             Drawing::Engine {
                 temperature,

@@ -3,9 +3,11 @@
 //! The scheduler and HTTP layer only ever see these types; the engines (entroll's own batched
 //! engine in [`native`], mistral.rs in [`mistralrs`]) stay behind the trait. An engine batches concurrent
 //! [`Engine::generate`] calls itself; dropping a `generate` future cancels that sequence
-//! within one engine step.
+//! within one engine step, and setting its [`Interrupt`] ends it there with what it drew so
+//! far (a weight update's `abort` and `continue`, [`crate::in_flight`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -39,7 +41,7 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the model's context.
     Length,
-    /// Cancelled.
+    /// Cancelled, or interrupted before it ended ([`Interrupt`]).
     Abort,
 }
 
@@ -92,20 +94,59 @@ pub enum Drawing {
     },
 }
 
+/// Asks an engine to end one sequence at its next step and answer with what it drew so far
+/// ([`FinishReason::Abort`]), instead of dropping it as a cancellation does. Clones share the
+/// flag; the default is never set.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt(Arc<AtomicBool>);
+
+impl Interrupt {
+    /// Ends the sequence at its next step.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Interrupt::set`] was called.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// One sequence to generate.
 #[derive(Debug, Clone)]
 pub struct SequenceRequest {
     /// Prompt tokens.
     pub prompt: Arc<[u32]>,
-    /// Most tokens to generate.
+    /// Tokens this sample already drew (before an interruption, under other weights): they
+    /// follow the prompt, count toward `max_tokens` and toward stop strings, and the draw goes
+    /// on at their count (the same draw keys as if it had never stopped). Usually empty.
+    pub drawn: Arc<[u32]>,
+    /// Most tokens to generate, `drawn` included.
     pub max_tokens: usize,
     /// Stop strings.
     pub stop: Vec<String>,
     /// Who draws the tokens, and how.
     pub drawing: Drawing,
+    /// Ends the sequence early with what it drew (engines check it at every step).
+    pub interrupt: Interrupt,
 }
 
-/// A finished sequence.
+impl SequenceRequest {
+    /// The prompt the model reads before drawing: `prompt` then `drawn`.
+    pub fn context(&self) -> Arc<[u32]> {
+        if self.drawn.is_empty() {
+            return self.prompt.clone();
+        }
+        self.prompt
+            .iter()
+            .chain(self.drawn.iter())
+            .copied()
+            .collect()
+    }
+}
+
+/// A finished sequence. For a request with [`SequenceRequest::drawn`] tokens, `tokens`, `masks`
+/// and `length` are those of the tokens drawn after them, `text` is the whole sample's.
 #[derive(Debug, Clone)]
 pub struct SequenceOutput {
     /// Generated tokens with their statistics; empty under [`Drawing::Engine`], whose sampler
@@ -116,7 +157,7 @@ pub struct SequenceOutput {
     pub masks: Option<Vec<Option<SamplingMask>>>,
     /// Number of generated tokens.
     pub length: usize,
-    /// Decoded text.
+    /// Decoded text (cut before a stop string).
     pub text: String,
     /// Why generation ended.
     pub finish_reason: FinishReason,

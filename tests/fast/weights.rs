@@ -10,7 +10,7 @@ use crate::common::{post_to, samples};
 use crate::harness;
 use serde_json::{json, Value};
 
-async fn post_weights(base: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn post_weights(base: &str, body: Value) -> (u16, Value) {
     let resp = crate::common::client()
         .post(format!("{base}/weights"))
         .json(&body)
@@ -112,6 +112,8 @@ async fn a_swap_under_load_loses_nothing_and_bad_weights_change_nothing() {
     assert_eq!(status, 200, "{swapped}");
     assert_eq!(swapped["weights_version"], 1);
     assert_eq!(swapped["previous_version"], 0);
+    // The default policy: requests in flight finish on the weights they started with.
+    assert_eq!(swapped["in_flight"], "finish");
     let after: Vec<_> = (10..13)
         .map(|i| tokio::spawn(timed_rollout(base.clone(), i, 10)))
         .collect();
@@ -159,6 +161,10 @@ async fn a_swap_under_load_loses_nothing_and_bad_weights_change_nothing() {
             "must exceed",
         ),
         (json!({"path": 3}), "invalid"),
+        (
+            json!({"path": model.display().to_string(), "in_flight": "later"}),
+            "unknown variant",
+        ),
     ] {
         let (status, err) = post_weights(&base, body.clone()).await;
         assert_eq!(status, 422, "{body}: {err}");
@@ -177,7 +183,7 @@ async fn a_swap_under_load_loses_nothing_and_bad_weights_change_nothing() {
         server
             .metric("entroll_weight_updates_total{outcome=\"rejected\",source=\"http\"}")
             .await,
-        5.0
+        6.0
     );
     assert_eq!(
         server

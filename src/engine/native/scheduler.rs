@@ -1,11 +1,11 @@
 //! The native engine's batching loop, on a thread of its own.
 //!
-//! Each iteration: take the sequences that arrived, drop the ones whose caller left, admit
-//! waiting sequences into free cache slots (samples of one prompt that arrive together are
-//! prefilled once and the prompt's keys and values copied to each of them), then run one decode
-//! forward for every running sequence, measure and draw each row, and answer the sequences
-//! that finished. Prompt tokens per iteration are bounded, so a long prompt delays the running
-//! sequences by one chunk at most.
+//! Each iteration: take the sequences that arrived, drop the ones whose caller left, answer
+//! the interrupted ones with what they drew, admit waiting sequences into free cache slots
+//! (samples of one prompt that arrive together are prefilled once and the prompt's keys and
+//! values copied to each of them), then run one decode forward for every running sequence,
+//! measure and draw each row, and answer the sequences that finished. Prompt tokens per
+//! iteration are bounded, so a long prompt delays the running sequences by one chunk at most.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -191,13 +191,15 @@ impl Scheduler {
             )));
             return;
         }
-        self.batcher.push(id, job.request.prompt.clone());
+        // Tokens drawn before an interruption are prefilled after the prompt and go on counting
+        // as generated: toward max_tokens, stop strings and the draw index.
+        self.batcher.push(id, job.request.context());
         let masks = matches!(&job.request.drawing, Drawing::Entroll(s) if s.mask).then(Vec::new);
         self.sequences.insert(
             id,
             Sequence {
+                generated: job.request.drawn.to_vec(),
                 job,
-                generated: Vec::new(),
                 records: Vec::new(),
                 masks,
                 first_token_at: None,
@@ -205,9 +207,11 @@ impl Scheduler {
         );
     }
 
-    /// One iteration: cancellations, admissions and prompt chunks, one decode forward.
+    /// One iteration: cancellations and interruptions, admissions and prompt chunks, one
+    /// decode forward.
     fn step(&mut self) -> candle_core::Result<()> {
         self.drop_cancelled();
+        self.answer_interrupted();
         for copy in self.batcher.admit() {
             self.cache.copy_prefix(copy.from, copy.to, copy.rows)?;
         }
@@ -227,6 +231,23 @@ impl Scheduler {
             crate::metrics::sequence_cancelled();
             self.batcher.remove(id);
             self.sequences.remove(&id);
+        }
+    }
+
+    /// Answers the sequences whose [`crate::engine::Interrupt`] was set with what they drew so
+    /// far, and frees their slots.
+    fn answer_interrupted(&mut self) {
+        let interrupted: Vec<SeqId> = self
+            .sequences
+            .iter()
+            .filter(|(_, s)| s.job.request.interrupt.is_set())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in interrupted {
+            self.batcher.remove(id);
+            let mut output = self.output(&self.sequences[&id]);
+            output.finish_reason = FinishReason::Abort;
+            self.answer(id, Ok(output));
         }
     }
 
@@ -451,7 +472,7 @@ impl Scheduler {
         SequenceOutput {
             tokens: seq.records.clone(),
             masks: seq.masks.clone(),
-            length: seq.generated.len(),
+            length: seq.generated.len() - request.drawn.len(),
             text,
             finish_reason,
             first_token_at: seq.first_token_at,
