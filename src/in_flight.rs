@@ -3,7 +3,9 @@
 //! under the new weights from their next token.
 //!
 //! The service publishes every update as a [`Switch`] on a watch channel; each sample follows
-//! it through [`generate`]. A sample that must stop is interrupted in the engine
+//! it through [`generate`]. A switch holds what every update so far asks of older versions,
+//! so a sample that sees only the latest one (the channel keeps no history) still does what
+//! each update asked. A sample that must stop is interrupted in the engine
 //! ([`crate::engine::Interrupt`]), which answers with the tokens drawn so far; under
 //! `continue` they are sent to the new engine as [`SequenceRequest::drawn`], so the draw goes on
 //! at the same index with the same keys and stop strings are checked across the switch, and
@@ -45,21 +47,77 @@ impl InFlight {
     }
 }
 
-/// The engine that serves new requests, and what the update that made it live asks of the
-/// samples running on older weights.
+/// The engine that serves new requests, and what the updates so far ask of the samples
+/// running on older weights.
 #[derive(Clone)]
 pub struct Switch {
     /// The engine and its weights version.
     pub live: Live,
-    /// What happens to samples running on an older version.
-    pub in_flight: InFlight,
+    /// What the updates so far ask of older versions.
+    asked: Asked,
 }
 
 impl Switch {
-    /// Whether this switch stops a sample running on `version` (`abort` or `continue` to a
-    /// newer version).
-    fn stops(&self, version: u64) -> bool {
-        self.live.version > version && self.in_flight != InFlight::Finish
+    /// The first engine served: nothing asked of anyone yet.
+    pub fn first(live: Live) -> Self {
+        Self {
+            live,
+            asked: Asked::default(),
+        }
+    }
+
+    /// The switch that makes `next` live after this one, under `in_flight`.
+    pub fn then(&self, next: Live, in_flight: InFlight) -> Self {
+        Self {
+            asked: self.asked.then(next.version, in_flight),
+            live: next,
+        }
+    }
+
+    /// What the updates so far ask of a sample running on `version` ([`Asked::of`]).
+    pub fn asks(&self, version: u64) -> Option<InFlight> {
+        self.asked.of(version)
+    }
+}
+
+/// What every update so far asks of the samples on the versions it replaced, kept as two
+/// bounds so that it does not matter which updates a sample saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Asked {
+    /// Samples on a version below this abort: the highest version an `abort` update made live.
+    abort_below: u64,
+    /// Samples on a version below this (and not aborted) move to the live weights: the highest
+    /// version a `continue` update made live.
+    move_below: u64,
+}
+
+impl Asked {
+    /// After an update that makes `version` live under `in_flight`.
+    pub fn then(self, version: u64, in_flight: InFlight) -> Self {
+        match in_flight {
+            InFlight::Finish => self,
+            InFlight::Abort => Self {
+                abort_below: version,
+                ..self
+            },
+            InFlight::Continue => Self {
+                move_below: version,
+                ..self
+            },
+        }
+    }
+
+    /// What is asked of a sample running on `version`: `Some(Abort)` if an update under
+    /// `abort` replaced it, else `Some(Continue)` if one under `continue` did, else nothing (it
+    /// finishes there).
+    pub fn of(self, version: u64) -> Option<InFlight> {
+        if version < self.abort_below {
+            Some(InFlight::Abort)
+        } else if version < self.move_below {
+            Some(InFlight::Continue)
+        } else {
+            None
+        }
     }
 }
 
@@ -158,14 +216,13 @@ pub fn interruptible(request: &SequenceRequest) -> bool {
     matches!(request.drawing, Drawing::Entroll(_))
 }
 
-/// Waits until an update to a version above `version` asks the samples in flight to `abort`,
-/// and returns that version (never, if none does): a sample still waiting for its turn stops
-/// then.
+/// Waits until an update asks the samples on `version` to `abort`, and returns the version
+/// live then (never, if none does): a sample still waiting for its turn stops then.
 pub async fn aborted(switches: &mut watch::Receiver<Switch>, version: u64) -> u64 {
     loop {
         {
             let switch = switches.borrow_and_update();
-            if switch.stops(version) && switch.in_flight == InFlight::Abort {
+            if switch.asks(version) == Some(InFlight::Abort) {
                 return switch.live.version;
             }
         }
@@ -186,27 +243,31 @@ pub async fn generate(
     let follows = interruptible(&request);
     let mut versions = VersionRuns::starting(live.version);
     let mut so_far: Option<SequenceOutput> = None;
-    let mut pending: Option<Switch> = None;
     loop {
-        // The update that interrupted the last part, then the latest one: an update published
-        // before this part starts applies at once.
-        let latest = follows.then(|| switches.borrow_and_update().clone());
-        for switch in pending.take().into_iter().chain(latest) {
-            if switch.stops(live.version) {
-                let drawn = so_far.as_ref().map_or(0, |o| o.length);
-                metrics::sample_interrupted(switch.in_flight.as_str());
-                if switch.in_flight == InFlight::Abort {
+        // What the updates so far ask of this sample: before it starts, and after an update
+        // interrupted it.
+        if follows {
+            let switch = switches.borrow_and_update().clone();
+            match switch.asks(live.version) {
+                Some(InFlight::Abort) => {
+                    metrics::sample_interrupted(InFlight::Abort.as_str());
                     return Ok(Generated {
                         output: so_far.unwrap_or_else(nothing_drawn),
                         versions,
                         aborted_by: Some(switch.live.version),
                     });
                 }
-                versions.switch(switch.live.version, drawn);
-                live = switch.live;
+                Some(InFlight::Continue) => {
+                    metrics::sample_interrupted(InFlight::Continue.as_str());
+                    let drawn = so_far.as_ref().map_or(0, |o| o.length);
+                    versions.switch(switch.live.version, drawn);
+                    live = switch.live;
+                }
+                _ => {}
             }
         }
         request.interrupt = Interrupt::default();
+        let mut interrupted = false;
         let output = {
             let mut run = std::pin::pin!(live.engine.generate(request.clone()));
             let mut watching = follows;
@@ -216,12 +277,9 @@ pub async fn generate(
                     changed = switches.changed(), if watching => {
                         if changed.is_err() {
                             watching = false;
-                            continue;
-                        }
-                        let switch = switches.borrow_and_update().clone();
-                        if switch.stops(live.version) {
+                        } else if switches.borrow_and_update().asks(live.version).is_some() {
                             request.interrupt.set();
-                            pending = Some(switch);
+                            interrupted = true;
                             watching = false;
                         }
                     }
@@ -230,7 +288,7 @@ pub async fn generate(
         };
         let whole = append(so_far.take(), output);
         // A sample that ended before the engine saw its interruption ends as it is.
-        if whole.finish_reason != FinishReason::Abort || pending.is_none() {
+        if whole.finish_reason != FinishReason::Abort || !interrupted {
             return Ok(Generated {
                 output: whole,
                 versions,
@@ -245,6 +303,34 @@ pub async fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_update_so_far_applies_whichever_one_a_sample_sees() {
+        use InFlight::{Abort, Continue, Finish};
+        let none = Asked::default();
+        assert_eq!(none.of(0), None);
+        // 1 under continue, then 2 under finish: a sample on 0 that sees only the second still
+        // moves; one on 1 finishes there.
+        let second = none.then(1, Continue);
+        let third = second.then(2, Finish);
+        assert_eq!(second.of(0), Some(Continue));
+        assert_eq!(
+            (third.of(0), third.of(1), third.of(2)),
+            (Some(Continue), None, None)
+        );
+        // 3 under abort: every older version aborts, whatever came before.
+        let fourth = third.then(3, Abort);
+        for v in 0..3 {
+            assert_eq!(fourth.of(v), Some(Abort), "version {v}");
+        }
+        assert_eq!(fourth.of(3), None);
+        // 4 under continue: 3 moves, older ones still abort.
+        let fifth = fourth.then(4, Continue);
+        assert_eq!(
+            (fifth.of(2), fifth.of(3), fifth.of(4)),
+            (Some(Abort), Some(Continue), None)
+        );
+    }
 
     #[test]
     fn runs_keep_only_versions_that_drew_tokens() {

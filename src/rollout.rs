@@ -72,10 +72,7 @@ impl RolloutService {
         Self {
             sequences: Arc::new(Semaphore::new(sequence_slots)),
             sequence_slots,
-            switches: watch::Sender::new(Switch {
-                live: Live { engine, version: 0 },
-                in_flight: InFlight::Finish,
-            }),
+            switches: watch::Sender::new(Switch::first(Live { engine, version: 0 })),
             sampler: config.sampler,
             requests: Arc::new(Semaphore::new(config.max_requests)),
             max_requests: config.max_requests,
@@ -96,10 +93,8 @@ impl RolloutService {
     /// weights finish there, abort or move to `next`, as `in_flight` says. An engine is dropped
     /// after the last sample running on it.
     pub fn swap(&self, next: Live, in_flight: InFlight) {
-        self.switches.send_replace(Switch {
-            live: next,
-            in_flight,
-        });
+        self.switches
+            .send_modify(|switch| *switch = switch.then(next, in_flight));
     }
 
     /// Admits a request, or answers overloaded at once.
@@ -160,11 +155,13 @@ impl RolloutService {
         admission: Admission,
     ) -> Result<Running, ApiError> {
         let started = Instant::now();
-        let live = self.live();
         let TokenizedRollout {
             request,
             prompt_ids,
-        } = tokenize(req, live.engine.as_ref()).await?;
+        } = tokenize(req, self.live().engine.as_ref()).await?;
+        // Taken after tokenization, so that an update swapped in meanwhile serves the request
+        // from its start (same architecture, same vocabulary) rather than stopping it at once.
+        let live = self.live();
         let mut tasks = JoinSet::new();
         let mut groups = Vec::with_capacity(request.prompts.len());
         for (pi, (p, ids)) in request.prompts.iter().zip(prompt_ids).enumerate() {
@@ -323,7 +320,7 @@ struct PendingGroup {
 }
 
 impl PendingGroup {
-    /// The finished group, its samples in index order.
+    /// The finished group, its samples in index order; it is handed out.
     fn finished(&mut self) -> FinishedGroup {
         self.handed_out = true;
         let (samples, scores): (Vec<Generated>, Vec<Option<Score>>) =
@@ -371,15 +368,15 @@ impl Running {
         &self.served
     }
 
-    /// The next group whose samples are all done, with its index in the request, in
-    /// completion order; `None` once every group was handed out. When an update under `abort`
-    /// stopped a sample, waits for every other sample (the update stops them too) and fails
-    /// with what the groups not handed out drew.
-    async fn next_finished(&mut self) -> Result<Option<(usize, FinishedGroup)>, ApiError> {
+    /// The index of the next group whose samples are all done, in completion order; `None`
+    /// once every sample is done. When an update under `abort` stopped a sample, waits for
+    /// every other sample (the update stops them too) and fails with what the groups not
+    /// handed out drew.
+    async fn next_done(&mut self) -> Result<Option<usize>, ApiError> {
         loop {
             if self.aborted_by.is_none() {
                 if let Some(index) = self.ready.pop() {
-                    return Ok(Some((index, self.groups[index].finished())));
+                    return Ok(Some(index));
                 }
             }
             let Some(joined) = self.tasks.join_next().await else {
@@ -426,9 +423,10 @@ impl Running {
     /// when every group was answered. Only for `peak_scope: response`, where a group's peaks
     /// do not depend on the other groups.
     pub async fn next_group(&mut self) -> Result<Option<Group>, ApiError> {
-        let Some((index, finished)) = self.next_finished().await? else {
+        let Some(index) = self.next_done().await? else {
             return Ok(None);
         };
+        let finished = self.groups[index].finished();
         let s = &self.served;
         let group = assemble_group(finished, &s.stats, s.advantage, None);
         self.totals[index] = Some(Totals::of(&group));
@@ -449,13 +447,11 @@ impl Running {
 
     /// Waits for every group and answers them whole, in request order.
     pub async fn collect(mut self) -> Result<RolloutResponse, ApiError> {
-        let mut finished: Vec<Option<FinishedGroup>> = self.groups.iter().map(|_| None).collect();
-        while let Some((index, group)) = self.next_finished().await? {
-            finished[index] = Some(group);
-        }
+        while self.next_done().await?.is_some() {}
+        let finished = self.groups.iter_mut().map(PendingGroup::finished).collect();
         let s = &self.served;
         let (groups, summary, totals) = assemble(
-            finished.into_iter().flatten().collect(),
+            finished,
             &s.stats,
             s.advantage,
             self.started.elapsed().as_millis() as u64,

@@ -1,6 +1,7 @@
 //! Weight updates while requests run, on the real engine: `in_flight: abort` answers 409
 //! `weights_changed` with what each sample drew (a prefix of what it draws uninterrupted, the
-//! same seed on the same weights), whole or streamed; `continue` moves the samples to the new
+//! same seed on the same weights; all of it for a group done before), whole or streamed (the
+//! groups already sent left out); `continue` moves the samples to the new
 //! weights at their next token: onto the same checkpoint the draw goes on as if nothing
 //! happened (same keys, same tokens), onto other weights an independent re-scoring (the
 //! oracle: one plain forward per version) finds each run of tokens drawn by the version the
@@ -8,9 +9,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use entroll::engine::native::Oracle;
+use entroll::engine::{
+    Engine, EngineError, ModelInfo, PromptInput, SequenceOutput, SequenceRequest,
+};
 use entroll::in_flight::InFlight;
 use serde_json::{json, Value};
 
@@ -64,9 +70,44 @@ async fn drawing(server: &InProcess, n: usize) {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
-/// Checks an abort's `partial` against the uninterrupted draw `full`: every sample of
-/// `groups` is there, each drew a prefix of its full draw on version 0; returns how many were
-/// cut mid-way.
+/// The real engine, except that the samples of the prompt [`SHORT`] end after 3 tokens: a
+/// group that is done before an update comes.
+struct ShortFor {
+    inner: Arc<dyn Engine>,
+}
+
+/// The prompt whose samples [`ShortFor`] ends early.
+const SHORT: [u32; 3] = [504, 3575, 282];
+
+#[async_trait]
+impl Engine for ShortFor {
+    fn info(&self) -> &ModelInfo {
+        self.inner.info()
+    }
+
+    async fn tokenize(&self, prompt: &PromptInput) -> Result<Vec<u32>, EngineError> {
+        self.inner.tokenize(prompt).await
+    }
+
+    async fn generate(&self, mut request: SequenceRequest) -> Result<SequenceOutput, EngineError> {
+        if *request.prompt == SHORT {
+            request.max_tokens = 3;
+        }
+        self.inner.generate(request).await
+    }
+}
+
+/// [`request`] with a first group, `short`, whose samples [`ShortFor`] ends early.
+fn with_short(seed: u64) -> Value {
+    let mut body = request(seed, TOKENS);
+    let prompts = body["prompts"].as_array_mut().unwrap();
+    prompts.insert(0, json!({"id": "short", "token_ids": SHORT}));
+    body
+}
+
+/// Checks an abort's `partial` against the uninterrupted draw `full`: it lists `groups`, every
+/// sample of each; one cut by the update drew a strict prefix of its full draw, one done
+/// before drew all of it. Returns how many were cut.
 fn check_partial(
     partial: &Value,
     groups: &[&str],
@@ -89,18 +130,19 @@ fn check_partial(
                 s["index"].as_u64().unwrap(),
             );
             let (drawn, whole) = (&drawn[&key], &full[&key]);
-            assert!(
-                drawn.len() < whole.len() && whole.starts_with(drawn),
-                "{key:?}: {} drawn tokens are not a strict prefix of the {} drawn uninterrupted",
-                drawn.len(),
-                whole.len()
-            );
-            assert_eq!(s["finish_reason"], "abort", "{s}");
+            if s["finish_reason"] == "abort" {
+                assert!(
+                    drawn.len() < whole.len() && whole.starts_with(drawn),
+                    "{key:?}: {} drawn tokens are not a strict prefix of the {} drawn uninterrupted",
+                    drawn.len(),
+                    whole.len()
+                );
+                cut += 1;
+            } else {
+                assert_eq!(drawn, whole, "{key:?}: done before the update");
+            }
             assert_eq!(s["weights_version"], 0);
             assert!(s.get("weights_versions").is_none());
-            if !drawn.is_empty() {
-                cut += 1;
-            }
         }
     }
     cut
@@ -109,19 +151,24 @@ fn check_partial(
 #[tokio::test]
 async fn abort_answers_each_sample_s_tokens_so_far_whole_or_streamed() {
     let model = harness::tiny_model();
-    let server = harness::start(|c| c.max_running_sequences = 2 * SAMPLES);
+    let config = harness::config(|c| c.max_running_sequences = 3 * SAMPLES);
+    let server = harness::start_engine(config, |inner| Arc::new(ShortFor { inner }));
     let base = server.base.clone();
-    let (status, reference) = post_to(&base, request(7, TOKENS).to_string()).await;
-    assert_eq!(status, 200, "{reference}");
+    let (status, reference) = post_to(&base, with_short(7).to_string()).await;
+    assert_eq!(status, 200, "{}", reference["error"]);
     let full = token_ids(&reference["groups"]);
+    assert_eq!(full[&("short".to_string(), 0)].len(), 3);
 
-    // The same request twice, whole and streamed, both running when the update comes.
+    // The same request twice, whole and streamed, both running when the update comes, their
+    // group `short` already done.
     let whole = tokio::spawn({
         let base = base.clone();
-        async move { post_to(&base, request(7, TOKENS).to_string()).await }
+        async move { post_to(&base, with_short(7).to_string()).await }
     });
-    let mut streamed = Lines::post(&server, &request(7, TOKENS)).await;
+    let mut streamed = Lines::post(&server, &with_short(7)).await;
     assert_eq!(streamed.status, 200);
+    let first = streamed.next().await.unwrap();
+    assert_eq!(first["group"]["id"], "short", "{first}");
     drawing(&server, 2 * SAMPLES).await;
     let (status, swapped) = post_weights(
         &base,
@@ -131,24 +178,25 @@ async fn abort_answers_each_sample_s_tokens_so_far_whole_or_streamed() {
     assert_eq!(status, 200, "{swapped}");
     assert_eq!(swapped["in_flight"], "abort");
 
+    // The whole answer had answered nothing: every group is in `partial`, `short` whole.
     let (status, aborted) = whole.await.unwrap();
     assert_eq!(status, 409, "{}", aborted["error"]);
     assert_eq!(aborted["error_type"], "weights_changed");
     let message = aborted["error"].as_str().unwrap();
     assert!(message.contains("from version 0 to 1"), "{message}");
-    let mut cut = check_partial(&aborted["partial"], &["a", "b"], &full);
+    let mut cut = check_partial(&aborted["partial"], &["short", "a", "b"], &full);
 
-    // The stream's groups were all still running: it ends with the error line alone.
+    // The stream sent `short`: it ends with the error line, the other groups in `partial`.
     let lines = streamed.rest().await;
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["error_type"], "weights_changed");
     cut += check_partial(&lines[0]["partial"], &["a", "b"], &full);
-    assert!(cut >= 1, "no sample was cut mid-way");
+    assert!(cut >= 1, "no sample was cut by the update");
     assert_eq!(
         server
             .metric("entroll_samples_interrupted_total{in_flight=\"abort\"}")
             .await,
-        (2 * SAMPLES) as f64
+        cut as f64
     );
     assert_eq!(
         server
