@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod in_flight;
 pub mod mask_codec;
 pub mod metrics;
