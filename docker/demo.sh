@@ -21,16 +21,13 @@ OUT=$(realpath -m "${OUT:-target/demo}")
 DATASET=$(realpath "${DATASET:-docker/learner/data/gsm8k-sample.jsonl}")
 read -r -a extra <<< "${LEARNER_ARGS:-}"
 
-python=$(scripts/learner-env)
-model=$("$python" -c 'import os; print(os.path.join(os.environ.get("ENTROLL_HOME") or os.path.expanduser("~/.cache/entroll"), "models", "SmolLM2-135M-Instruct-hf"))')
-# BUILT=1: the binary is built already (scripts/test builds it once, with the tests).
-[ -n "${BUILT:-}" ] || cargo build --quiet --profile "$PROFILE" --bin entroll
-target=${CARGO_TARGET_DIR:-target}
-dir=$target/$PROFILE; [ "$PROFILE" = dev ] && dir=$target/debug
+source loadtest/lib.sh
+learner_setup
+python=$PYTHON model=$MODEL
 rm -rf "$OUT"; mkdir -p "$OUT"
 
 for method in $METHODS; do
-  "$dir/entroll" serve --port 0 --model "$model" > "$OUT/entroll-$method.stdout" 2> "$OUT/entroll-$method.log" &
+  "$ENTROLL_BIN" serve --port 0 --model "$model" > "$OUT/entroll-$method.stdout" 2> "$OUT/entroll-$method.log" &
   pid=$!
   trap 'kill -9 $pid 2>/dev/null || true' EXIT
   for _ in $(seq 600); do grep -q "listening on" "$OUT/entroll-$method.stdout" 2>/dev/null && break; sleep 0.2; done

@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source loadtest/lib.sh
 PROFILE=${PROFILE:-release}
-DATASET=${DATASET:-loadtest/data/gsm8k_test.jsonl}
+DATASET=${DATASET:-datasets/gsm8k_test.jsonl}
 CONFIGS=${CONFIGS:-"native=--engine native;native-nostats=--engine native --sampler engine;mistralrs=--engine mistralrs"}
 # BUILT=1: the binaries are built already (with PROFILE=dev, `scripts/test`'s build serves:
 # building one package here would resolve other features and rebuild mistral.rs and candle).

@@ -37,3 +37,16 @@ for s in sockets:
 print("\n".join(str(s.getsockname()[1]) for s in sockets))
 PY
 }
+
+# learner_setup: prepares the learner (scripts/learner-env) and the entroll binary of $PROFILE
+# (built unless BUILT is set: scripts/test builds it once, with the tests). Sets PYTHON (the
+# learner's interpreter), MODEL (the default model as safetensors, which the learner trains)
+# and ENTROLL_BIN (the binary's absolute path).
+learner_setup() {
+  PYTHON=$(scripts/learner-env)
+  MODEL=$("$PYTHON" -c 'import os; print(os.path.join(os.environ.get("ENTROLL_HOME") or os.path.expanduser("~/.cache/entroll"), "models", "SmolLM2-135M-Instruct-hf"))')
+  [ -n "${BUILT:-}" ] || cargo build --quiet --profile "${PROFILE:-release}" --bin entroll
+  local dir=${CARGO_TARGET_DIR:-target}/${PROFILE:-release}
+  [ "${PROFILE:-release}" = dev ] && dir=${CARGO_TARGET_DIR:-target}/debug
+  ENTROLL_BIN=$(realpath "$dir/entroll")
+}

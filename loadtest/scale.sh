@@ -41,7 +41,7 @@ rm -rf "$weights"; mkdir -p "$weights"
 common=(--model "$model" --watch-weights "$weights" --watch-interval-ms 200
         --shutdown-announce-ms 3000 --max-running-sequences 16)
 run_load() { # label url
-  "$dir/loadtest" --url "$2" --dataset loadtest/data/gsm8k_test.jsonl --label "$1" --quiet \
+  "$dir/loadtest" --url "$2" --dataset datasets/gsm8k_test.jsonl --label "$1" --quiet \
       --retries 20 --backoff-ms 250 --scrape-every 1 "${load[@]}" --output "$out/$1.json" \
       > /dev/null 2> "$out/$1.err" || true
 }

@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-dev}
 DURATION=${DURATION:-60}
-DATASET=${DATASET:-loadtest/data/gsm8k_test.jsonl}
+DATASET=${DATASET:-datasets/gsm8k_test.jsonl}
 OUT=${OUT:-target/soak}
 mkdir -p "$OUT"
 # BUILT=1: the binaries are built already (scripts/test builds them once, with the tests).

@@ -1,4 +1,4 @@
-//! The `entroll` command: `serve` (the default), `fetch-model` and `check-kernels`.
+//! The `entroll` command: `serve` (the default), `eval`, `fetch-model` and `check-kernels`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +31,9 @@ struct Cli {
 enum Command {
     /// Serve the model over HTTP (the default command).
     Serve(Box<ServeArgs>),
+    /// Evaluate a served model on JSONL math datasets: pass@1 and pass@k, entropy and length,
+    /// per dataset and overall.
+    Eval(EvalArgs),
     /// Install the default model (SmolLM2-135M-Instruct) into $ENTROLL_HOME/models.
     FetchModel(FetchArgs),
     /// Run the token-statistics kernel on a device against its CPU harness (bit for bit) and
@@ -48,6 +51,44 @@ struct ServeArgs {
     /// Shut down when standard input closes (lets a parent process own the server's lifetime).
     #[arg(long, hide = true)]
     exit_on_stdin_eof: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// The server's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    url: String,
+    /// A JSONL dataset (repeat for several): a problem and its gold answer a line, in the
+    /// formats of datasets/ (MATH-500, AIME, AMC, GSM8K, Minerva, OlympiadBench).
+    #[arg(long = "dataset", required = true)]
+    datasets: Vec<PathBuf>,
+    /// Samples per problem; pass@k is reported for k = 1, 2, 4, ... and this.
+    #[arg(long, default_value_t = 1)]
+    k: usize,
+    /// Only the first N problems of each dataset.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Most generated tokens per sample (default: the server's).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Nucleus sampling's p.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Seed of the first problem of each dataset (problem i uses seed + i).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Problems in flight at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Text appended to each problem in the user message.
+    #[arg(long, default_value = entroll::eval::run::DEFAULT_INSTRUCTION)]
+    instruction: String,
+    /// Write the report here (it goes to standard output otherwise).
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -86,9 +127,82 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Serve(args)) => run_server(*args),
+        Some(Command::Eval(args)) => eval(args),
         Some(Command::CheckKernels(args)) => check_kernels(args),
         None => run_server(cli.serve),
     }
+}
+
+fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    use entroll::eval::{dataset::Dataset, run};
+    let datasets = args
+        .datasets
+        .iter()
+        .map(|path| Dataset::read(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let settings = run::Settings {
+        url: args.url,
+        k: args.k,
+        max_tokens: args.max_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+        concurrency: args.concurrency,
+        instruction: args.instruction,
+    };
+    let total: usize = datasets
+        .iter()
+        .map(|d| args.limit.unwrap_or(usize::MAX).min(d.problems.len()))
+        .sum();
+    let bar = indicatif::ProgressBar::new(total as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} problems, {msg} (eta {eta})",
+        )?
+        .progress_chars("=> "),
+    );
+    let shown = bar.clone();
+    let report = tokio::runtime::Runtime::new()?.block_on(run::evaluate(
+        &datasets,
+        args.limit,
+        &settings,
+        move |done, scores| {
+            shown.set_position(done as u64);
+            shown.set_message(format!("pass@1 {:.3}", scores.pass(1).unwrap_or(0.0)));
+        },
+    ))?;
+    bar.finish_and_clear();
+    let json = serde_json::to_string_pretty(&report)?;
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, json + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+            for (name, d) in &report.datasets {
+                eprintln!("{name}: {}", summary_line(&d.scores, report.k));
+            }
+            eprintln!("overall: {}", summary_line(&report.overall, report.k));
+        }
+        None => println!("{json}"),
+    }
+    Ok(())
+}
+
+/// One line of a dataset's scores, for the terminal.
+fn summary_line(s: &entroll::eval::report::Scores, k: usize) -> String {
+    let pass_k = s
+        .pass(k)
+        .map_or(String::new(), |p| format!(", pass@{k} {p:.3}"));
+    format!(
+        "{} problems, pass@1 {:.3}{pass_k}, entropy {:.3}, length {:.1}{}",
+        s.problems,
+        s.pass(1).unwrap_or(0.0),
+        s.entropy_mean,
+        s.length_mean,
+        if s.refused > 0 {
+            format!(", {} refused", s.refused)
+        } else {
+            String::new()
+        }
+    )
 }
 
 fn check_kernels(args: CheckArgs) -> anyhow::Result<()> {

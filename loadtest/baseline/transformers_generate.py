@@ -2,7 +2,7 @@
 transformers' `generate` plus a per-token entropy pass over the returned scores.
 
     python loadtest/baseline/transformers_generate.py --model MODEL_DIR \\
-        --dataset loadtest/data/gsm8k_test.jsonl --prompts 64 --group-size 8 \\
+        --dataset datasets/gsm8k_test.jsonl --prompts 64 --group-size 8 \\
         --max-tokens 256 --batch-prompts 32 --device cuda --dtype bfloat16 --output report.json
 
 Same work as `loadtest` against entroll: chat-formatted problems with the boxed-answer

@@ -93,6 +93,13 @@ fn boxes(text: &str) -> Vec<(usize, usize, String)> {
     out
 }
 
+/// The final boxed answer of a text as the grader reads it: the last box, with a list of boxes
+/// just before it (see [`last_boxed`]). Datasets whose gold answers sit in their solutions'
+/// boxes (Minerva) are read with it.
+pub fn final_box(text: &str) -> Option<String> {
+    last_boxed(text).map(|(_, b)| b)
+}
+
 /// The last box, joined with the boxes just before it when the gap between them is short or
 /// ends in a list separator (`\boxed{1} and \boxed{2}`); repeated boxes count once.
 fn last_boxed(text: &str) -> Option<(usize, String)> {

@@ -1,4 +1,4 @@
-"""The learner: trains a policy with SIREN or AER through an entroll server.
+"""The learner: trains a policy with Dr.GRPO, SIREN or AER through an entroll server.
 
     python -m entroll_learner.train --url http://127.0.0.1:8000 --method siren --steps 5 \\
         --model-dir MODEL_DIR --checkpoints CKPT_DIR --out OUT_DIR
@@ -74,12 +74,18 @@ def streamed_terms(server: Entroll, request: dict, model, args, stats: dict):
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="SIREN / AER learner training through entroll")
     p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--method", choices=["siren", "aer"], required=True)
+    p.add_argument(
+        "--method",
+        choices=["drgrpo", "siren", "aer"],
+        required=True,
+        help="drgrpo: the policy loss alone; siren, aer: with their entropy terms",
+    )
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--dataset", required=True, help="JSONL with question/problem and answer")
     p.add_argument("--model-dir", required=True, help="the safetensors directory entroll serves at version 0")
     p.add_argument("--checkpoints", required=True, help="where checkpoints go (readable by entroll)")
     p.add_argument("--out", required=True, help="steps.jsonl and training.png go here")
+    p.add_argument("--instruction", default=PROMPT_SUFFIX, help="appended to each problem in the user message")
     p.add_argument("--prompts-per-step", type=int, default=2)
     p.add_argument("--group-size", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=48)
@@ -129,7 +135,7 @@ def main(argv=None) -> int:
         t0 = time.time()
         request = {
             "prompts": [
-                {"id": f"s{step}p{i}", "messages": [{"role": "user", "content": q + PROMPT_SUFFIX}], "answer": a}
+                {"id": f"s{step}p{i}", "messages": [{"role": "user", "content": q + args.instruction}], "answer": a}
                 for i, (q, a) in enumerate(batch)
             ],
             "group_size": args.group_size,
@@ -157,7 +163,10 @@ def main(argv=None) -> int:
 
         t1 = time.time()
         pg = torch.stack([t.pg_sum for t in terms]).mean() / args.max_tokens
-        if args.method == "siren":
+        if args.method == "drgrpo":
+            entropy_term = torch.zeros(())
+            current_entropy = None
+        elif args.method == "siren":
             h_bar = torch.stack([t.siren_mean for t in terms]).mean()
             entropy_term = args.beta * (h_bar - siren_anchor) ** 2
             current_entropy = h_bar.item()

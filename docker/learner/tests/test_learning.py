@@ -1,0 +1,61 @@
+"""The learning demo's task and figures: the generated arithmetic problems against an
+independent evaluation of their text, and the table's windows over runs."""
+
+import json
+import os
+import re
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from entroll_learner import arithmetic, learning  # noqa: E402
+
+QUESTION = re.compile(r"What is (\d+) ([-+*]) (\d+)\?")
+
+
+@pytest.mark.parametrize("level", [1, 2, 3, 4])
+def test_answers_are_the_questions_values(level):
+    rows = arithmetic.generate(300, seed=3, level=level)
+    ops = set()
+    for row in rows:
+        a, op, b = QUESTION.fullmatch(row["question"]).groups()
+        ops.add(op)
+        # The question's own text, evaluated apart from the generator.
+        assert int(row["answer"]) == eval(f"{int(a)} {op} {int(b)}")
+    assert ops == {1: {"+"}, 2: {"+", "-"}}.get(level, {"+", "-", "*"})
+
+
+def test_same_seed_same_problems_and_held_out_continues_the_draw():
+    train = arithmetic.generate(50, seed=0, level=2)
+    assert train == arithmetic.generate(50, seed=0, level=2)
+    assert train != arithmetic.generate(50, seed=1, level=2)
+    held_out = arithmetic.generate(10, seed=0, level=2, skip=50)
+    assert held_out == arithmetic.generate(60, seed=0, level=2)[50:]
+    assert {r["id"] for r in held_out}.isdisjoint(r["id"] for r in train)
+    with pytest.raises(ValueError):
+        arithmetic.generate(1, seed=0, level=5)
+
+
+def test_table_windows_are_over_the_first_and_last_five_steps(tmp_path):
+    def evaluation(pass1):
+        return {"k": 4, "overall": {"problems": 8, "pass@1": pass1, "pass@4": 2 * pass1, "entropy_mean": 0.5}}
+
+    (tmp_path / "before.json").write_text(json.dumps(evaluation(0.1)))
+    for seed, shift in [(0, 0.0), (1, 0.1)]:
+        run = tmp_path / "runs" / f"drgrpo-s{seed}"
+        run.mkdir(parents=True)
+        steps = [
+            {"step": i, "pass_rate": i / 10 + shift, "entropy_mean": 1.0 - i / 10, "top_p_entropy_mean": 0.5}
+            for i in range(1, 8)
+        ]
+        (run / "steps.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
+        (run / "after.json").write_text(json.dumps(evaluation(0.2 + shift)))
+        (run / "seconds").write_text("120")
+    before, runs = learning.load(str(tmp_path))
+    row = learning.table(before, runs).splitlines()[2].split(" | ")
+    # Steps 1-5 average 0.3 (seed 0) and 0.4 (seed 1); steps 3-7 average 0.5 and 0.6.
+    assert row[3] == "0.350 (0.300–0.400) → 0.550 (0.500–0.600)"
+    assert row[6] == "0.250 (0.200–0.300)"
+    assert row[9].startswith("2.0")
