@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source loadtest/lib.sh
-STEPS=${STEPS:-40}
+STEPS=${STEPS:-25}
 SEEDS=${SEEDS:-0 1}
 METHODS=${METHODS:-drgrpo siren aer}
 LEVEL=${LEVEL:-1}
