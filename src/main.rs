@@ -165,9 +165,9 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         &datasets,
         args.limit,
         &settings,
-        move |done, scores| {
+        move |done, pass_at_1| {
             shown.set_position(done as u64);
-            shown.set_message(format!("pass@1 {:.3}", scores.pass(1).unwrap_or(0.0)));
+            shown.set_message(format!("pass@1 {pass_at_1:.3}"));
         },
     ))?;
     bar.finish_and_clear();

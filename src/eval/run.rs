@@ -102,12 +102,12 @@ const ATTEMPTS: u32 = 6;
 const REFUSED_IN_A_ROW: usize = 8;
 
 /// Evaluates every problem of `datasets` (each cut to `limit` problems), calling `progress`
-/// after each problem with the number done and the scores so far.
+/// after each problem with the number done and the pass@1 of those answered so far.
 pub async fn evaluate(
     datasets: &[Dataset],
     limit: Option<usize>,
     settings: &Settings,
-    progress: impl Fn(usize, &Scores) + Send + Sync + 'static,
+    progress: impl Fn(usize, f64) + Send + Sync + 'static,
 ) -> anyhow::Result<Report> {
     anyhow::ensure!(settings.k >= 1, "--k must be at least 1");
     anyhow::ensure!(
@@ -139,19 +139,12 @@ pub async fn evaluate(
     let started = Instant::now();
     let jobs = Arc::new(jobs);
     let next = Arc::new(AtomicUsize::new(0));
-    let done: Arc<Mutex<Vec<Option<Outcome>>>> =
-        Arc::new(Mutex::new((0..jobs.len()).map(|_| None).collect()));
-    let finished = Arc::new(Mutex::new(Finished::default()));
+    let tally = Arc::new(Mutex::new(Tally::new(jobs.len())));
     let progress = Arc::new(progress);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..settings.concurrency.min(jobs.len()) {
-        let (jobs, next, done, finished, progress) = (
-            jobs.clone(),
-            next.clone(),
-            done.clone(),
-            finished.clone(),
-            progress.clone(),
-        );
+        let (jobs, next, tally, progress) =
+            (jobs.clone(), next.clone(), tally.clone(), progress.clone());
         let (client, settings) = (client.clone(), settings.clone());
         workers.spawn(async move {
             loop {
@@ -160,12 +153,9 @@ pub async fn evaluate(
                     return anyhow::Ok(());
                 };
                 let outcome = attempt(&client, &settings, problem, *seed).await?;
-                {
-                    let mut finished = finished.lock().expect("not poisoned");
-                    finished.push(&outcome)?;
-                    progress(finished.results.len(), &Scores::of(&finished.results));
-                }
-                done.lock().expect("not poisoned")[i] = Some(outcome);
+                let mut tally = tally.lock().expect("not poisoned");
+                tally.record(i, outcome)?;
+                progress(tally.done, tally.pass_at_1());
             }
         });
     }
@@ -175,7 +165,7 @@ pub async fn evaluate(
             return Err(e);
         }
     }
-    let outcomes = std::mem::take(&mut *done.lock().expect("not poisoned"));
+    let outcomes = std::mem::take(&mut tally.lock().expect("not poisoned").outcomes);
     let mut per_dataset: Vec<Vec<ProblemResult>> = vec![Vec::new(); datasets.len()];
     let (mut model, mut versions) = (None, BTreeSet::new());
     for ((d, _, _), outcome) in jobs.iter().zip(outcomes) {
@@ -215,34 +205,58 @@ pub async fn evaluate(
     })
 }
 
-/// The results in completion order, and how many of the latest were refused in a row.
-#[derive(Default)]
-struct Finished {
-    results: Vec<ProblemResult>,
+/// The outcomes so far, in job order, with the running figures the progress line and the
+/// refusal rule need.
+struct Tally {
+    outcomes: Vec<Option<Outcome>>,
+    done: usize,
+    answered: usize,
+    correct_share_sum: f64,
     refused_in_a_row: usize,
 }
 
-impl Finished {
-    /// Records an outcome; fails when too many problems in a row were refused.
-    fn push(&mut self, outcome: &Outcome) -> anyhow::Result<()> {
-        match outcome {
+impl Tally {
+    fn new(jobs: usize) -> Tally {
+        Tally {
+            outcomes: (0..jobs).map(|_| None).collect(),
+            done: 0,
+            answered: 0,
+            correct_share_sum: 0.0,
+            refused_in_a_row: 0,
+        }
+    }
+
+    /// Records job `i`'s outcome; fails when too many problems in a row were refused.
+    fn record(&mut self, i: usize, outcome: Outcome) -> anyhow::Result<()> {
+        self.done += 1;
+        match &outcome {
             Outcome::Answered(r, _, _) => {
                 self.refused_in_a_row = 0;
-                self.results.push(r.clone());
+                self.answered += 1;
+                self.correct_share_sum += r.c as f64 / r.n.max(1) as f64;
             }
             Outcome::Refused(r) => {
                 self.refused_in_a_row += 1;
-                self.results.push(r.clone());
                 if self.refused_in_a_row >= REFUSED_IN_A_ROW {
                     bail!(
                         "the server refused {} problems in a row: {}",
                         self.refused_in_a_row,
-                        first_error(&self.results)
+                        r.error.as_deref().unwrap_or("no reason given")
                     );
                 }
             }
         }
+        self.outcomes[i] = Some(outcome);
         Ok(())
+    }
+
+    /// pass@1 over the problems answered so far.
+    fn pass_at_1(&self) -> f64 {
+        if self.answered == 0 {
+            0.0
+        } else {
+            self.correct_share_sum / self.answered as f64
+        }
     }
 }
 
