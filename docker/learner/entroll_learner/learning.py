@@ -64,21 +64,21 @@ def smooth(xs: list[float], window: int = 5) -> list[float]:
 
 
 def plot(before: dict, runs: dict[str, list[dict]], png: str) -> None:
-    """Six panels: rollout pass rate, token-mean entropy, top-p entropy, AER's α, SIREN's
-    peak top-p entropy against its anchor, held-out pass@1 before and after."""
+    """Six panels: rollout pass rate, token-mean entropy and top-p entropy (5-step means, as
+    single steps of a few prompts are noisy), AER's α, SIREN's peak top-p entropy against its
+    anchor, held-out pass@1 before and after."""
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     panels = [
-        ("pass_rate", "rollout pass rate (5-step mean; band: seeds)", True),
-        ("entropy_mean", "token-mean entropy (nats)", False),
-        ("top_p_entropy_mean", "token-mean top-p entropy (nats)", False),
+        ("pass_rate", "rollout pass rate (5-step mean; band: seeds)"),
+        ("entropy_mean", "token-mean entropy, nats (5-step mean)"),
+        ("top_p_entropy_mean", "token-mean top-p entropy, nats (5-step mean)"),
     ]
-    for ax, (key, title, smoothed) in zip(axes.flat, panels):
+    for ax, (key, title) in zip(axes.flat, panels):
         for method in METHODS:
             if method not in runs:
                 continue
             steps, mean, low, high = per_step(runs[method], key)
-            if smoothed:
-                mean, low, high = smooth(mean), smooth(low), smooth(high)
+            mean, low, high = smooth(mean), smooth(low), smooth(high)
             ax.plot(steps, mean, color=COLOURS[method], label=NAMES[method])
             if len(runs[method]) > 1:
                 ax.fill_between(steps, low, high, color=COLOURS[method], alpha=0.2)

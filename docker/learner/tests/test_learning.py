@@ -5,6 +5,7 @@ import json
 import os
 import re
 import sys
+import zlib
 
 import pytest
 
@@ -15,7 +16,7 @@ from entroll_learner import arithmetic, learning  # noqa: E402
 QUESTION = re.compile(r"What is (\d+) ([-+*]) (\d+)\?")
 
 
-@pytest.mark.parametrize("level", [1, 2, 3, 4])
+@pytest.mark.parametrize("level", arithmetic.LEVELS)
 def test_answers_are_the_questions_values(level):
     rows = arithmetic.generate(300, seed=3, level=level)
     ops = set()
@@ -24,18 +25,27 @@ def test_answers_are_the_questions_values(level):
         ops.add(op)
         # The question's own text, evaluated apart from the generator.
         assert int(row["answer"]) == eval(f"{int(a)} {op} {int(b)}")
-    assert ops == {1: {"+"}, 2: {"+", "-"}}.get(level, {"+", "-", "*"})
+    assert ops == {1: {"+"}, 2: {"+"}, 3: {"+", "-"}}.get(level, {"+", "-", "*"})
 
 
-def test_same_seed_same_problems_and_held_out_continues_the_draw():
-    train = arithmetic.generate(50, seed=0, level=2)
-    assert train == arithmetic.generate(50, seed=0, level=2)
-    assert train != arithmetic.generate(50, seed=1, level=2)
-    held_out = arithmetic.generate(10, seed=0, level=2, skip=50)
-    assert held_out == arithmetic.generate(60, seed=0, level=2)[50:]
-    assert {r["id"] for r in held_out}.isdisjoint(r["id"] for r in train)
+@pytest.mark.parametrize("level", [1, 3])
+def test_same_seed_same_problems_and_held_out_questions_are_never_trained_on(level):
+    train = arithmetic.generate(2000, seed=0, level=level)
+    assert train == arithmetic.generate(2000, seed=0, level=level)
+    assert train != arithmetic.generate(2000, seed=1, level=level)
+    held = arithmetic.generate(100, seed=0, level=level, held=True)
+    questions = [r["question"] for r in held]
+    assert len(set(questions)) == len(questions)
+    assert {r["question"] for r in train}.isdisjoint(questions)
+    if level == 1:
+        # Every held-out question of the level's 180, found apart from the generator.
+        pool = {f"What is {a} + {b}?" for a in range(1, 21) for b in range(1, 10)}
+        assert set(questions) == {q for q in pool if zlib.crc32(q.encode()) % 5 == 0}
+        assert 20 < len(questions) < 60
+    else:
+        assert len(questions) == 100
     with pytest.raises(ValueError):
-        arithmetic.generate(1, seed=0, level=5)
+        arithmetic.generate(1, seed=0, level=6)
 
 
 def test_table_windows_are_over_the_first_and_last_five_steps(tmp_path):
