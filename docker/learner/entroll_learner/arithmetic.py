@@ -67,7 +67,8 @@ def generate(count: int, seed: int, level: int, held: bool = False) -> list[dict
             misses += 1
             continue
         misses = 0
-        seen.add(question)
+        if held:
+            seen.add(question)
         rows.append({"id": f"L{level}-{'h' if held else 't'}{len(rows)}", "question": question, "answer": str(answer)})
     return rows
 
