@@ -5,8 +5,10 @@
 //! Gaussian logits at three scales (flat to peaked) for SmolLM2's and Qwen2.5's vocabularies.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use entroll::sampling::{DrawKey, TokenSampler};
-use entroll::stats::{Distribution, NucleusParams, NucleusRule, Truncation, Workspace};
+use entroll::stats::distribution::{
+    Distribution, NucleusParams, NucleusRule, Truncation, Workspace,
+};
+use entroll::stats::sampling::{DrawKey, TokenSampler};
 
 fn row(v: usize, scale: f64, seed: u64) -> Vec<f32> {
     let mut s = seed;

@@ -94,7 +94,7 @@ struct EntShared {
   uint32_t ties_before[ENT_THREADS];
 };
 
-// Philox4x32-10, as src/sampling.rs: 128 random bits from a counter and a 64-bit key.
+// Philox4x32-10, as src/stats/sampling.rs: 128 random bits from a counter and a 64-bit key.
 ENT_HD void ent_philox(uint32_t c[4], uint32_t k0, uint32_t k1) {
   for (int round = 0; round < 10; ++round) {
     if (round > 0) {

@@ -4,36 +4,34 @@
 //! inference engine and returns every generated token with the statistics of the distribution
 //! it was drawn from (log-prob, entropy, SIREN nucleus, peak flags), per `docs/statistics.md`.
 //!
-//! Layout: [`api`] (wire types) → [`server`] (routes) → [`validation`] (limits, defaults, then
-//! tokens) → [`rollout`] (admission and fan-out) → [`engine`] (the engine trait and its
-//! implementations; it imports no HTTP type), which calls [`sampling`] and [`stats`] for every
-//! token; [`rewards`] scores answers with the `verifier` crate; [`assemble`] builds the response
-//! (peak flags, sums, summary). [`weights`] swaps in new weights, and [`in_flight`] carries
-//! the requests running across a swap as its policy says. [`error`] maps failures to HTTP
-//! answers; [`panic`] and [`quantile`] are shared helpers.
+//! The crate is built in layers, one folder each, bottom first; a layer imports only the layers
+//! below it, and no two modules import each other (`scripts/check-layers` checks both):
+//!
+//! - [`telemetry`]: every Prometheus metric, named and recorded in one place, and panic
+//!   messages.
+//! - [`stats`]: the statistics of one logits row, the seeded draw, the quantile rule and the
+//!   sampling mask's wire form.
+//! - [`engine`]: the engine trait and its implementations (entroll's own batched engine on
+//!   candle in `native`, mistral.rs in `mistralrs`), their settings, and what a checkpoint
+//!   declares; it calls `stats` for every token and imports no HTTP type.
+//! - [`api`]: the wire format: request and response types of every route, and the errors a
+//!   request can end in with their `error_type`.
+//! - [`rollout`]: admission, tokenization, one engine sequence per sample, the assembly of the
+//!   answer (peak flags, sums, summary), rewards from the `verifier` crate, and what a weight
+//!   swap does to the samples in flight.
+//! - [`weights`]: loading, checking and swapping in new weights, the watched weights directory,
+//!   and the model store.
+//! - [`http`]: the routes, validation (limits and defaults), streamed answers, deadlines,
+//!   errors as HTTP statuses, graceful shutdown, and the server's settings file.
+//!
+//! Above them all: [`eval`] (the `entroll eval` client, which speaks the wire format) and the
+//! `entroll` binary.
 
 pub mod api;
-pub mod assemble;
-pub mod checkpoint;
-pub mod config;
 pub mod engine;
-pub mod error;
 pub mod eval;
-pub mod in_flight;
-pub mod mask_codec;
-pub mod metrics;
-pub mod model_store;
-pub mod panic;
-pub mod quantile;
-pub mod rewards;
+pub mod http;
 pub mod rollout;
-pub mod sampling;
-pub mod server;
-pub mod shutdown;
 pub mod stats;
-pub mod stream;
-#[cfg(any(test, feature = "native"))]
-mod test_rng;
-pub mod validation;
-pub mod watch;
+pub mod telemetry;
 pub mod weights;

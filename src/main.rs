@@ -7,10 +7,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio::io::AsyncReadExt;
 
-use entroll::config::{Config, ConfigLayer};
-use entroll::engine::{ConfiguredLoader, EngineLoader};
-use entroll::model_store;
-use entroll::server::{serve, AppState};
+use entroll::api::error::ApiError;
+use entroll::engine::loader::{ConfiguredLoader, EngineLoader};
+use entroll::http::config::{Config, ConfigLayer};
+use entroll::http::server::{serve, AppState};
+use entroll::weights::model_store;
 
 #[derive(Parser)]
 #[command(
@@ -102,7 +103,7 @@ struct FetchArgs {
 struct CheckArgs {
     /// Device the kernel runs on.
     #[arg(long, value_enum, default_value = "cpu")]
-    device: entroll::config::DeviceKind,
+    device: entroll::engine::settings::DeviceKind,
     /// Logits per row.
     #[arg(long, default_value_t = 151_936)]
     vocab: usize,
@@ -226,7 +227,7 @@ fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref(), args.settings)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let loader = Arc::new(ConfiguredLoader(config.clone()));
+        let loader = Arc::new(ConfiguredLoader(config.engine()));
         let engine = loader
             .load(&config.model)
             .await
@@ -236,7 +237,7 @@ fn run_server(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}:{}", config.host, config.port))?;
         let addr = listener.local_addr()?;
-        let metrics = entroll::metrics::install()?;
+        let metrics = entroll::telemetry::metrics::install(&ApiError::ERROR_TYPES)?;
         let upkeep = metrics.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(5));

@@ -211,8 +211,8 @@ fn sequence(
     max_tokens: usize,
     stop: Option<&str>,
 ) -> entroll::engine::SequenceRequest {
-    use entroll::stats::Truncation;
-    let mut sampler = entroll::sampling::TokenSampler::plain(
+    use entroll::stats::distribution::Truncation;
+    let mut sampler = entroll::stats::sampling::TokenSampler::plain(
         1.0,
         Truncation {
             top_k: None,
@@ -251,15 +251,16 @@ fn spanning(text: &str, at: usize) -> String {
 /// draws what it would have drawn uninterrupted: the same tokens with the same statistics, the
 /// same text, and a stop string that spans the resumption ends it at the same token. One
 /// interrupted before its first step answers at once with nothing new drawn.
-async fn resuming_agrees_on(kind: entroll::config::EngineKind) {
-    use entroll::engine::{ChatMessage, EngineLoader, FinishReason, PromptInput};
+async fn resuming_agrees_on(kind: entroll::engine::settings::EngineKind) {
+    use entroll::engine::loader::EngineLoader;
+    use entroll::engine::{ChatMessage, FinishReason, PromptInput};
     let model = common::safetensors_model();
-    let config = entroll::config::Config {
+    let config = entroll::http::config::Config {
         model: model.clone(),
         engine: kind,
         ..Default::default()
     };
-    let engine = entroll::engine::ConfiguredLoader(config)
+    let engine = entroll::engine::loader::ConfiguredLoader(config.engine())
         .load(&model)
         .await
         .unwrap();
@@ -346,10 +347,10 @@ async fn resuming_agrees_on(kind: entroll::config::EngineKind) {
 
 #[tokio::test]
 async fn a_resumed_sequence_draws_on_as_if_uninterrupted_on_native() {
-    resuming_agrees_on(entroll::config::EngineKind::Native).await;
+    resuming_agrees_on(entroll::engine::settings::EngineKind::Native).await;
 }
 
 #[tokio::test]
 async fn a_resumed_sequence_draws_on_as_if_uninterrupted_on_mistralrs() {
-    resuming_agrees_on(entroll::config::EngineKind::Mistralrs).await;
+    resuming_agrees_on(entroll::engine::settings::EngineKind::Mistralrs).await;
 }

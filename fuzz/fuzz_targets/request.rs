@@ -3,10 +3,12 @@
 //! go through the post-tokenization checks against a model of fuzzed size.
 #![no_main]
 
-use entroll::config::Config;
+use entroll::api::rollouts::RolloutRequest;
 use entroll::engine::{ModelInfo, PromptInput};
-use entroll::api::RolloutRequest;
-use entroll::validation::{check_prompt_tokens, parse_json, validate};
+use entroll::http::config::Config;
+use entroll::http::error::status;
+use entroll::http::validation::{parse_json, validate};
+use entroll::rollout::request::check_prompt_tokens;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {
@@ -15,7 +17,7 @@ fuzz_target!(|body: &[u8]| {
     let valid = match outcome {
         Ok(valid) => valid,
         Err(e) => {
-            assert!(e.status().is_client_error(), "{e:?} is not a 4xx");
+            assert!(status(&e).is_client_error(), "{e:?} is not a 4xx");
             assert!(!e.to_string().is_empty());
             return;
         }
@@ -35,7 +37,7 @@ fuzz_target!(|body: &[u8]| {
         assert!(prompt.group_size >= 1 && prompt.group_size <= config.max_group_size);
         if let PromptInput::TokenIds(ids) = &prompt.input {
             if let Err(e) = check_prompt_tokens(i, ids, &model, valid.sampling.max_tokens) {
-                assert!(e.status().is_client_error());
+                assert!(status(&e).is_client_error());
             }
         }
     }

@@ -4,9 +4,9 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use entroll::sampling::{DrawKey, TokenSampler};
-use entroll::assemble::{peak_flags, peak_threshold};
-use entroll::stats::{NucleusParams, NucleusRule, Truncation, Workspace};
+use entroll::rollout::assemble::{peak_flags, peak_threshold};
+use entroll::stats::distribution::{NucleusParams, NucleusRule, Truncation, Workspace};
+use entroll::stats::sampling::{DrawKey, TokenSampler};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

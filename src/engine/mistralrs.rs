@@ -28,15 +28,16 @@ use mistralrs::{
     TextModelBuilder,
 };
 
+use super::settings::{DeviceKind, EngineSettings, WeightsDType};
 use super::{
     Drawing, Engine, EngineError, Interrupt, ModelInfo, PromptInput, SequenceOutput,
     SequenceRequest,
 };
-use crate::config::{Config, DeviceKind, WeightsDType};
 use crate::engine::FinishReason;
-use crate::panic::panic_message;
-use crate::sampling::{SamplingMask, TokenRecord, TokenSampler};
-use crate::stats::Workspace;
+use crate::stats::distribution::Workspace;
+use crate::stats::sampling::{SamplingMask, TokenRecord, TokenSampler};
+use crate::telemetry::metrics;
+use crate::telemetry::panic::panic_message;
 
 /// mistral.rs serving one model.
 pub struct MistralRsEngine {
@@ -104,7 +105,7 @@ fn forcing_row(token: u32, len: usize, like: &Tensor) -> candle_core::Result<Ten
 impl CustomLogitsProcessor for DrawTap {
     fn apply(&self, logits: &Tensor, _context: &[u32]) -> candle_core::Result<Tensor> {
         if self.cancelled.load(Ordering::Relaxed) {
-            crate::metrics::sequence_cancelled();
+            metrics::sequence_cancelled();
             return Err(candle_core::Error::Msg("cancelled by the client".into()));
         }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -176,11 +177,11 @@ fn finish_reason(reason: &str) -> FinishReason {
 }
 
 impl MistralRsEngine {
-    /// Loads the model `config.model` (a `.gguf` file or a safetensors directory) and probes it.
-    pub async fn load(config: &Config) -> anyhow::Result<Self> {
-        let path = config.model.as_path();
+    /// Loads the model `settings.model` (a `.gguf` file or a safetensors directory) and probes it.
+    pub async fn load(settings: &EngineSettings) -> anyhow::Result<Self> {
+        let path = settings.model.as_path();
         let shape = super::inspect_model(path)?;
-        let force_cpu = match config.device {
+        let force_cpu = match settings.device {
             DeviceKind::Cpu => true,
             DeviceKind::Cuda if cfg!(feature = "cuda") => false,
             DeviceKind::Cuda => anyhow::bail!("device = cuda needs a build with --features cuda"),
@@ -191,7 +192,7 @@ impl MistralRsEngine {
         // row but one attends with another row's values. On CPU it must run one sequence at a
         // time; entroll's own queue holds the rest.
         let max_batch = if force_cpu {
-            if config.max_running_sequences > 1 {
+            if settings.max_running_sequences > 1 {
                 tracing::warn!(
                     "mistral.rs batches incorrectly on CPU (batch > 1 corrupts decode attention); \
                      running one sequence at a time"
@@ -199,13 +200,13 @@ impl MistralRsEngine {
             }
             1
         } else {
-            config.max_running_sequences
+            settings.max_running_sequences
         };
-        let prefix_cache = config.prefix_cache.then_some(16);
+        let prefix_cache = settings.prefix_cache.then_some(16);
         let model = if path.is_dir() {
             // mistral.rs's own `auto` picks bf16 on CPU, which would round a learner's float32
             // checkpoint before measuring it.
-            let dtype = match (config.dtype, force_cpu) {
+            let dtype = match (settings.dtype, force_cpu) {
                 (WeightsDType::Auto, true) | (WeightsDType::F32, _) => ModelDType::F32,
                 (WeightsDType::Auto, false) => ModelDType::Auto,
                 (WeightsDType::Bf16, _) => ModelDType::BF16,

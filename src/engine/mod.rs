@@ -1,10 +1,16 @@
 //! The inference engine seen by the rest of entroll: a trait over one-sequence generation.
 //!
 //! The scheduler and HTTP layer only ever see these types; the engines (entroll's own batched
-//! engine in [`native`], mistral.rs in [`mistralrs`]) stay behind the trait. An engine batches concurrent
-//! [`Engine::generate`] calls itself; dropping a `generate` future cancels that sequence
-//! within one engine step, and setting its [`Interrupt`] ends it there with what it drew so
-//! far (a weight update's `abort` and `continue`, [`crate::in_flight`]).
+//! engine in [`native`], mistral.rs in [`mistralrs`]) stay behind the trait, and [`loader`]
+//! picks and loads one. An engine batches concurrent [`Engine::generate`] calls itself;
+//! dropping a `generate` future cancels that sequence within one engine step, and setting its
+//! [`Interrupt`] ends it there with what it drew so far (a weight update's `abort` and
+//! `continue`).
+//!
+//! The engine layer may import `stats` (every token's draw and statistics) and `telemetry`
+//! (engine metrics, panic messages), nothing above them: its own settings ([`settings`]) and
+//! what a checkpoint declares ([`checkpoint`]) live here. The trait's module imports none of
+//! its implementations; they import it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,14 +20,16 @@ use async_trait::async_trait;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::ModelShape;
-use crate::config::Config;
-use crate::sampling::{SamplingMask, TokenRecord, TokenSampler};
+use crate::stats::sampling::{SamplingMask, TokenRecord, TokenSampler};
+use checkpoint::ModelShape;
 
+pub mod checkpoint;
+pub mod loader;
 #[cfg(feature = "mistralrs")]
 pub mod mistralrs;
 #[cfg(feature = "native")]
 pub mod native;
+pub mod settings;
 
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,7 +209,7 @@ fn inspect_model(path: &Path) -> anyhow::Result<Option<ModelShape>> {
         "model {} not found (run `entroll fetch-model` for the default model)",
         path.display()
     );
-    Ok(crate::checkpoint::inspect(path)?)
+    Ok(checkpoint::inspect(path)?)
 }
 
 /// The id a model is served under: its file or directory name, extension left out.
@@ -214,42 +222,6 @@ fn model_id(path: &Path) -> String {
         path.file_stem()
     };
     name.map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
-}
-
-/// Loads engines of one configured kind: the model at startup, and new weights later.
-#[async_trait]
-pub trait EngineLoader: Send + Sync {
-    /// Loads the model at `model` (a `.gguf` file or a safetensors directory).
-    async fn load(&self, model: &Path) -> anyhow::Result<Arc<dyn Engine>>;
-}
-
-/// Loads engines as `config` says (engine kind, device, batch, prefix cache).
-pub struct ConfiguredLoader(pub Config);
-
-#[cfg(all(feature = "mistralrs", feature = "native"))]
-#[async_trait]
-impl EngineLoader for ConfiguredLoader {
-    async fn load(&self, model: &Path) -> anyhow::Result<Arc<dyn Engine>> {
-        use crate::config::EngineKind;
-        let config = Config {
-            model: model.to_path_buf(),
-            ..self.0.clone()
-        };
-        let kind = match config.engine {
-            EngineKind::Auto => match native::architecture(model) {
-                Ok(_) => EngineKind::Native,
-                Err(why) => {
-                    tracing::info!("{why}: serving {} on mistral.rs", model.display());
-                    EngineKind::Mistralrs
-                }
-            },
-            kind => kind,
-        };
-        Ok(match kind {
-            EngineKind::Mistralrs => Arc::new(mistralrs::MistralRsEngine::load(&config).await?),
-            _ => Arc::new(native::NativeEngine::load(&config).await?),
-        })
-    }
 }
 
 #[cfg(test)]

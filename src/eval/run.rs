@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::dataset::{Dataset, Problem};
 use super::report::{DatasetReport, ProblemResult, Report, Scores};
-use crate::api::ErrorBody;
+use crate::api::error::ErrorBody;
 
 /// The instruction the papers' evaluations append to each problem (Qwen2.5-Math's).
 pub const DEFAULT_INSTRUCTION: &str =

@@ -48,7 +48,7 @@ impl Server {
 
 /// Path of the default model, failing with the command that installs it.
 pub fn default_model() -> std::path::PathBuf {
-    let path = entroll::model_store::default_model_path();
+    let path = entroll::weights::model_store::default_model_path();
     assert!(
         path.exists(),
         "{} is missing: run `cargo run -- fetch-model` first (scripts/test does)",
@@ -60,7 +60,7 @@ pub fn default_model() -> std::path::PathBuf {
 /// The default model converted to a safetensors directory, failing with the command that
 /// makes it.
 pub fn safetensors_model() -> std::path::PathBuf {
-    let path = entroll::model_store::default_safetensors_path();
+    let path = entroll::weights::model_store::default_safetensors_path();
     assert!(
         path.join("model.safetensors").exists(),
         "{} is missing: run `scripts/learner-env` first (scripts/test does)",
@@ -71,7 +71,7 @@ pub fn safetensors_model() -> std::path::PathBuf {
 
 /// A small random `family` (llama, qwen2, qwen3) checkpoint, failing with the command that makes it.
 pub fn tiny_random_model(family: &str) -> std::path::PathBuf {
-    let path = entroll::model_store::entroll_home()
+    let path = entroll::weights::model_store::entroll_home()
         .join("models")
         .join(format!("tiny-random-{family}"));
     assert!(

@@ -5,7 +5,7 @@
 //! for the same tokens, the same draws but where the attention kernels' rounding parts them,
 //! and a response whose fields agree.
 
-use entroll::config::DeviceKernels;
+use entroll::engine::settings::DeviceKernels;
 use serde_json::{json, Value};
 
 use crate::{common, harness};

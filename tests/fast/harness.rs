@@ -11,11 +11,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use entroll::config::Config;
-use entroll::engine::{ConfiguredLoader, Engine, EngineLoader};
-use entroll::metrics::Exporter;
-use entroll::server::{serve, AppState};
-use entroll::shutdown::{Phase, Shutdown};
+use entroll::api::error::ApiError;
+use entroll::engine::loader::{ConfiguredLoader, EngineLoader};
+use entroll::engine::Engine;
+use entroll::http::config::Config;
+use entroll::http::server::{serve, AppState};
+use entroll::http::shutdown::{Phase, Shutdown};
+use entroll::telemetry::metrics::{self, Exporter};
 use tokio::sync::oneshot;
 
 use crate::common;
@@ -29,7 +31,9 @@ pub fn tiny_model() -> PathBuf {
 fn exporter() -> Exporter {
     static EXPORTER: OnceLock<Exporter> = OnceLock::new();
     EXPORTER
-        .get_or_init(|| entroll::metrics::install().expect("install the metrics recorder"))
+        .get_or_init(|| {
+            metrics::install(&ApiError::ERROR_TYPES).expect("install the metrics recorder")
+        })
         .clone()
 }
 
@@ -81,7 +85,7 @@ pub fn start_engine(
             .enable_all()
             .build()?;
         runtime.block_on(async move {
-            let loader = Arc::new(ConfiguredLoader(thread_config.clone()));
+            let loader = Arc::new(ConfiguredLoader(thread_config.engine()));
             let engine = loader
                 .load(&thread_config.model)
                 .await

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use entroll::api::weights::InFlight;
 use entroll::engine::native::Oracle;
 use entroll::engine::{
     Engine, EngineError, ModelInfo, PromptInput, SequenceOutput, SequenceRequest,
 };
-use entroll::in_flight::InFlight;
 use serde_json::{json, Value};
 
 use crate::common::{floats, post_to, samples, Lines};

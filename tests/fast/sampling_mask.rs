@@ -4,7 +4,7 @@
 //! (docker/learner/tests/test_replay.py) replays the masks against its own recomputation of
 //! the model.
 
-use entroll::mask_codec;
+use entroll::stats::mask_codec;
 use serde_json::{json, Value};
 
 use crate::common::{check_sample, rollout, samples};

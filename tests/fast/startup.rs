@@ -2,7 +2,7 @@
 //! with the reason, instead of failing every request: the engine runs one probe forward before
 //! it serves.
 
-use entroll::engine::{ConfiguredLoader, EngineLoader};
+use entroll::engine::loader::{ConfiguredLoader, EngineLoader};
 
 use crate::harness;
 
@@ -24,7 +24,7 @@ async fn a_model_the_engine_cannot_run_is_refused_when_it_loads() {
     std::fs::write(broken.join("config.json"), config.to_string()).unwrap();
 
     let settings = harness::config(|c| c.model = broken.clone());
-    let refused = ConfiguredLoader(settings).load(&broken).await;
+    let refused = ConfiguredLoader(settings.engine()).load(&broken).await;
     std::fs::remove_dir_all(&broken).unwrap();
     let why = format!(
         "{:#}",

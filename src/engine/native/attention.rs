@@ -20,9 +20,10 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::batch::Batch;
+use super::config::Architecture;
 use super::kernel_attention::{self, AttShape, KernelAttention};
 use super::kv::{Access, KvCache};
-use super::model::{Architecture, Batch};
 
 /// How one forward's query tokens attend: decided once, used by every layer.
 pub enum Attention {
@@ -457,7 +458,8 @@ pub fn softmax_f32(scores: &Tensor) -> candle_core::Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::native::model::{DecodeRow, RopeStyle};
+    use crate::engine::native::batch::DecodeRow;
+    use crate::engine::native::config::RopeStyle;
 
     fn arch(heads: usize, kv_heads: usize, head_dim: usize) -> Architecture {
         Architecture {

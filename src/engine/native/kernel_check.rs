@@ -8,9 +8,9 @@ use candle_core::{Device, Tensor};
 
 use super::kernels::{token_stats_cpu, RowIn, RowOut};
 use super::token_stats;
-use crate::sampling::{DrawKey, TokenSampler};
-use crate::stats::{NucleusParams, NucleusRule, Truncation, Workspace};
-use crate::test_rng::TestRng;
+use crate::stats::distribution::{NucleusParams, NucleusRule, Truncation, Workspace};
+use crate::stats::sampling::{DrawKey, TokenSampler};
+use crate::stats::test_rng::TestRng;
 
 /// The rows a check runs: each adversarial case the kernel's tests use, then `random` rows of
 /// N(0, 2²) logits.

@@ -2,12 +2,12 @@
 //! kernel written once: nvcc compiles it for the GPU (`kernels/token_stats.cu`, one thread
 //! block per row), and `build.rs` compiles the same functions into `kernels/cpu_harness.cpp`,
 //! which runs each phase for every thread id before the next, as the GPU's barriers order them.
-//! The tests here hold the harness to `crate::stats` and to an f64 reference, so the code the
-//! GPU will run is the code CI tests.
+//! The tests here hold the harness to `crate::stats::distribution` and to an f64 reference, so
+//! the code the GPU will run is the code CI tests.
 //!
 //! What the kernel computes today: for each row, the largest logit, the full-vocabulary
 //! log-sum-exp and entropy, the untruncated seeded draw (Philox keyed as
-//! [`crate::sampling::DrawKey`]) with its log-probability, the SIREN nucleus (size, mass,
+//! [`crate::stats::sampling::DrawKey`]) with its log-probability, the SIREN nucleus (size, mass,
 //! entropy), and the draw truncated by top-k and top-p with `sampling_logprob`: every
 //! statistic of a token. [`super::token_stats`] runs it inside the engine, on the GPU or here.
 
@@ -51,10 +51,10 @@ impl RowIn {
     /// nucleus of `nucleus` and the draw truncated by `truncation`.
     pub fn new(
         temperature: f64,
-        key: crate::sampling::DrawKey,
+        key: crate::stats::sampling::DrawKey,
         token_index: u32,
-        nucleus: &crate::stats::NucleusParams,
-        truncation: &crate::stats::Truncation,
+        nucleus: &crate::stats::distribution::NucleusParams,
+        truncation: &crate::stats::distribution::Truncation,
     ) -> Self {
         Self {
             temperature,
@@ -63,8 +63,8 @@ impl RowIn {
             sample: key.sample,
             prompt: key.prompt,
             nucleus_rule: match nucleus.rule {
-                crate::stats::NucleusRule::Strict => 0,
-                crate::stats::NucleusRule::Inclusive => 1,
+                crate::stats::distribution::NucleusRule::Strict => 0,
+                crate::stats::distribution::NucleusRule::Inclusive => 1,
             },
             nucleus_p: nucleus.top_p,
             max_candidates: nucleus.max_candidates.min(u32::MAX as usize) as u32,
@@ -78,7 +78,7 @@ impl RowIn {
 
 impl RowIn {
     /// The inputs of token `token_index` drawn by `sampler`.
-    pub fn for_token(sampler: &crate::sampling::TokenSampler, token_index: u32) -> Self {
+    pub fn for_token(sampler: &crate::stats::sampling::TokenSampler, token_index: u32) -> Self {
         Self::new(
             sampler.temperature,
             sampler.key,
@@ -185,11 +185,13 @@ pub fn kernel_log(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampling::DrawKey;
-    use crate::stats::{Distribution, NucleusParams, NucleusRule, Truncation, Workspace};
+    use crate::stats::distribution::{
+        Distribution, NucleusParams, NucleusRule, Truncation, Workspace,
+    };
+    use crate::stats::sampling::DrawKey;
 
     use super::super::kernel_check::{adversarial_rows, bf16_round};
-    use crate::test_rng::TestRng as Rng;
+    use crate::stats::test_rng::TestRng as Rng;
 
     fn units_apart(a: f64, b: f64) -> u64 {
         (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs()

@@ -1,11 +1,12 @@
 //! [`Engine`] on entroll's own batched decoder, built on candle.
 //!
 //! The model: [`config`] (its architecture), [`load`] (its weights), [`model`] (the forward),
-//! [`attention`]. A thread runs the batching loop ([`scheduler`]): every decode step is one forward for all
-//! running sequences over a slot KV cache ([`kv`]); new prompts are prefilled between steps,
+//! [`batch`] (what one forward computes), [`attention`]. A thread runs the batching loop
+//! ([`scheduler`]): every decode step is one forward for all running sequences over a slot KV
+//! cache ([`kv`]); new prompts are prefilled between steps,
 //! once per group of samples that share them. With the device kernels off (the default on the
 //! CPU) each logits row is measured and drawn on the host by the same
-//! [`crate::sampling::TokenSampler`] as under mistral.rs (both engines report identical
+//! [`crate::stats::sampling::TokenSampler`] as under mistral.rs (both engines report identical
 //! statistics for identical logits); with them on (`device_kernels`, the default on CUDA) by the
 //! token-statistics kernel where the logits are ([`token_stats`]: the same tokens, statistics
 //! equal within float32 rounding), attention by [`kernel_attention`] over the cache in place.
@@ -14,6 +15,7 @@
 //! tokens already drawn prefills them after its prompt and draws on from their count.
 
 mod attention;
+mod batch;
 mod config;
 mod kernel_attention;
 pub mod kernel_check;
@@ -33,8 +35,8 @@ use std::sync::{mpsc, Arc};
 use async_trait::async_trait;
 use candle_core::{DType, Device};
 
+use super::settings::{DeviceKernels, DeviceKind, EngineSettings, WeightsDType};
 use super::{Engine, EngineError, ModelInfo, PromptInput, SequenceOutput, SequenceRequest};
-use crate::config::{Config, DeviceKernels, DeviceKind, WeightsDType};
 pub use config::{Architecture, HfConfig, ModelError};
 use model::Transformer;
 pub use oracle::{Oracle, Rescored};
@@ -72,20 +74,20 @@ pub fn device(kind: DeviceKind) -> anyhow::Result<Device> {
 }
 
 impl NativeEngine {
-    /// Loads `config.model` (a GGUF file or a safetensors directory) and starts its loop.
-    pub async fn load(config: &Config) -> anyhow::Result<Self> {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || Self::load_blocking(&config)).await?
+    /// Loads `settings.model` (a GGUF file or a safetensors directory) and starts its loop.
+    pub async fn load(settings: &EngineSettings) -> anyhow::Result<Self> {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || Self::load_blocking(&settings)).await?
     }
 
-    fn load_blocking(config: &Config) -> anyhow::Result<Self> {
-        let path = config.model.as_path();
+    fn load_blocking(settings: &EngineSettings) -> anyhow::Result<Self> {
+        let path = settings.model.as_path();
         let shape = super::inspect_model(path)?;
-        let device = device(config.device)?;
+        let device = device(settings.device)?;
         // `auto`: float32 on CPU (GGUF weights dequantized: exact, and with a batch several
         // times faster there than candle's quantized kernels); on CUDA bf16 for safetensors and
         // the file's own quantization for GGUF.
-        let dtype = match (config.dtype, &device) {
+        let dtype = match (settings.dtype, &device) {
             (WeightsDType::Auto, Device::Cpu) | (WeightsDType::F32, _) => Some(DType::F32),
             (WeightsDType::Auto, _) => None,
             (WeightsDType::Bf16, _) => Some(DType::BF16),
@@ -108,8 +110,8 @@ impl NativeEngine {
         };
         let arch = model.arch().clone();
         let model_dtype = model.dtype();
-        let slots = config.max_running_sequences.max(1);
-        let device_kernels = match config.device_kernels {
+        let slots = settings.max_running_sequences.max(1);
+        let device_kernels = match settings.device_kernels {
             DeviceKernels::On => true,
             DeviceKernels::Off => false,
             DeviceKernels::Auto => !device.is_cpu(),
@@ -120,7 +122,7 @@ impl NativeEngine {
             text.clone(),
             Limits {
                 slots,
-                prefill_chunk: config.prefill_chunk,
+                prefill_chunk: settings.prefill_chunk,
                 device_kernels,
             },
         );
@@ -128,7 +130,7 @@ impl NativeEngine {
             anyhow::anyhow!(
                 "the native engine cannot run this model with dtype {:?} on {:?}: {why}",
                 model_dtype,
-                config.device
+                settings.device
             )
         })?;
         let (jobs, receiver) = mpsc::channel();
@@ -141,7 +143,7 @@ impl NativeEngine {
             arch.family,
             arch.layers,
             arch.vocab,
-            config.device,
+            settings.device,
             if device_kernels { "on" } else { "off" }
         );
         Ok(Self {

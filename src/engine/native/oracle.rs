@@ -2,7 +2,7 @@
 //! sequence in one plain forward (no KV cache, no slots, no batching, no chunking, causal
 //! attention by dense tensor operations with every key/value head repeated), in float32 on the
 //! CPU, and each token's log-probability and entropy from its logits in f64, without
-//! [`crate::stats`].
+//! [`crate::stats::distribution`].
 //!
 //! It shares only the weights and the layers' matrix products with the engine; the cache,
 //! the scheduler's plans, the attention kernel and the statistics code are all bypassed, so a
@@ -12,8 +12,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
 
+use super::config::RopeStyle;
 use super::load::read_gguf;
-use super::model::{RopeStyle, Transformer};
+use super::model::Transformer;
 
 /// The oracle's view of one generated token.
 #[derive(Debug, Clone, Copy, PartialEq)]

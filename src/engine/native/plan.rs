@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-pub use super::model::{Batch, DecodeRow};
+use super::batch::{Batch, DecodeRow};
 
 /// A sequence's handle, given by the scheduler.
 pub type SeqId = u64;

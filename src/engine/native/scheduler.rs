@@ -17,17 +17,19 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 use tokio::sync::oneshot;
 
+use super::batch::{Batch, DecodeRow};
 use super::kernels::RowIn;
 use super::kv::{Access, KvCache};
-use super::model::{Batch, DecodeRow, Transformer};
+use super::model::Transformer;
 use super::plan::{Batcher, SeqId};
 use super::text::TextCodec;
 use super::token_stats;
 use crate::engine::FinishReason;
 use crate::engine::{Drawing, EngineError, SequenceOutput, SequenceRequest};
-use crate::panic::panic_message;
-use crate::sampling::{SamplingMask, TokenRecord, TokenSampler};
-use crate::stats::{Truncation, Workspace};
+use crate::stats::distribution::{Truncation, Workspace};
+use crate::stats::sampling::{SamplingMask, TokenRecord, TokenSampler};
+use crate::telemetry::metrics;
+use crate::telemetry::panic::panic_message;
 
 /// A sequence handed to the loop, with the channel its answer goes to.
 pub struct Job {
@@ -228,7 +230,7 @@ impl Scheduler {
             .map(|(&id, _)| id)
             .collect();
         for id in gone {
-            crate::metrics::sequence_cancelled();
+            metrics::sequence_cancelled();
             self.batcher.remove(id);
             self.sequences.remove(&id);
         }
@@ -263,7 +265,7 @@ impl Scheduler {
                 .forward(&work.batch, &mut self.cache, &[take - 1])?;
             // The forward may run asynchronously: wait for it before timing.
             self.model.device().synchronize()?;
-            crate::metrics::prefilled(take, started.elapsed());
+            metrics::prefilled(take, started.elapsed());
             budget -= take;
             // When the prompt is complete, the leader and its followers all draw their first
             // token from this one row.
@@ -290,7 +292,7 @@ impl Scheduler {
         let forwarded = Instant::now();
         self.batcher.decoded(&ids);
         let drawn = self.draw(&ids, &logits)?;
-        crate::metrics::decode_step(
+        metrics::decode_step(
             ids.len(),
             forwarded - started,
             drawn.copy,
@@ -504,7 +506,7 @@ struct RowDraw<'a> {
 impl RowDraw<'_> {
     /// Measures and draws this row from its logits on the host.
     fn measure(&self, logits: &[f32], ws: &mut Workspace) -> Drawn {
-        let failed = |e: crate::stats::StatsError| {
+        let failed = |e: crate::stats::distribution::StatsError| {
             candle_core::Error::Msg(format!("token {}: {e}", self.index))
         };
         if !self.keep {

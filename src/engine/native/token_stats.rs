@@ -1,14 +1,15 @@
 //! The token-statistics kernel (`kernels/token_stats.cuh`) as a candle operation on a `[B, V]`
 //! logits tensor, wherever the tensor lives. On CUDA the PTX runs one thread block per row and
 //! only 64 bytes a row come back to the host, instead of the whole row; on the CPU the harness
-//! runs the same source. The engine's `kernel` path ([`crate::config::TokenStatsPath`]) draws
-//! every token through [`run`], so the code the GPU runs is the code the CPU tests run.
+//! runs the same source. With the device kernels on
+//! ([`crate::engine::settings::DeviceKernels`]) the engine draws every token through [`run`], so
+//! the code the GPU runs is the code the CPU tests run.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
 use super::kernels::{RowIn, RowOut};
-use crate::sampling::TokenRecord;
-use crate::stats::StatsError;
+use crate::stats::distribution::StatsError;
+use crate::stats::sampling::TokenRecord;
 
 /// Bytes of one row's result.
 const OUT_BYTES: usize = std::mem::size_of::<RowOut>();
@@ -168,9 +169,9 @@ pub(super) fn as_bytes<T: Copy>(values: &[T]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampling::{DrawKey, TokenSampler};
-    use crate::stats::{NucleusParams, NucleusRule, Truncation, Workspace};
-    use crate::test_rng::TestRng as Rng;
+    use crate::stats::distribution::{NucleusParams, NucleusRule, Truncation, Workspace};
+    use crate::stats::sampling::{DrawKey, TokenSampler};
+    use crate::stats::test_rng::TestRng as Rng;
 
     /// The op on a tensor gives the host sampler's tokens, and its statistics within float32
     /// rounding, row by row (rows of a batch at several truncations), and fails the rows the

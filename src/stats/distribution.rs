@@ -407,7 +407,7 @@ impl<'a> Distribution<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_rng::TestRng as Rows;
+    use crate::stats::test_rng::TestRng as Rows;
 
     /// Straightforward f64 reference of every definition, sorting the whole vocabulary.
     struct Reference {

@@ -1,15 +1,13 @@
-//! The JSON API: request and response types of every route, exactly the names of
-//! `docs/api.md`. Unknown request fields are rejected so a typo never silently changes
-//! an experiment.
+//! `POST /rollouts`: the request, the effective parameters echoed back, and the answer, whole
+//! or streamed line by line.
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::NucleusRule;
+use super::error::ErrorBody;
+use crate::stats::distribution::NucleusRule;
 
 /// The engine layer owns these; the wire format re-exports them.
 pub use crate::engine::{ChatMessage, FinishReason};
-/// A weight update's policy for the samples in flight.
-pub use crate::in_flight::InFlight;
 
 /// `POST /rollouts` body.
 #[derive(Debug, Clone, Deserialize)]
@@ -267,7 +265,7 @@ pub struct Sample {
     /// ln probability under the truncated sampling distribution.
     pub sampling_logprobs: Vec<f32>,
     /// Per token, the ids its truncated draw could pick, in the compact form of
-    /// [`crate::mask_codec`]; null where the draw kept every token. Only with
+    /// [`crate::stats::mask_codec`]; null where the draw kept every token. Only with
     /// `return_sampling_mask` on a request whose sampling truncates.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sampling_mask: Option<Vec<Option<String>>>,
@@ -334,149 +332,4 @@ pub struct Summary {
     pub peak_threshold: Option<f64>,
     /// Wall time of the request in milliseconds.
     pub elapsed_ms: u64,
-}
-
-/// `GET /info` response.
-#[derive(Debug, Clone, Serialize)]
-pub struct InfoResponse {
-    /// Model id.
-    pub model: String,
-    /// Model source path.
-    pub model_path: String,
-    /// Engine implementation serving the model (`native` or `mistralrs`).
-    pub engine: String,
-    /// Who draws tokens.
-    pub sampler: String,
-    /// Whether the engine runs entroll's device kernels (token statistics, attention, cache
-    /// writes).
-    pub device_kernels: bool,
-    /// Output rows (V).
-    pub vocab_size: usize,
-    /// The model's context length, if known.
-    pub max_context: Option<usize>,
-    /// Sequences the engine runs in one forward (1 for mistral.rs on CPU).
-    pub engine_batch: usize,
-    /// Current weights version.
-    pub weights_version: u64,
-    /// Defaults applied to absent request fields.
-    pub defaults: Defaults,
-    /// Limits enforced on requests.
-    pub limits: Limits,
-}
-
-/// Defaults for absent request fields.
-#[derive(Debug, Clone, Serialize)]
-pub struct Defaults {
-    /// Group size.
-    pub group_size: usize,
-    /// Sampling defaults (seed omitted: random per request).
-    pub sampling: SamplingDefaults,
-    /// Statistics defaults.
-    pub stats: StatsParams,
-    /// Advantage estimator.
-    pub advantage: AdvantageSpec,
-}
-
-/// Sampling defaults.
-#[derive(Debug, Clone, Serialize)]
-pub struct SamplingDefaults {
-    /// Temperature.
-    pub temperature: f64,
-    /// Top-p.
-    pub top_p: f64,
-    /// Top-k.
-    pub top_k: Option<usize>,
-    /// Max tokens.
-    pub max_tokens: usize,
-}
-
-/// Request limits.
-#[derive(Debug, Clone, Serialize)]
-pub struct Limits {
-    /// Most prompts per request.
-    pub max_prompts: usize,
-    /// Largest group size.
-    pub max_group_size: usize,
-    /// Largest `max_tokens`.
-    pub max_new_tokens: usize,
-    /// Sequences the engine runs at once.
-    pub max_running_sequences: usize,
-    /// Requests admitted at once.
-    pub max_requests: usize,
-    /// Largest body in bytes.
-    pub max_body_bytes: usize,
-}
-
-/// Every error body: `{error, error_type}`, and for `weights_changed` what was drawn.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// What is wrong, in words.
-    pub error: String,
-    /// One of `validation`, `overloaded`, `timeout`, `engine`, `shutting_down`, `internal`,
-    /// `weights_changed`.
-    pub error_type: String,
-    /// With `weights_changed`: every group not answered yet, each sample with the tokens it
-    /// drew before the update stopped it, so a client can resume it as a new prompt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partial: Option<Vec<PartialGroup>>,
-}
-
-/// A group of a request that a weight update aborted (`in_flight: abort`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PartialGroup {
-    /// The prompt's id.
-    pub id: String,
-    /// The prompt's tokens as the model saw them.
-    pub prompt_token_ids: Vec<u32>,
-    /// Every sample, in index order.
-    pub samples: Vec<PartialSample>,
-}
-
-/// What one sample drew before a weight update stopped its request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PartialSample {
-    /// Index within the group.
-    pub index: usize,
-    /// The tokens it drew (none if it had not started).
-    pub token_ids: Vec<u32>,
-    /// Their text.
-    pub text: String,
-    /// `abort` where the update cut it; `stop` or `length` where it had ended before.
-    pub finish_reason: FinishReason,
-    /// Weights version that drew its first token.
-    pub weights_version: u64,
-    /// Runs `[version, from_token]`, when more than one version drew its tokens.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weights_versions: Option<Vec<(u64, usize)>>,
-}
-
-/// `POST /weights` body: serve new weights of the same architecture.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WeightsRequest {
-    /// A safetensors directory (`config.json`, `tokenizer.json`, `*.safetensors`) or a `.gguf`
-    /// file, on the server's filesystem.
-    pub path: String,
-    /// The new weights version; must exceed the one served. Default: the served one + 1.
-    pub version: Option<u64>,
-    /// What happens to the samples running on the old weights: `finish`, `abort` or
-    /// `continue` ([`InFlight`]). Default: the server's `weights_in_flight`.
-    pub in_flight: Option<InFlight>,
-}
-
-/// `POST /weights` answer, once the new weights serve every new request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WeightsResponse {
-    /// The version now served.
-    pub weights_version: u64,
-    /// The version served before.
-    pub previous_version: u64,
-    /// Model id of the new weights.
-    pub model: String,
-    /// Where they were loaded from.
-    pub path: String,
-    /// Time spent loading them, in milliseconds.
-    pub load_ms: u64,
-    /// What the update did to the samples running on the old weights.
-    pub in_flight: InFlight,
 }

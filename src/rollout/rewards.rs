@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
-use crate::api::AdvantageSpec;
-use crate::quantile::quantile_sorted;
+use crate::api::rollouts::AdvantageSpec;
+use crate::stats::quantile::quantile_sorted;
 
 /// Reward values for correct and incorrect samples.
 #[derive(Debug, Clone, Copy, PartialEq)]

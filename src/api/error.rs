@@ -1,11 +1,10 @@
-//! Errors a request can end in, and their HTTP form `{error, error_type}`.
+//! Errors a request can end in ([`ApiError`]), their `error_type`, and the body every error
+//! answer carries (`{error, error_type}`, [`ErrorBody`]). Which HTTP status each one is answered
+//! with is the HTTP layer's (`http::error`).
 
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use serde::{Deserialize, Serialize};
 
-use crate::api::{ErrorBody, PartialGroup};
-use crate::engine::EngineError;
+use crate::engine::{EngineError, FinishReason};
 
 /// Everything that can go wrong with a request.
 #[derive(Debug, thiserror::Error)]
@@ -52,21 +51,6 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// HTTP status for this error.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
-            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Engine(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            // Not 503: a balancer that retries 503 elsewhere would drop the partial tokens.
-            ApiError::WeightsChanged { .. } => StatusCode::CONFLICT,
-        }
-    }
-
     /// Every `error_type` an answer can carry.
     pub const ERROR_TYPES: [&'static str; 7] = [
         "validation",
@@ -115,16 +99,47 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (self.status(), Json(self.body())).into_response();
-        if matches!(self, ApiError::Overloaded(_)) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        }
-        response
-    }
+/// Every error body: `{error, error_type}`, and for `weights_changed` what was drawn.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What is wrong, in words.
+    pub error: String,
+    /// One of `validation`, `overloaded`, `timeout`, `engine`, `shutting_down`, `internal`,
+    /// `weights_changed`.
+    pub error_type: String,
+    /// With `weights_changed`: every group not answered yet, each sample with the tokens it
+    /// drew before the update stopped it, so a client can resume it as a new prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Vec<PartialGroup>>,
+}
+
+/// A group of a request that a weight update aborted (`in_flight: abort`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartialGroup {
+    /// The prompt's id.
+    pub id: String,
+    /// The prompt's tokens as the model saw them.
+    pub prompt_token_ids: Vec<u32>,
+    /// Every sample, in index order.
+    pub samples: Vec<PartialSample>,
+}
+
+/// What one sample drew before a weight update stopped its request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartialSample {
+    /// Index within the group.
+    pub index: usize,
+    /// The tokens it drew (none if it had not started).
+    pub token_ids: Vec<u32>,
+    /// Their text.
+    pub text: String,
+    /// `abort` where the update cut it; `stop` or `length` where it had ended before.
+    pub finish_reason: FinishReason,
+    /// Weights version that drew its first token.
+    pub weights_version: u64,
+    /// Runs `[version, from_token]`, when more than one version drew its tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_versions: Option<Vec<(u64, usize)>>,
 }
 
 #[cfg(test)]

@@ -5,20 +5,20 @@
 //! update is refused and nothing changes. The swap is atomic: every request after it runs on
 //! the new weights; the samples running on the old ones finish there (and report the old
 //! version), abort, or go on under the new weights, as the update's `in_flight` says
-//! ([`crate::in_flight`]). The old engine is dropped with its last sample; the new one starts
-//! with an empty prefix cache. Updates run one at a time.
+//! ([`crate::rollout::in_flight`]). The old engine is dropped with its last sample; the new one
+//! starts with an empty prefix cache. Updates run one at a time.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::api::{WeightsRequest, WeightsResponse};
-use crate::checkpoint;
-use crate::engine::EngineLoader;
-use crate::error::ApiError;
-use crate::in_flight::InFlight;
-use crate::metrics;
-use crate::rollout::{Live, RolloutService};
+use crate::api::error::ApiError;
+use crate::api::weights::{InFlight, WeightsRequest, WeightsResponse};
+use crate::engine::checkpoint;
+use crate::engine::loader::EngineLoader;
+use crate::rollout::in_flight::Live;
+use crate::rollout::service::RolloutService;
+use crate::telemetry::metrics;
 
 /// Loads and swaps in new weights for a [`RolloutService`].
 pub struct WeightUpdater {

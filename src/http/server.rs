@@ -1,4 +1,5 @@
-//! HTTP routes: thin axum handlers over [`RolloutService`] and [`WeightUpdater`].
+//! HTTP routes: thin axum handlers over [`RolloutService`] and [`WeightUpdater`], the state
+//! they share ([`AppState`]), and [`serve`], which runs them until shutdown.
 
 use std::any::Any;
 use std::future::Future;
@@ -14,27 +15,30 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::api::{Defaults, InfoResponse, Limits, SamplingDefaults, WeightsResponse};
-use crate::config::Config;
-use crate::engine::{Engine, EngineLoader};
-use crate::error::ApiError;
-use crate::metrics::{
-    request_failed, request_received, weights_rejected, Exporter, RunningRequest,
-};
-use crate::panic::panic_message;
-use crate::rollout::RolloutService;
-use crate::shutdown::{Phase, Shutdown};
-use crate::stream::{self, Deadline};
-use crate::validation::{
+use super::config::Config;
+use super::deadline::Deadline;
+use super::shutdown::{Phase, Shutdown};
+use super::stream;
+use super::validation::{
     parse_json, validate, DEFAULT_ADVANTAGE, DEFAULT_STATS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
 };
-use crate::watch::Watcher;
-use crate::weights::WeightUpdater;
+use crate::api::error::ApiError;
+use crate::api::info::{Defaults, InfoResponse, Limits, SamplingDefaults};
+use crate::api::weights::WeightsResponse;
+use crate::engine::loader::EngineLoader;
+use crate::engine::Engine;
+use crate::rollout::service::RolloutService;
+use crate::telemetry::metrics::{
+    request_failed, request_received, weights_rejected, Exporter, RunningRequest,
+};
+use crate::telemetry::panic::panic_message;
+use crate::weights::swap::WeightUpdater;
+use crate::weights::watch::Watcher;
 
 /// Shared state of every handler.
 pub struct AppState {
     /// The rollout service.
-    pub service: RolloutService,
+    pub service: Arc<RolloutService>,
     /// The resolved settings.
     pub config: Config,
     /// Renders the Prometheus metrics.
@@ -42,7 +46,7 @@ pub struct AppState {
     /// Shutdown phase, watched by every request.
     pub shutdown: Arc<Shutdown>,
     /// Loads and swaps in new weights.
-    pub weights: WeightUpdater,
+    pub weights: Arc<WeightUpdater>,
 }
 
 impl AppState {
@@ -54,8 +58,8 @@ impl AppState {
         metrics: Exporter,
     ) -> Arc<Self> {
         Arc::new(Self {
-            service: RolloutService::new(engine, &config),
-            weights: WeightUpdater::new(loader, config.weights_in_flight),
+            service: Arc::new(RolloutService::new(engine, &config.rollout())),
+            weights: Arc::new(WeightUpdater::new(loader, config.weights_in_flight)),
             config,
             metrics,
             shutdown: Arc::new(Shutdown::default()),
@@ -76,10 +80,15 @@ pub async fn serve(
     if let Some(dir) = state.config.watched_weights() {
         // Catch up before serving: a replica never answers with an older version than the
         // directory offers.
-        let mut watcher = Watcher::new(dir.to_path_buf());
-        watcher.catch_up(&state).await;
+        let mut watcher = Watcher::new(
+            dir.to_path_buf(),
+            state.service.clone(),
+            state.weights.clone(),
+        );
+        watcher.catch_up().await;
         let every = Duration::from_millis(state.config.watch_interval_ms);
-        tokio::spawn(watcher.run(state.clone(), every));
+        let shutdown = state.shutdown.clone();
+        tokio::spawn(watcher.run(every, move || shutdown.phase() == Phase::Serving));
     }
     let announce = Duration::from_millis(state.config.shutdown_announce_ms);
     let grace = Duration::from_millis(state.config.shutdown_grace_ms);
@@ -147,12 +156,17 @@ async fn rollouts(
             // Tokenization errors still answer with their status; the lines follow once every
             // sequence started.
             let started = deadline
-                .bound(&state, state.service.start(valid, admission))
+                .bound(&state.shutdown, state.service.start(valid, admission))
                 .await?;
-            return Ok(stream::ndjson(state.clone(), started, deadline, running));
+            return Ok(stream::ndjson(
+                state.shutdown.clone(),
+                started,
+                deadline,
+                running,
+            ));
         }
         let response = deadline
-            .bound(&state, state.service.run(valid, admission))
+            .bound(&state.shutdown, state.service.run(valid, admission))
             .await?;
         Ok(Json(response).into_response())
     }

@@ -6,7 +6,7 @@
 //! sample never depends on batch composition, concurrency or thread count, and a GPU kernel can
 //! reproduce the same stream.
 
-use crate::stats::{Distribution, NucleusParams, StatsError, Truncation, Workspace};
+use super::distribution::{Distribution, NucleusParams, StatsError, Truncation, Workspace};
 
 /// Philox4x32 with 10 rounds: maps a 128-bit counter and a 64-bit key to 128 random bits.
 pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
@@ -107,7 +107,7 @@ impl TokenSampler {
             nucleus: NucleusParams {
                 top_p: 1.0,
                 max_candidates: 1,
-                rule: crate::stats::NucleusRule::Strict,
+                rule: super::distribution::NucleusRule::Strict,
             },
             key: DrawKey {
                 seed: key,
@@ -181,7 +181,7 @@ impl TokenSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::NucleusRule;
+    use crate::stats::distribution::NucleusRule;
 
     #[test]
     fn philox_matches_random123_known_answers() {

@@ -11,40 +11,26 @@
 //! at the same index with the same keys and stop strings are checked across the switch, and
 //! the sample records which version drew which tokens ([`VersionRuns`]). Samples drawn by the
 //! engine's own sampler (`sampler = "engine"`, no statistics) always finish on their version.
+//! The policy's values ([`InFlight`]) are part of the wire format (`api::weights`).
 
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
 use tokio::sync::watch;
 
+use crate::api::weights::InFlight;
 use crate::engine::{
-    Drawing, EngineError, FinishReason, Interrupt, SequenceOutput, SequenceRequest,
+    Drawing, Engine, EngineError, FinishReason, Interrupt, SequenceOutput, SequenceRequest,
 };
-use crate::metrics;
-use crate::rollout::Live;
+use crate::telemetry::metrics;
 
-/// What a weight update does to the samples running on the weights it replaces.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum InFlight {
-    /// They finish on the weights they started with: every request runs on one version.
-    #[default]
-    Finish,
-    /// They stop at their next token; their request is answered 409 `weights_changed` with
-    /// the tokens each sample drew, so a client can retry it or resume the samples.
-    Abort,
-    /// They go on under the new weights from their next token; each sample reports which
-    /// version drew which of its tokens.
-    Continue,
-}
-
-impl InFlight {
-    /// The policy's name in the API (`finish`, `abort`, `continue`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InFlight::Finish => "finish",
-            InFlight::Abort => "abort",
-            InFlight::Continue => "continue",
-        }
-    }
+/// The engine being served and the version of its weights. A request takes one snapshot when
+/// it starts; its samples run on it unless a swap's `in_flight` policy moves or stops them.
+#[derive(Clone)]
+pub struct Live {
+    /// The engine, with the weights loaded.
+    pub engine: Arc<dyn Engine>,
+    /// The weights version every sample it produces reports.
+    pub version: u64,
 }
 
 /// The engine that serves new requests, and what the updates so far ask of the samples
@@ -349,7 +335,7 @@ mod tests {
     fn output(tokens: &[u32], masked: bool, text: &str, finish: FinishReason) -> SequenceOutput {
         let records = tokens
             .iter()
-            .map(|&token| crate::sampling::TokenRecord {
+            .map(|&token| crate::stats::sampling::TokenRecord {
                 token,
                 ..Default::default()
             })

@@ -67,7 +67,7 @@ mod tests {
 
     #[test]
     fn round_trips_and_is_compact_for_runs() {
-        let mut rng = crate::test_rng::TestRng(5);
+        let mut rng = crate::stats::test_rng::TestRng(5);
         for _ in 0..200 {
             let n = rng.next_u64() % 400;
             let mut ids: Vec<u32> = (0..n).map(|_| (rng.next_u64() % 152_000) as u32).collect();

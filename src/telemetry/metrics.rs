@@ -2,7 +2,9 @@
 //! record them. Nothing else in the crate names a metric.
 //!
 //! Statistics are recorded once per finished request from its response (per token values into
-//! histograms in one loop), never on the per-token generation path.
+//! histograms in one loop), never on the per-token generation path. The recorders take plain
+//! values ([`ServedSample`], [`TokenMeans`], the `error_type` labels), so this module imports
+//! no other layer.
 
 use std::time::Duration;
 
@@ -10,8 +12,6 @@ use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::api::{Group, Summary};
 
 /// Requests received on `/rollouts`.
 pub const REQUESTS_RECEIVED: &str = "entroll_requests_received_total";
@@ -117,7 +117,8 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256
 const RATE_BUCKETS: &[f64] = &[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 
 /// Installs the global Prometheus recorder with entroll's buckets and describes every metric.
-pub fn install() -> anyhow::Result<Exporter> {
+/// `error_types` are the `error_type` labels a failed request can carry, each exported at 0.
+pub fn install(error_types: &[&'static str]) -> anyhow::Result<Exporter> {
     let buckets: &[(&str, &[f64])] = &[
         (TOKEN_ENTROPY, ENTROPY_BUCKETS),
         (TOKEN_TOP_P_ENTROPY, ENTROPY_BUCKETS),
@@ -140,7 +141,7 @@ pub fn install() -> anyhow::Result<Exporter> {
     }
     let handle = builder.install_recorder()?;
     describe();
-    export_counters_at_zero();
+    export_counters_at_zero(error_types);
     gauge!(WEIGHTS_VERSION).set(0.0);
     let process = metrics_process::Collector::default();
     process.describe();
@@ -317,7 +318,7 @@ fn describe() {
 
 /// Every counter, and each label value a labelled one can take, exported at 0 before its
 /// first event: a dashboard then shows 0 rather than "No data", and `rate()` has a baseline.
-fn export_counters_at_zero() {
+fn export_counters_at_zero(error_types: &[&'static str]) {
     for name in [
         REQUESTS_RECEIVED,
         REQUESTS_SUCCEEDED,
@@ -332,7 +333,7 @@ fn export_counters_at_zero() {
     ] {
         counter!(name).absolute(0);
     }
-    for error_type in crate::error::ApiError::ERROR_TYPES {
+    for &error_type in error_types {
         counter!(REQUESTS_FAILED, "error_type" => error_type).absolute(0);
     }
     for status in verifier::Status::ALL {
@@ -434,32 +435,68 @@ pub fn sequence_finished(prompt_tokens: usize, generated: usize, engine_time: Du
     }
 }
 
-/// Records a successful request: its latencies and the last request's means. Its groups are
-/// recorded by [`group_served`] as they are answered.
+/// The token means of a request that drew tokens with statistics: the `entroll_last_*` gauges.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenMeans {
+    /// Token-mean entropy, nats.
+    pub entropy: f64,
+    /// Token-mean nucleus entropy, nats.
+    pub top_p_entropy: f64,
+    /// The SIREN anchor, nats.
+    pub siren_anchor: f64,
+}
+
+/// Records a successful request: its wall time (`elapsed_ms`), its latencies, and the last
+/// request's means (`means` when it drew tokens with statistics, `reward_mean` when it had gold
+/// answers). Its groups are recorded by [`group_served`] as they are answered.
 pub fn request_succeeded(
-    summary: &Summary,
+    elapsed_ms: u64,
+    means: Option<TokenMeans>,
     reward_mean: Option<f64>,
     queue: Duration,
     first_token: Option<Duration>,
 ) {
     counter!(REQUESTS_SUCCEEDED).increment(1);
-    histogram!(REQUEST_DURATION).record(summary.elapsed_ms as f64 / 1000.0);
+    histogram!(REQUEST_DURATION).record(elapsed_ms as f64 / 1000.0);
     histogram!(QUEUE_DURATION).record(queue.as_secs_f64());
     if let Some(t) = first_token {
         histogram!(TIME_TO_FIRST_TOKEN).record(t.as_secs_f64());
     }
-    if summary.tokens > 0 {
-        gauge!(LAST_ENTROPY_MEAN).set(summary.entropy_mean);
-        gauge!(LAST_TOP_P_ENTROPY_MEAN).set(summary.top_p_entropy_mean);
-        gauge!(LAST_SIREN_ANCHOR).set(summary.siren_anchor);
+    if let Some(means) = means {
+        gauge!(LAST_ENTROPY_MEAN).set(means.entropy);
+        gauge!(LAST_TOP_P_ENTROPY_MEAN).set(means.top_p_entropy);
+        gauge!(LAST_SIREN_ANCHOR).set(means.siren_anchor);
     }
     if let Some(reward) = reward_mean {
         gauge!(LAST_REWARD_MEAN).set(reward);
     }
 }
 
-/// Records every statistic of an answered group's samples and its rewards.
-pub fn group_served(g: &Group) {
+/// One answered sample, as [`group_served`] records it.
+#[derive(Debug, Clone, Copy)]
+pub struct ServedSample<'a> {
+    /// Full-vocabulary entropy per token.
+    pub entropy: &'a [f32],
+    /// SIREN nucleus entropy per token.
+    pub top_p_entropy: &'a [f32],
+    /// SIREN nucleus size per token.
+    pub top_p_size: &'a [u32],
+    /// Sum of `entropy`.
+    pub entropy_sum: f64,
+    /// Generated tokens.
+    pub length: usize,
+    /// Peak tokens.
+    pub peak_count: usize,
+    /// The verifier's verdict, with a gold answer.
+    pub verdict: Option<verifier::Status>,
+}
+
+/// Records every statistic of an answered group's samples, and with a gold answer its pass
+/// rate and whether its rewards were all equal (`rewards`: `(pass_rate, all_equal)`).
+pub fn group_served<'a>(
+    samples: impl IntoIterator<Item = ServedSample<'a>>,
+    rewards: Option<(f64, bool)>,
+) {
     let (entropy, top_p_entropy, size) = (
         histogram!(TOKEN_ENTROPY),
         histogram!(TOKEN_TOP_P_ENTROPY),
@@ -470,8 +507,8 @@ pub fn group_served(g: &Group) {
         histogram!(RESPONSE_LENGTH),
     );
     let (mut tokens, mut peaks) = (0u64, 0u64);
-    for s in &g.samples {
-        for ((&h, &hp), &k) in s.entropy.iter().zip(&s.top_p_entropy).zip(&s.top_p_size) {
+    for s in samples {
+        for ((&h, &hp), &k) in s.entropy.iter().zip(s.top_p_entropy).zip(s.top_p_size) {
             entropy.record(h as f64);
             top_p_entropy.record(hp as f64);
             size.record(k as f64);
@@ -486,7 +523,7 @@ pub fn group_served(g: &Group) {
             counter!(VERDICTS, "status" => status.as_str()).increment(1);
         }
     }
-    if let (Some(pass_rate), Some(all_equal)) = (g.pass_rate, g.all_equal) {
+    if let Some((pass_rate, all_equal)) = rewards {
         histogram!(GROUP_PASS_RATE).record(pass_rate);
         counter!(GROUPS).increment(1);
         if all_equal {

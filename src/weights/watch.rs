@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::WeightsRequest;
-use crate::server::AppState;
+use super::swap::WeightUpdater;
+use crate::api::weights::WeightsRequest;
+use crate::rollout::service::RolloutService;
 
 /// The file a version's directory holds once it is complete.
 pub const READY: &str = "READY";
@@ -47,25 +48,29 @@ pub fn next_version(complete: &[u64], served: u64, refused: &BTreeSet<u64>) -> O
         .filter(|&v| v > served)
 }
 
-/// The watcher of one server: what it refused so far.
+/// The watcher of one server: the service it updates, its updater, and what it refused so far.
 pub struct Watcher {
     dir: PathBuf,
+    service: Arc<RolloutService>,
+    updater: Arc<WeightUpdater>,
     refused: BTreeSet<u64>,
 }
 
 impl Watcher {
-    /// A watcher of `dir`.
-    pub fn new(dir: PathBuf) -> Self {
+    /// A watcher of `dir` that swaps the versions it finds into `service` with `updater`.
+    pub fn new(dir: PathBuf, service: Arc<RolloutService>, updater: Arc<WeightUpdater>) -> Self {
         Self {
             dir,
+            service,
+            updater,
             refused: BTreeSet::new(),
         }
     }
 
     /// Loads the highest complete version above the served one, if there is one; returns the
     /// version now served.
-    pub async fn catch_up(&mut self, state: &AppState) -> u64 {
-        let served = state.service.live().version;
+    pub async fn catch_up(&mut self) -> u64 {
+        let served = self.service.live().version;
         let complete = match complete_versions(&self.dir) {
             Ok(complete) => complete,
             Err(e) => {
@@ -82,7 +87,7 @@ impl Watcher {
             version: Some(version),
             in_flight: None,
         };
-        match state.weights.update(&state.service, request, "watch").await {
+        match self.updater.update(&self.service, request, "watch").await {
             Ok(_) => version,
             Err(e) => {
                 tracing::warn!(
@@ -90,21 +95,21 @@ impl Watcher {
                     "weights version refused; it will not be tried again: {e}"
                 );
                 self.refused.insert(version);
-                state.service.live().version
+                self.service.live().version
             }
         }
     }
 
-    /// Catches up every `every` until the server stops accepting work.
-    pub async fn run(mut self, state: Arc<AppState>, every: Duration) {
+    /// Catches up every `every` until `serving` says the server stopped accepting work.
+    pub async fn run(mut self, every: Duration, serving: impl Fn() -> bool) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if state.shutdown.phase() != crate::shutdown::Phase::Serving {
+            if !serving() {
                 return;
             }
-            self.catch_up(&state).await;
+            self.catch_up().await;
         }
     }
 }

@@ -2,14 +2,14 @@
 //! per-sample sums, per-group fields and the request summary (`docs/statistics.md`).
 //! Pure functions over engine outputs, so every rule is testable without a model.
 
-use crate::api::{
+use super::in_flight::VersionRuns;
+use super::rewards::{group_stats, Score};
+use crate::api::rollouts::{
     AdvantageSpec, FinishReason, Group, PeakOn, PeakScope, Sample, StatsParams, Summary,
 };
 use crate::engine::SequenceOutput;
-use crate::in_flight::VersionRuns;
-use crate::mask_codec;
-use crate::quantile::quantile_sorted;
-use crate::rewards::{group_stats, Score};
+use crate::stats::mask_codec;
+use crate::stats::quantile::quantile_sorted;
 
 /// One prompt's finished sequences, in sample order.
 pub struct FinishedGroup {
@@ -258,8 +258,8 @@ pub fn peak_flags(values: &[f32], threshold: Option<f64>) -> Vec<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampling::TokenRecord;
-    use crate::validation::DEFAULT_STATS;
+    use crate::http::validation::DEFAULT_STATS;
+    use crate::stats::sampling::TokenRecord;
 
     fn output(top_p_entropy: &[f32]) -> SequenceOutput {
         SequenceOutput {

@@ -3,77 +3,21 @@
 //!
 //! Every setting is declared once, in the [`settings!`] list below, which generates both the
 //! resolved [`Config`] and the all-optional [`ConfigLayer`] that files, variables and flags fill.
+//! The settings file is flat; the layers below take their part of it as their own settings
+//! ([`Config::engine`], [`Config::rollout`]), and the values' types live with the layer that
+//! reads them.
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-use crate::in_flight::InFlight;
-use crate::model_store;
-
-/// Where the model runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum DeviceKind {
-    /// The host CPU.
-    Cpu,
-    /// The first CUDA GPU (needs a build with `--features cuda`).
-    Cuda,
-}
-
-/// The dtype weights are loaded in. Safetensors weights are converted to it; GGUF weights are
-/// dequantized to it by the native engine (mistral.rs keeps a GGUF file's quantization).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum WeightsDType {
-    /// float32 on CPU (exact, and faster there than bf16 or quantized kernels); on CUDA the
-    /// engine's choice (native: bf16, or a GGUF file's own quantization).
-    Auto,
-    /// float32.
-    F32,
-    /// bfloat16.
-    Bf16,
-    /// float16.
-    F16,
-}
-
-/// Which engine implementation serves the model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum EngineKind {
-    /// The native engine where it supports the model (Llama, Qwen2, Qwen3), mistral.rs
-    /// otherwise.
-    Auto,
-    /// entroll's own batched engine on candle.
-    Native,
-    /// mistral.rs 0.8 (GGUF files and safetensors directories).
-    Mistralrs,
-}
-
-/// Who draws the tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum SamplerKind {
-    /// entroll draws every token itself and measures every statistic (the normal mode).
-    Entroll,
-    /// The engine's own sampler, with no statistics and no seeds: a baseline for benchmarks.
-    Engine,
-}
-
-/// Whether the native engine runs entroll's device kernels (`kernels/`): each token's
-/// statistics and draw where the logits are, attention over the cache in place, cache writes
-/// as one parallel row copy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum DeviceKernels {
-    /// On for CUDA, off on the CPU.
-    Auto,
-    /// On; on the CPU the kernels' harness runs the GPU's code (slower: for tests).
-    On,
-    /// Off: logits rows measured on the host (`stats.rs`), candle's operations for the cache
-    /// (on the CPU, the row-wise attention kernel).
-    Off,
-}
+use crate::api::weights::InFlight;
+use crate::engine::settings::{
+    DeviceKernels, DeviceKind, EngineKind, EngineSettings, SamplerKind, WeightsDType,
+};
+use crate::rollout::rewards::RewardValues;
+use crate::rollout::service::ServiceSettings;
+use crate::weights::model_store;
 
 macro_rules! settings {
     ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, env $env:literal; )*) => {
@@ -181,6 +125,33 @@ settings! {
 }
 
 impl Config {
+    /// The engine layer's part: the model and how it runs.
+    pub fn engine(&self) -> EngineSettings {
+        EngineSettings {
+            model: self.model.clone(),
+            device: self.device,
+            dtype: self.dtype,
+            engine: self.engine,
+            device_kernels: self.device_kernels,
+            max_running_sequences: self.max_running_sequences,
+            prefill_chunk: self.prefill_chunk,
+            prefix_cache: self.prefix_cache,
+        }
+    }
+
+    /// The rollout service's part: who draws, how many run and are admitted, the rewards.
+    pub fn rollout(&self) -> ServiceSettings {
+        ServiceSettings {
+            sampler: self.sampler,
+            max_running_sequences: self.max_running_sequences,
+            max_requests: self.max_requests,
+            rewards: RewardValues {
+                correct: self.reward_correct,
+                wrong: self.reward_wrong,
+            },
+        }
+    }
+
     /// The directory of published weight versions, if one is watched.
     pub fn watched_weights(&self) -> Option<&Path> {
         (!self.watch_weights.as_os_str().is_empty()).then_some(self.watch_weights.as_path())

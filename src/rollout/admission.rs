@@ -1,0 +1,37 @@
+//! Admission control: a semaphore of `max_requests` permits taken with `try_acquire`, so a full
+//! server answers 429 `overloaded` at once instead of queueing without bound.
+
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::api::error::ApiError;
+
+/// Admits at most `max_requests` requests at once (running or queued).
+pub struct Gate {
+    permits: Arc<Semaphore>,
+    max_requests: usize,
+}
+
+/// Proof that a request was admitted; dropping it frees the slot. It is owned, so a streamed
+/// answer holds it until its last line.
+pub struct Admission(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl Gate {
+    /// A gate of `max_requests` slots.
+    pub fn new(max_requests: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max_requests)),
+            max_requests,
+        }
+    }
+
+    /// Admits a request, or answers overloaded at once.
+    pub fn admit(&self) -> Result<Admission, ApiError> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .map(Admission)
+            .map_err(|_| ApiError::Overloaded(self.max_requests))
+    }
+}

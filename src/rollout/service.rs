@@ -1,0 +1,249 @@
+//! The rollout service behind `POST /rollouts`: admission ([`super::admission`]), then for each
+//! request its steps: tokenization ([`super::request::tokenize`]), one engine sequence per
+//! sample, and the request's answer as its samples finish ([`Running`]).
+//!
+//! Sequences take permits of a fair semaphore of `min(max_running_sequences, engine batch)`
+//! before they reach the engine, so waiting sequences queue here, in arrival order, and a
+//! cancelled request never reaches the engine. Each sequence runs in a task owned by the
+//! request's `JoinSet`: when the request is dropped (the client went away, whole or streamed)
+//! the tasks are aborted and their engine futures dropped. Weight swaps are published to every
+//! sample task, which follows them as the swap's `in_flight` policy says
+//! ([`super::in_flight`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use super::admission::{Admission, Gate};
+use super::in_flight::{self, Generated, Live, Switch};
+use super::request::{tokenize, TokenizedRollout, ValidRollout};
+use super::rewards::{score, RewardValues};
+use super::running::{PendingGroup, Running, SampleDone};
+use crate::api::error::ApiError;
+use crate::api::rollouts::{RolloutResponse, Served};
+use crate::api::weights::InFlight;
+use crate::engine::settings::SamplerKind;
+use crate::engine::{Drawing, Engine, SequenceRequest};
+use crate::stats::distribution::{NucleusParams, Truncation};
+use crate::stats::sampling::{DrawKey, TokenSampler};
+use crate::telemetry::metrics::{self, SequenceGauge};
+
+/// What a [`RolloutService`] is built with: its part of the server's settings.
+#[derive(Clone, Debug)]
+pub struct ServiceSettings {
+    /// Who draws the tokens.
+    pub sampler: SamplerKind,
+    /// Sequences the engine runs at once; more wait in the service's queue.
+    pub max_running_sequences: usize,
+    /// Requests admitted at once (running or queued); beyond this, `overloaded`.
+    pub max_requests: usize,
+    /// The rewards of a correct and of any other sample.
+    pub rewards: RewardValues,
+}
+
+/// Serves rollout requests on the live engine.
+pub struct RolloutService {
+    /// The live engine, and the policy of the swap that made it live; every sample task
+    /// watches it.
+    switches: watch::Sender<Switch>,
+    sampler: SamplerKind,
+    gate: Gate,
+    sequences: Arc<Semaphore>,
+    sequence_slots: usize,
+    rewards: RewardValues,
+    verifier: Arc<verifier::Config>,
+}
+
+impl RolloutService {
+    /// A service over `engine` with the limits of `settings`.
+    pub fn new(engine: Arc<dyn Engine>, settings: &ServiceSettings) -> Self {
+        let sequence_slots = settings
+            .max_running_sequences
+            .min(engine.info().max_batch)
+            .max(1);
+        Self {
+            sequences: Arc::new(Semaphore::new(sequence_slots)),
+            sequence_slots,
+            switches: watch::Sender::new(Switch::first(Live { engine, version: 0 })),
+            sampler: settings.sampler,
+            gate: Gate::new(settings.max_requests),
+            rewards: settings.rewards,
+            verifier: Arc::new(verifier::Config::default()),
+        }
+    }
+
+    /// The engine and weights version now serving new requests.
+    pub fn live(&self) -> Live {
+        self.switches.borrow().live.clone()
+    }
+
+    /// Makes `next` serve every request that starts from now on; the samples running on older
+    /// weights finish there, abort or move to `next`, as `in_flight` says. An engine is dropped
+    /// after the last sample running on it.
+    pub fn swap(&self, next: Live, in_flight: InFlight) {
+        self.switches
+            .send_modify(|switch| *switch = switch.then(next, in_flight));
+    }
+
+    /// Admits a request, or answers overloaded at once.
+    pub fn admit(&self) -> Result<Admission, ApiError> {
+        self.gate.admit()
+    }
+
+    fn drawing(&self, req: &ValidRollout, prompt: u32, sample: u32) -> Drawing {
+        let s = &req.sampling;
+        match self.sampler {
+            SamplerKind::Entroll => Drawing::Entroll(TokenSampler {
+                temperature: s.temperature,
+                truncation: Truncation {
+                    top_k: s.top_k,
+                    top_p: s.top_p,
+                },
+                nucleus: NucleusParams {
+                    top_p: req.stats.top_p,
+                    max_candidates: req.stats.top_k_candidates,
+                    rule: req.stats.nucleus,
+                },
+                key: DrawKey {
+                    seed: s.seed,
+                    prompt,
+                    sample,
+                },
+                // Nothing to return when nothing truncates.
+                mask: req.return_sampling_mask && (s.top_p < 1.0 || s.top_k.is_some()),
+            }),
+            SamplerKind::Engine => Drawing::Engine {
+                temperature: s.temperature,
+                top_p: s.top_p,
+                top_k: s.top_k,
+            },
+        }
+    }
+
+    /// Runs an admitted, validated request to completion and answers it whole: every group in
+    /// request order, then the summary. Every sample runs on the same weights.
+    pub async fn run(
+        &self,
+        req: ValidRollout,
+        admission: Admission,
+    ) -> Result<RolloutResponse, ApiError> {
+        self.start(req, admission).await?.collect().await
+    }
+
+    /// Starts an admitted, validated request: tokenizes its prompts on the live engine and
+    /// starts one sequence per sample, each a task of the returned [`Running`]'s `JoinSet`
+    /// (dropping it cancels them). Every sample runs on the same weights.
+    pub async fn start(
+        &self,
+        req: ValidRollout,
+        admission: Admission,
+    ) -> Result<Running, ApiError> {
+        let started = Instant::now();
+        let TokenizedRollout {
+            request,
+            prompt_ids,
+        } = tokenize(req, self.live().engine.as_ref()).await?;
+        // Taken after tokenization, so that an update swapped in meanwhile serves the request
+        // from its start (same architecture, same vocabulary) rather than stopping it at once.
+        let live = self.live();
+        let mut tasks = JoinSet::new();
+        let mut groups = Vec::with_capacity(request.prompts.len());
+        for (pi, (p, ids)) in request.prompts.iter().zip(prompt_ids).enumerate() {
+            for si in 0..p.group_size {
+                let sequence = Sequence {
+                    prompt: pi,
+                    sample: si,
+                    request: SequenceRequest {
+                        prompt: ids.clone(),
+                        drawn: Arc::new([]),
+                        max_tokens: request.sampling.max_tokens,
+                        stop: request.sampling.stop.clone(),
+                        drawing: self.drawing(&request, pi as u32, si as u32),
+                        interrupt: Default::default(),
+                    },
+                    gold: p.answer.clone(),
+                };
+                tasks.spawn(self.sample_task(sequence, live.clone()));
+            }
+            groups.push(PendingGroup::new(
+                p.id.clone(),
+                ids,
+                p.answer.is_some(),
+                p.group_size,
+            ));
+        }
+        let info = live.engine.info();
+        let served = Served {
+            model: info.id.clone(),
+            vocab_size: info.vocab_size,
+            weights_version: live.version,
+            sampling: request.sampling,
+            stats: request.stats,
+            advantage: request.advantage,
+        };
+        Ok(Running::new(served, groups, tasks, started, admission))
+    }
+
+    /// One sample: waits for a sequence slot (the fair queue), generates on `live` and the
+    /// weights that swaps move it to ([`in_flight::generate`]), and verifies the answer off
+    /// the executor, overlapping the generation of the other samples. A swap under `abort`
+    /// stops it, waiting or running, with what it drew.
+    fn sample_task(
+        &self,
+        sequence: Sequence,
+        live: Live,
+    ) -> impl std::future::Future<Output = Result<SampleDone, ApiError>> + Send + 'static {
+        let (slots, capacity) = (self.sequences.clone(), self.sequence_slots);
+        let (values, verifier) = (self.rewards, self.verifier.clone());
+        let mut switches = self.switches.subscribe();
+        async move {
+            let (prompt, sample) = (sequence.prompt, sequence.sample);
+            let follows = in_flight::interruptible(&sequence.request);
+            let mut gauge = SequenceGauge::waiting();
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot.map_err(|_| {
+                    ApiError::Engine("the sequence scheduler has shut down".into())
+                })?,
+                by = in_flight::aborted(&mut switches, live.version), if follows => {
+                    let generated = Generated::aborted_before_start(live.version, by);
+                    let output = (generated, None);
+                    return Ok(SampleDone { prompt, sample, output, entered: None });
+                }
+            };
+            let entered = Instant::now();
+            gauge.run(capacity - slots.available_permits() - 1);
+            let prompt_len = sequence.request.prompt.len();
+            let generated = in_flight::generate(live, sequence.request, &mut switches).await?;
+            let length = generated.output.length;
+            metrics::sequence_finished(prompt_len, length, entered.elapsed());
+            drop((slot, gauge));
+            let score = match sequence.gold.filter(|_| generated.aborted_by.is_none()) {
+                Some(gold) => {
+                    let text = generated.output.text.clone();
+                    let verdict =
+                        tokio::task::spawn_blocking(move || score(&gold, &text, values, &verifier))
+                            .await
+                            .map_err(|e| ApiError::Engine(format!("verifier failed: {e}")))?;
+                    Some(verdict)
+                }
+                None => None,
+            };
+            Ok(SampleDone {
+                prompt,
+                sample,
+                output: (generated, score),
+                entered: Some(entered),
+            })
+        }
+    }
+}
+
+/// One sample to run: where it belongs, what the engine runs, and its gold answer.
+struct Sequence {
+    prompt: usize,
+    sample: usize,
+    request: SequenceRequest,
+    gold: Option<String>,
+}
