@@ -7,7 +7,7 @@
 # recomputation agrees with entroll's statistics, and the entropy statistics changed.
 #
 #   docker/demo.sh                               # 5 steps of each method
-#   STEPS=2 PROFILE=dev docker/demo.sh           # the shortened run in scripts/test
+#   STEPS=2 BUILT=1 docker/demo.sh         # the shortened run in scripts/test
 #   LEARNER_ARGS="--group-size 8 --max-tokens 128" docker/demo.sh
 #
 # Output in $OUT (default target/demo): <method>/steps.jsonl, <method>/training.png,

@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source loadtest/lib.sh
-PROFILE=${PROFILE:-dev}
+PROFILE=${PROFILE:-release}
 [ -n "${BUILT:-}" ] || cargo build --quiet --profile "$PROFILE" -p entroll -p loadtest --bins
 target=${CARGO_TARGET_DIR:-target}
 dir=$target/$PROFILE; [ "$PROFILE" = dev ] && dir=$target/debug

@@ -6,12 +6,12 @@
 # run, if the server is unhealthy afterwards, or if it does not exit 0 on SIGTERM.
 #
 #   DURATION=1800 loadtest/soak.sh            # the 30-minute soak of docs/reliability.md
-#   DURATION=20 PROFILE=dev loadtest/soak.sh  # the smoke run in scripts/test (with BUILT=1)
+#   DURATION=20 loadtest/soak.sh  # the smoke run in scripts/test (with BUILT=1)
 #
 # Extra arguments go to the load generator. The report lands in $OUT (default target/soak).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PROFILE=${PROFILE:-dev}
+PROFILE=${PROFILE:-release}
 DURATION=${DURATION:-60}
 DATASET=${DATASET:-datasets/gsm8k_test.jsonl}
 OUT=${OUT:-target/soak}

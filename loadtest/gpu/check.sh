@@ -25,8 +25,8 @@ SMOKE=${SMOKE:-0}
 if [ "$SMOKE" = 1 ]; then
   target=$(realpath "${CARGO_TARGET_DIR:-target}")
   export STAGE=${STAGE:-$target/gpu-check-smoke} DEVICE=cpu
-  export ENTROLL_BIN=${ENTROLL_BIN:-$target/debug/entroll}
-  export LOADTEST_BIN=${LOADTEST_BIN:-$target/debug/loadtest}
+  export ENTROLL_BIN=${ENTROLL_BIN:-$target/release/entroll}
+  export LOADTEST_BIN=${LOADTEST_BIN:-$target/release/loadtest}
   export PYTHON=${PYTHON:-$(scripts/learner-env)}
   rm -rf "$STAGE" && mkdir -p "$STAGE"
   # The tiny random Qwen2 of scripts/learner-env stands in for the Qwen2-1.5B shape.

@@ -1,7 +1,7 @@
 """Sampling-mask replay against entroll itself: the learner recomputes the served model in
 float32 and, with each token's mask, reproduces entroll's `sampling_logprob` (the log-prob under
 the truncated distribution the token was drawn from) and `sampling_mass`. Starts the `entroll`
-binary (ENTROLL_BIN, default target/debug/entroll) on the tiny random Llama that
+binary (ENTROLL_BIN, default target/release/entroll) on the tiny random Llama that
 scripts/learner-env makes."""
 
 import base64
@@ -21,7 +21,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")
 
 
 def test_the_wire_form_matches_entroll_s_known_bytes():
-    # The bytes src/mask_codec.rs's unit test pins for [0, 1, 200, 49151].
+    # The bytes src/stats/mask_codec.rs's unit test pins for [0, 1, 200, 49151].
     wire = base64.b64encode(bytes([0x00, 0x00, 0xC6, 0x01, 0xB6, 0xFE, 0x02])).decode()
     assert replay.decode_mask(wire) == [0, 1, 200, 49_151]
     assert replay.decode_mask("") == []
@@ -31,7 +31,7 @@ def test_the_wire_form_matches_entroll_s_known_bytes():
 
 @pytest.fixture(scope="module")
 def server():
-    binary = os.environ.get("ENTROLL_BIN", os.path.join(ROOT, "target", "debug", "entroll"))
+    binary = os.environ.get("ENTROLL_BIN", os.path.join(ROOT, "target", "release", "entroll"))
     home = os.environ.get("ENTROLL_HOME") or os.path.expanduser("~/.cache/entroll")
     model = os.path.join(home, "models", "tiny-random-llama")
     assert os.path.exists(binary), f"{binary} is missing: build entroll first (scripts/test does)"
