@@ -28,7 +28,9 @@ trap 'kill -9 $(jobs -p) 2>/dev/null || true' EXIT
 models=$(dirname "$("$bin" fetch-model)")
 if [ "${SMOKE:-0}" = 1 ]; then
   model=$models/tiny-random-llama
-  load=(--prompts-per-request 1 --group-size 2 --max-tokens 48 --concurrency 4 --requests 80)
+  # For 10 s, past the stop at 6 s however fast the machine: the kill and the stop must land
+  # while requests run (checked below).
+  load=(--prompts-per-request 1 --group-size 2 --max-tokens 48 --concurrency 4 --requests 0 --duration 10)
   at=(2 4 6)     # seconds into the run: publish, kill, stop
 else
   model=$models/SmolLM2-135M-Instruct-hf
@@ -40,10 +42,14 @@ weights=$out/weights
 rm -rf "$weights"; mkdir -p "$weights"
 common=(--model "$model" --watch-weights "$weights" --watch-interval-ms 200
         --shutdown-announce-ms 3000 --max-running-sequences 16)
+# The load generator exits 1 when an answer was not a complete 200; its report says which, and
+# its exit status is checked with the report below.
 run_load() { # label url
+  local status=0
   "$dir/loadtest" --url "$2" --dataset datasets/gsm8k_test.jsonl --label "$1" --quiet \
       --retries 20 --backoff-ms 250 --scrape-every 1 "${load[@]}" --output "$out/$1.json" \
-      > /dev/null 2> "$out/$1.err" || true
+      > /dev/null 2> "$out/$1.err" || status=$?
+  echo "$status" > "$out/$1.exit"
 }
 
 # One replica alone, the same load.
@@ -91,10 +97,14 @@ for _ in $(seq 600); do
   sleep 0.05
 done
 
+# Whether the load was still running: a kill or a stop after it ended proves nothing.
+running() { kill -0 "$load_pid" 2>/dev/null && echo true || echo false; }
 wait_until "${at[1]}"
+load_at_kill=$(running)
 kill -9 "${pids[2]}"
 killed_at=$(python3 -c "print(round($(date +%s.%N) - $started, 1))")
 wait_until "${at[2]}"
+load_at_stop=$(running)
 kill -TERM "${pids[1]}"
 stopped_at=$(python3 -c "print(round($(date +%s.%N) - $started, 1))")
 stopped_exit=0
@@ -103,16 +113,18 @@ wait "$load_pid"
 kill "$balancer" 2>/dev/null || true
 stop_entroll "${pids[0]}"
 
-python3 - "$out" "$propagation" "$killed_at" "$stopped_at" "$stopped_exit" <<'PY' | tee "$out/scale.json"
+python3 - "$out" "$propagation" "$killed_at" "$stopped_at" "$stopped_exit" "$load_at_kill" "$load_at_stop" <<'PY' | tee "$out/scale.json"
 import json, os, sys
-out, propagation, killed, stopped, stopped_exit = sys.argv[1:]
+out, propagation, killed, stopped, stopped_exit, load_at_kill, load_at_stop = sys.argv[1:]
 single = json.load(open(os.path.join(out, "single.json")))
 # HAProxy's HTTP log: ".../srv_conn/retries queues "METHOD path"; a '+' marks a redispatch.
 import re
 log = open(os.path.join(out, "haproxy.log")).read()
 retried = sum(int(m.group(1)) > 0 for m in re.finditer(r'/\+?(\d+) \d+/\d+ "POST /rollouts', log))
 many = json.load(open(os.path.join(out, "replicas.json")))
-sent = many["args"]["requests"]
+sent_by = lambda r: sum(sum(o.values()) for o in r["outcomes"].values())
+exit_of = lambda label: int(open(os.path.join(out, label + ".exit")).read())
+sent = sent_by(many)
 report = {
     "replicas": 3,
     "requests_sent": sent,
@@ -125,16 +137,29 @@ report = {
     "seconds_until_every_replica_served_the_new_version": None if propagation == "null" else float(propagation),
     "replica_killed_at_s": float(killed),
     "replica_stopped_at_s": float(stopped),
+    "load_running_at_kill_and_stop": load_at_kill == "true" and load_at_stop == "true",
+    "load_generator_exit_codes": [exit_of("single"), exit_of("replicas")],
     "stopped_replica_exit_code": int(stopped_exit),
     "balancer_retried_requests": retried,
     "tokens_per_s_one_replica": round(single["tokens_per_s"], 1),
     "tokens_per_s_three_replicas": round(many["tokens_per_s"], 1),
     "throughput_ratio": round(many["tokens_per_s"] / single["tokens_per_s"], 3),
-    "one_replica_lost": single["args"]["requests"] - single["requests_ok"],
+    "one_replica_lost": sent_by(single) - single["requests_ok"],
 }
 print(json.dumps(report, indent=2))
-ok = (report["requests_lost"] == 0 and report["answers_not_a_complete_200"] == 0
-      and report["requests_mixing_versions"] == 0 and report["stopped_replica_exit_code"] == 0
-      and report["seconds_until_every_replica_served_the_new_version"] is not None)
-sys.exit(0 if ok else 1)
+checks = {
+    "requests were sent": sent > 0,
+    "no request lost": report["requests_lost"] == 0 and report["one_replica_lost"] == 0,
+    "every answer a complete 200": report["answers_not_a_complete_200"] == 0
+        and report["load_generator_exit_codes"] == [0, 0],
+    "no request mixed versions": report["requests_mixing_versions"] == 0,
+    "requests ran on the new version": many["versions"].get("1", 0) > 0,
+    "the load ran through the kill and the stop": report["load_running_at_kill_and_stop"],
+    "the stopped replica exited 0": report["stopped_replica_exit_code"] == 0,
+    "every replica served the new version": report["seconds_until_every_replica_served_the_new_version"] is not None,
+}
+failed = [name for name, held in checks.items() if not held]
+print(f"scale: {len(checks) - len(failed)} of {len(checks)} checks hold" + (f"; failed: {failed}" if failed else ""),
+      file=sys.stderr)
+sys.exit(1 if failed else 0)
 PY

@@ -50,6 +50,13 @@ print(f"  server: {r['server']['generated_tokens']:.0f} tokens, "
 print(f"  resident memory: start {m['start_bytes']/2**20:.0f} MiB, end {m['end_bytes']/2**20:.0f} MiB, "
       f"max {m['max_bytes']/2**20:.0f} MiB, growth after warm-up {m['growth_after_warmup_bytes']/2**20:+.1f} MiB")
 assert m["growth_after_warmup_bytes"] <= bound * 2**20, f"memory grew more than {bound} MiB after warm-up"
+# Normal requests were served and oversized ones refused, not only answered 429 (which every
+# kind allows): a server that refuses everything as overloaded fails here. (Whether a
+# disconnect or a deadline ends first depends on the load: they are counted, not required.)
+for kind, wanted in {"normal": "200", "oversized": "413 validation"}.items():
+    n = r["outcomes"].get(kind, {}).get(wanted, 0)
+    assert n > 0, f"no {kind} request ended {wanted}: {r['outcomes'].get(kind)}"
+    print(f"  {kind}: {n} ended {wanted}")
 PY
 kill -TERM "$pid"
 status=0; wait "$pid" || status=$?

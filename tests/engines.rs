@@ -39,22 +39,34 @@ fn request() -> Value {
 /// all, and the largest difference of a statistic seen.
 fn compare(a: &Value, b: &Value, what: &str) -> (usize, usize, f64) {
     let (mut compared, mut total, mut largest) = (0, 0, 0.0f64);
-    for (ga, gb) in a["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(b["groups"].as_array().unwrap())
-    {
+    let (groups_a, groups_b) = (
+        a["groups"].as_array().unwrap(),
+        b["groups"].as_array().unwrap(),
+    );
+    // Counted before zipping: an engine that returned fewer groups or samples would otherwise
+    // shrink what is compared (and `total`) without a failure.
+    assert!(!groups_a.is_empty(), "{what}: no groups");
+    assert_eq!(
+        groups_a.len(),
+        groups_b.len(),
+        "{what}: group counts differ"
+    );
+    for (ga, gb) in groups_a.iter().zip(groups_b) {
         assert_eq!(
             ga["prompt_token_ids"], gb["prompt_token_ids"],
             "{what}: the engines tokenized a prompt differently"
         );
-        for (sa, sb) in ga["samples"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(gb["samples"].as_array().unwrap())
-        {
+        let (samples_a, samples_b) = (
+            ga["samples"].as_array().unwrap(),
+            gb["samples"].as_array().unwrap(),
+        );
+        assert_eq!(
+            samples_a.len(),
+            samples_b.len(),
+            "{what}: sample counts differ"
+        );
+        assert!(!samples_a.is_empty(), "{what}: a group without samples");
+        for (sa, sb) in samples_a.iter().zip(samples_b) {
             let (ta, tb) = (&sa["token_ids"], &sb["token_ids"]);
             let (ta, tb) = (ta.as_array().unwrap(), tb.as_array().unwrap());
             // Equal logits give equal draws; a draw may only differ where its uniform falls

@@ -33,24 +33,32 @@ const TOLERANCE: f64 = 1e-4;
 #[derive(Clone, Copy, Debug)]
 struct Precision {
     dtype: &'static str,
+    /// Bound on every token's difference.
     tolerance: f64,
+    /// Bound on the mean difference over a response's tokens: rounding noise averages out,
+    /// a systematic error (a bug) does not.
+    mean_tolerance: f64,
 }
 
 /// float32 on the CPU (the default).
 const F32: Precision = Precision {
     dtype: "auto",
     tolerance: TOLERANCE,
+    mean_tolerance: TOLERANCE,
 };
 
 /// bf16 on the CPU: every activation, the cache and each matrix product's output rounded to
 /// bf16 (8 significant bits) as on a GPU; the oracle runs the same bf16-rounded weights in
 /// float32, so the difference is the activations' rounding alone. Measured (worst token):
 /// 0.27–0.51 nats on the tiny random Qwen2, 0.34–0.40 on the default model
-/// (docs/native-engine.md); the bound is twice that. Exact properties (identical greedy
-/// groups, the same bytes alone and among others) hold in bf16 as in float32.
+/// (docs/native-engine.md); the bound is twice that. The mean over a response's tokens was
+/// 0.024–0.12 nats (17 responses, 2026-12-04); its bound is twice the largest, and catches an
+/// attention scale 15% off that the worst-token bound lets through. Exact properties
+/// (identical greedy groups, the same bytes alone and among others) hold in bf16 as in float32.
 const BF16: Precision = Precision {
     dtype: "bf16",
     tolerance: 1.0,
+    mean_tolerance: 0.25,
 };
 
 /// splitmix64: the scenarios' generator.
@@ -86,7 +94,7 @@ fn ids(v: &Value) -> Vec<u32> {
 /// Checks every sample of `response` against the oracle (or the first of each group, for
 /// groups already known to be identical); returns the largest difference.
 fn check_oracle(oracle: &Oracle, request: &Value, response: &Value, what: &str) -> f64 {
-    check_oracle_samples(oracle, request, response, what, usize::MAX, TOLERANCE)
+    check_oracle_samples(oracle, request, response, what, usize::MAX, F32)
 }
 
 fn check_oracle_samples(
@@ -95,10 +103,11 @@ fn check_oracle_samples(
     response: &Value,
     what: &str,
     per_group: usize,
-    tolerance: f64,
+    precision: Precision,
 ) -> f64 {
     let temperature = request["sampling"]["temperature"].as_f64().unwrap();
-    let mut worst = 0.0f64;
+    let tolerance = precision.tolerance;
+    let (mut worst, mut sum, mut count) = (0.0f64, 0.0f64, 0usize);
     for group in response["groups"].as_array().unwrap() {
         let prompt = ids(&group["prompt_token_ids"]);
         for sample in group["samples"].as_array().unwrap().iter().take(per_group) {
@@ -111,6 +120,7 @@ fn check_oracle_samples(
                     .abs()
                     .max((entropy[t] - r.entropy).abs());
                 worst = worst.max(diff);
+                (sum, count) = (sum + diff, count + 1);
                 assert!(
                     diff <= tolerance,
                     "{what}: prompt of {} tokens, sample {}, token {t}: logprob {} vs oracle {}, \
@@ -125,6 +135,14 @@ fn check_oracle_samples(
             }
         }
     }
+    assert!(count > 0, "{what}: no token to check");
+    let mean = sum / count as f64;
+    assert!(
+        mean <= precision.mean_tolerance,
+        "{what}: mean difference {mean:.3e} over {count} tokens, bound {:.1e}",
+        precision.mean_tolerance
+    );
+    eprintln!("{what}: {count} tokens, mean difference {mean:.3e}, worst {worst:.3e}");
     worst
 }
 
@@ -227,7 +245,7 @@ async fn greedy_groups_agree_and_match_the_oracle(
     let request = greedy_request(&mut rng, &shapes, 5);
     let response = rollout(&s.base, &request).await;
     check_greedy_groups(&response, &what);
-    let worst = check_oracle_samples(&oracle, &request, &response, &what, 1, precision.tolerance);
+    let worst = check_oracle_samples(&oracle, &request, &response, &what, 1, precision);
     eprintln!(
         "{what}: {} greedy groups identical, oracle within {worst:.2e}",
         shapes.len()
@@ -338,7 +356,7 @@ async fn random_scenarios(model: &Path, chunk: usize, scenarios: u64, precision:
                 &together,
                 &what,
                 usize::MAX,
-                precision.tolerance,
+                precision,
             ));
             let single = rollout(&alone.base, request).await;
             assert_eq!(

@@ -73,6 +73,16 @@ async fn prometheus_scrapes_statistics_consistent_with_the_responses() {
     let server = spawn(&[]);
     let target = server.base.trim_start_matches("http://").to_string();
     let (_prometheus, prom) = start_prometheus(&target);
+    // A scrape before any request, so the generated-token counter's rate below has a sample
+    // at 0 to rise from.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while query(&prom, "entroll_generated_tokens_total").await != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never scraped entroll"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let mut responses = Vec::new();
     for seed in [1, 2] {
@@ -144,17 +154,16 @@ async fn prometheus_scrapes_statistics_consistent_with_the_responses() {
     );
     assert!((get("entroll_group_pass_rate_sum").await - pass_rates).abs() < 1e-9);
     assert_eq!(get("entroll_groups_total").await, groups.len() as f64);
+    // Exported at 0 from the start: a missing series is a failure, not a zero.
     assert_eq!(
-        query(&prom, "entroll_zero_variance_groups_total")
-            .await
-            .unwrap_or(0.0),
+        get("entroll_zero_variance_groups_total").await,
         zero_variance
     );
     assert_eq!(get("entroll_weights_version").await, 0.0);
     assert_eq!(get("sum(entroll_verdicts_total)").await, 8.0);
-    // Throughput is a rate over the scraped counter.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(get("rate(entroll_generated_tokens_total[1m])").await >= 0.0);
+    // Throughput is a rate over the scraped counter: it rose from 0 to `tokens` in the window.
+    let rate = get("rate(entroll_generated_tokens_total[5m])").await;
+    assert!(rate > 0.0, "generated tokens at rate {rate}");
     // The process metrics are there too: the model alone is tens of MB resident.
     assert!(get("process_resident_memory_bytes").await > 50e6);
     assert!(get("process_threads").await >= 2.0);

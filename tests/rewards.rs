@@ -27,11 +27,19 @@ async fn rewards_pass_rates_and_advantages_on_real_samples() {
     assert!(correct.iter().all(|&c| !c));
     assert_eq!(first["groups"][0]["pass_rate"], 0.0);
     assert_eq!(first["groups"][0]["all_equal"], true);
-    // One sample's own answer becomes the gold answer.
-    let chosen = samples(&first)
+    // One sample's own answer becomes the gold answer: one that some samples hold and others
+    // do not, so the group mixes rewards and every estimator's advantages are non-trivial (an
+    // all-correct group has zero variance and would leave them untested).
+    let answers: Vec<Option<&str>> = samples(&first)
         .iter()
-        .find_map(|s| s["extracted_answer"].as_str().map(str::to_string))
-        .expect("some sample holds an answer");
+        .map(|s| s["extracted_answer"].as_str())
+        .collect();
+    let chosen = answers
+        .iter()
+        .flatten()
+        .find(|&&a| answers.iter().filter(|&&b| b == Some(a)).count() < answers.len())
+        .map(|a| a.to_string())
+        .expect("a sample holds an answer that not every sample holds");
     for estimator in [json!("grpo"), json!("drgrpo"), json!({"qae": 0.5})] {
         let again = rollout(s, &request(&chosen, estimator.clone())).await;
         // Same seed, same samples.
@@ -44,8 +52,9 @@ async fn rewards_pass_rates_and_advantages_on_real_samples() {
         assert_eq!(texts(&first), texts(&again));
         let correct = check_rewards(&again, &chosen, &estimator);
         assert!(
-            correct.iter().any(|&c| c),
-            "the sample whose answer is gold is correct"
+            correct.iter().any(|&c| c) && !correct.iter().all(|&c| c),
+            "the group mixes right and wrong: {correct:?}"
         );
+        assert_eq!(again["groups"][0]["all_equal"], false);
     }
 }

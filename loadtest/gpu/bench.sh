@@ -63,20 +63,30 @@ case $cmd in
     model=$1 g=$2 tokens=$3 conc=$4
     configs=${5:-"native=--engine native;native-nostats=--engine native --sampler engine;mistralrs=--engine mistralrs"}
     IFS=';' read -ra list <<< "$configs"
+    # Every configuration is tried (one that fails says so and leaves the others their run);
+    # the step fails if any did.
+    failures=0
     for config in "${list[@]}"; do
       label=${config%%=*}
       name="$model-G$g-T$tokens-C$conc-$label"
       # shellcheck disable=SC2086
-      start_entroll "$ENTROLL_BIN" "$OUT/$name.log" --device "$DEVICE" \
+      if ! start_entroll "$ENTROLL_BIN" "$OUT/$name.log" --device "$DEVICE" \
           --model "$(model_path "$model")" --max-running-sequences 256 --max-requests 256 \
-          --max-group-size 64 ${config#*=} || continue
+          --max-group-size 64 ${config#*=}; then
+        echo "$name: the server did not start" >&2
+        failures=$((failures + 1))
+        continue
+      fi
       # Saturating loads send many requests at once; each request is 8 prompts × G samples.
-      "$LOADTEST_BIN" --url "$ENTROLL_URL" --dataset "$DATASET" --label "$name" --quiet \
+      if ! "$LOADTEST_BIN" --url "$ENTROLL_URL" --dataset "$DATASET" --label "$name" --quiet \
           --prompts-per-request 8 --group-size "$g" --max-tokens "$tokens" \
-          --concurrency "$conc" --requests "$((conc * 2))" --output "$OUT/$name.json" > /dev/null ||
+          --concurrency "$conc" --requests "$((conc * 2))" --output "$OUT/$name.json" > /dev/null; then
         echo "$name: load generator failed" >&2
+        failures=$((failures + 1))
+      fi
       stop_entroll "$ENTROLL_PID"
     done
+    [ "$failures" -eq 0 ] || { echo "bench.sh run: $failures of ${#list[@]} configurations failed" >&2; exit 1; }
     ;;
   baseline)
     model=$1 g=$2 tokens=$3 batch=$4
@@ -101,6 +111,11 @@ for path in sorted(glob.glob(os.path.join(out, "*.json"))):
 table = "| run | tok/s | forward ms/step | copy ms/step | draw ms/step |\n|---|---|---|---|---|\n" + "\n".join(rows)
 open(os.path.join(out, "table.md"), "w").write(table + "\n")
 print(table)
+# A table with no run, or a run that generated nothing, measured nothing.
+assert rows, f"no run in {out}"
+idle = [os.path.basename(p) for p in sorted(glob.glob(os.path.join(out, "*.json")))
+        if not (json.load(open(p)).get("tokens_per_s") or 0) > 0]
+assert not idle, f"runs without throughput: {idle}"
 PY
     ;;
   *)

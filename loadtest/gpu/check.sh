@@ -85,15 +85,15 @@ stop_entroll "$host_pid"
 
 configs="kernels=--engine native --device-kernels on;candle=--engine native --device-kernels off"
 for conc in $batches; do
-  loadtest/gpu/bench.sh run qwen2-1.5b "$g" "$tokens" "$conc" "$configs" >&2
+  loadtest/gpu/bench.sh run qwen2-1.5b "$g" "$tokens" "$conc" "$configs" >&2 || failed=1
   loadtest/gpu/bench.sh baseline qwen2-1.5b "$g" "$tokens" "$((conc * 8))" >&2 ||
-    echo "transformers baseline at $((conc * 8)) prompts failed" >&2
+    { echo "transformers baseline at $((conc * 8)) prompts failed" >&2; failed=1; }
 done
 {
   echo
   echo "## 4. Throughput (G = $g, $tokens new tokens, decode batch = 8 × G × requests at once)"
   echo
-  loadtest/gpu/bench.sh table
+  loadtest/gpu/bench.sh table || { echo "(the table lacks runs: see above)"; failed=1; }
   echo
   echo "Predicted for the anchor workload (docs/benchmarks.md): about 4.8 ms per decode step at"
   echo "batch 256 on an H100-class GPU once the whole design is in; the forward and draw columns"

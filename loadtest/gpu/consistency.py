@@ -13,6 +13,7 @@ far their statistics are apart. Prints a markdown table; exits 1 if a check that
 """
 
 import json
+import os
 import math
 import sys
 import urllib.request
@@ -75,6 +76,8 @@ def main():
         print(__doc__, file=sys.stderr)
         return 2
     url = sys.argv[1].rstrip("/")
+    # check.sh says which device the servers run on: on the CPU the checks are exact.
+    cpu = os.environ.get("DEVICE", "cuda") == "cpu"
     info = call(url, "/info")
     vocab = info["vocab_size"]
     candidates = 10_000
@@ -106,33 +109,54 @@ def main():
     rows.append(("greedy groups identical (prompts of 1, 7, 64, 200 tokens)",
                  f"{equal}/{len(answer['groups'])} groups", equal == len(answer["groups"])))
 
+    # On the CPU the engine's reductions do not depend on the batch, so a group draws the same
+    # bytes alone and beside others (tests/oracle.rs proves it); on a GPU that is what this
+    # check finds out, so there it is reported.
     alone = call(url, "/rollouts", dict(sampled, prompts=sampled["prompts"][:1]))
     batched = samples(first)[:4]
-    invariant = sum(a["token_ids"] == b["token_ids"] for a, b in zip(samples(alone), batched))
-    rows.append(("a group alone draws what it drew beside others (batch invariance; reported)",
-                 f"{invariant}/{len(batched)} samples", True))
+    assert len(samples(alone)) == len(batched) == 4, "a group of 4 alone and beside others"
+    invariant = sum(a["token_ids"] == b["token_ids"] and a["logprobs"] == b["logprobs"]
+                    for a, b in zip(samples(alone), batched))
+    rows.append((f"a group alone draws what it drew beside others (batch invariance"
+                 f"{'' if cpu else '; reported'})",
+                 f"{invariant}/{len(batched)} samples", invariant == len(batched) or not cpu))
 
     if len(sys.argv) == 3:
         other_url = sys.argv[2].rstrip("/")
         other_info = call(other_url, "/info")
         other = call(other_url, "/rollouts", sampled)
+        assert len(samples(first)) == len(samples(other)) == 16, "16 samples from each server"
         pairs = list(zip(samples(first), samples(other)))
         # The two settings round differently (attention kernels, bf16 on a GPU), so a draw near
-        # a boundary may part two samples; up to there they saw the same tokens, and their
-        # statistics must agree.
-        alike, total, worst = 0, 0, 0.0
+        # a boundary may part two samples. Up to there they saw the same tokens: the statistics
+        # of the drawn tokens must agree there, and the distribution's own statistics (entropy,
+        # nucleus) one token further, at the first draw that differs (the same context).
+        alike, total, compared, worst = 0, 0, 0, 0.0
         for a, b in pairs:
             prefix = 0
             while prefix < min(a["length"], b["length"]) and a["token_ids"][prefix] == b["token_ids"][prefix]:
                 prefix += 1
             alike, total = alike + prefix, total + a["length"]
-            for field in ("logprobs", "sampling_logprobs", "entropy", "top_p_mass", "top_p_entropy"):
-                worst = max([worst] + [abs(x - y) for x, y in zip(a[field][:max(prefix, 1)], b[field][:max(prefix, 1)])])
+            reach = {"logprobs": prefix, "sampling_logprobs": prefix,
+                     "entropy": min(prefix + 1, a["length"], b["length"])}
+            reach["top_p_mass"] = reach["top_p_entropy"] = reach["entropy"]
+            for field, n in reach.items():
+                compared += n
+                worst = max([worst] + [abs(x - y) for x, y in zip(a[field][:n], b[field][:n])])
         name = lambda i: "device kernels " + ("on" if i["device_kernels"] else "off")
+        # bf16 on a GPU rounds the two settings apart by up to tenths of a nat; on the CPU both
+        # compute in float32 and differ by about 1e-5.
+        bound = 1e-3 if cpu else 0.5
         rows.append((f"{name(info)} vs {name(other_info)}: statistics of the same tokens agree",
-                     f"within {worst:.1e} (bound 0.5 nats: bf16 on a GPU rounds apart)", worst <= 0.5))
-        rows.append((f"{name(info)} vs {name(other_info)}: tokens drawn alike before the samples part (reported)",
-                     f"{alike}/{total}", True))
+                     f"within {worst:.1e} over {compared} values (bound {bound} nats)",
+                     worst <= bound and compared > 0))
+        # On the CPU a draw parts only where its uniform falls within the two sums' rounding of
+        # a boundary (over thousands of nucleus candidates on the tiny random model): 438 of
+        # 512 tokens were drawn alike when this was written; a draw that ignored its
+        # distribution or its seed parts at once.
+        rows.append((f"{name(info)} vs {name(other_info)}: tokens drawn alike before the samples part"
+                     f"{' (at least 3/4 on the CPU)' if cpu else ' (reported)'}",
+                     f"{alike}/{total}", alike >= 0.75 * total or not cpu))
 
     print(f"engine consistency on {info['model']} ({info['engine']}, device kernels "
           f"{'on' if info['device_kernels'] else 'off'}, V = {vocab})\n")

@@ -134,6 +134,16 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(s.phase(), Phase::Draining);
         assert!(announcing.is_finished());
+        // The grace is counted from the end of the announcement (3 s), not from the signal:
+        // still draining at 32 s, cancelling after 33 s.
+        tokio::time::sleep(Duration::from_secs(28)).await;
+        assert_eq!(
+            s.phase(),
+            Phase::Draining,
+            "cancelled before announce + grace"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(s.phase(), Phase::Cancelling);
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::common::rollout;
 use crate::harness::{self, InProcess};
+use entroll::engine::settings::EngineKind;
 use serde_json::json;
 
 /// Sequences of a 4-sample request that are inside the engine at once: the engine's batch,
@@ -131,20 +132,28 @@ async fn a_passed_deadline_answers_504_and_frees_the_engine() {
 #[tokio::test]
 async fn clients_leaving_while_their_prompt_is_tokenized_do_not_hurt_others() {
     // mistral.rs tokenizes on its engine thread, between decode steps, and panics that thread
-    // if the caller has stopped waiting; entroll must keep waiting on the caller's behalf.
-    let server = harness::start(|_| {});
+    // if the caller has stopped waiting; entroll must keep waiting on the caller's behalf. So
+    // the server runs mistral.rs (the tiny Llama would get the native engine by default).
+    let server = harness::start(|c| c.engine = EngineKind::Mistralrs);
+    let info = crate::common::get_json(&server.base, "/info").await;
+    assert_eq!(info["engine"], "mistralrs");
     let base = server.base.clone();
-    // Long enough to still run while the hasty clients come and go.
+    // Long enough to still run while the hasty clients come and go (checked below).
     let busy = tokio::spawn(async move {
         crate::common::post_to(
             &base,
             json!({"prompts": [{"text": "Tell me about the moon."}], "group_size": 1,
-                   "sampling": {"max_tokens": 1500, "seed": 3}})
+                   "sampling": {"max_tokens": 2000, "seed": 3}})
             .to_string(),
         )
         .await
     });
+    let started = std::time::Instant::now();
     while server.metric("entroll_sequences_running").await < 1.0 {
+        assert!(
+            !busy.is_finished() && started.elapsed() < Duration::from_secs(60),
+            "the long request never ran beside the hasty clients"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut gave_up = 0;
@@ -162,6 +171,10 @@ async fn clients_leaving_while_their_prompt_is_tokenized_do_not_hurt_others() {
         gave_up += usize::from(sent.is_err());
     }
     assert!(gave_up > 0, "no client gave up; the test exercised nothing");
+    assert!(
+        !busy.is_finished(),
+        "the long request ended before the hasty clients did: nothing ran beside them"
+    );
     let (status, body) = busy.await.unwrap();
     assert_eq!(
         status, 200,

@@ -8,7 +8,6 @@
 //! answer names; the watched directory's updates follow `weights_in_flight`.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +21,7 @@ use serde_json::{json, Value};
 
 use crate::common::{floats, post_to, samples, Lines};
 use crate::harness::{self, InProcess};
-use crate::weights::{post_weights, variant};
+use crate::weights::{post_weights, sharper, variant};
 
 /// Tokens per sample: the tiny model draws them for seconds, so an update lands mid-way.
 const TOKENS: usize = 600;
@@ -57,17 +56,27 @@ fn token_ids(groups: &Value) -> HashMap<(String, u64), Vec<u64>> {
     ids
 }
 
-/// Waits until `n` sequences run in the engine, then a little longer so that they have drawn.
+/// Waits until `n` sequences run in the engine and it has drawn for them: two decode steps of
+/// all `n` (each step adds its batch size to the decode-batch histogram's sum), so every one
+/// has drawn tokens.
 async fn drawing(server: &InProcess, n: usize) {
+    const DRAWS: &str = "entroll_engine_decode_batch_sum";
     let started = std::time::Instant::now();
-    while server.metric("entroll_sequences_running").await < n as f64 {
+    let waited = |what: &str| {
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "the samples never ran"
+            "the samples never {what}"
         );
+    };
+    while server.metric("entroll_sequences_running").await < n as f64 {
+        waited("ran");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = server.metric(DRAWS).await;
+    while server.metric(DRAWS).await < before + 2.0 * n as f64 {
+        waited("drew");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The real engine, except that the samples of the prompt [`SHORT`] end after 3 tokens: a
@@ -290,17 +299,6 @@ async fn continue_onto_the_same_weights_draws_the_same_tokens() {
             .await,
         SAMPLES as f64
     );
-}
-
-/// A copy of `model` in `dir` whose final norm is tripled: the same architecture, every logit
-/// three times larger (much sharper distributions).
-fn sharper(model: &Path, dir: &Path) {
-    use candle_core::{safetensors, Device};
-    variant(model, dir, |_| {}, Some(&[]));
-    let mut tensors = safetensors::load(model.join("model.safetensors"), &Device::Cpu).unwrap();
-    let norm = tensors["model.norm.weight"].affine(3.0, 0.0).unwrap();
-    tensors.insert("model.norm.weight".into(), norm);
-    safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
 }
 
 /// A JSON array of token ids.

@@ -4,11 +4,17 @@
 //! (docker/learner/tests/test_replay.py) replays the masks against its own recomputation of
 //! the model.
 
+use std::collections::HashSet;
+
+use entroll::engine::native::Oracle;
 use entroll::stats::mask_codec;
 use serde_json::{json, Value};
 
 use crate::common::{check_sample, rollout, samples};
 use crate::harness;
+
+/// The requests' sampling temperature.
+const TEMPERATURE: f64 = 0.8;
 
 fn request(mask: bool, top_p: f64, top_k: Option<u64>) -> Value {
     json!({
@@ -17,7 +23,7 @@ fn request(mask: bool, top_p: f64, top_k: Option<u64>) -> Value {
             {"messages": [{"role": "user", "content": "Name three colours."}]}
         ],
         "group_size": 3,
-        "sampling": {"max_tokens": 32, "seed": 11, "temperature": 0.8, "top_p": top_p, "top_k": top_k},
+        "sampling": {"max_tokens": 32, "seed": 11, "temperature": TEMPERATURE, "top_p": top_p, "top_k": top_k},
         "return_sampling_mask": mask
     })
 }
@@ -31,15 +37,68 @@ fn ids(sample: &Value, field: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Checks a draw's kept set against the distribution it cut (`lp`: the oracle's `ln π` over
+/// the vocabulary): the `k` most probable tokens, then the shortest prefix of them that holds
+/// `top_p` of their mass (inclusive), with `mass` its share of the whole distribution. Two
+/// computations of the same logits round apart by about 1e-5, so ties and the boundary are
+/// judged within 1e-3.
+fn check_truncation(lp: &[f64], kept: &[u32], k: usize, top_p: f64, mass: f64, what: &str) {
+    let prob = |id: u32| lp[id as usize].exp();
+    let mut ranked: Vec<u32> = (0..lp.len() as u32).collect();
+    ranked.sort_by(|&a, &b| lp[b as usize].total_cmp(&lp[a as usize]).then(a.cmp(&b)));
+    let top_k_mass: f64 = ranked[..k].iter().map(|&id| prob(id)).sum();
+    let kept_mass: f64 = kept.iter().map(|&id| prob(id)).sum();
+    assert!(
+        (kept_mass - mass).abs() < 1e-3 * mass,
+        "{what}: sampling_mass {mass}, the oracle's {kept_mass}"
+    );
+    // The most probable tokens: none left out is clearly more probable than one kept.
+    let least_kept = kept
+        .iter()
+        .map(|&id| prob(id))
+        .fold(f64::INFINITY, f64::min);
+    let kept_set: HashSet<u32> = kept.iter().copied().collect();
+    let most_left_out = ranked
+        .iter()
+        .find(|id| !kept_set.contains(id))
+        .map_or(0.0, |&id| prob(id));
+    assert!(
+        most_left_out <= least_kept * (1.0 + 1e-3),
+        "{what}: a token of probability {most_left_out} left out, one of {least_kept} kept"
+    );
+    // Top-p over what top-k left: the set holds p of it, and would not without its least
+    // probable token.
+    assert!(
+        kept_mass >= (top_p - 1e-3) * top_k_mass,
+        "{what}: {kept_mass} of the top {k}'s {top_k_mass} kept, under p"
+    );
+    assert!(
+        kept_mass - least_kept < (top_p + 1e-3) * top_k_mass,
+        "{what}: {kept_mass} of the top {k}'s {top_k_mass} kept, more than the shortest prefix"
+    );
+}
+
 #[tokio::test]
 async fn truncated_draws_carry_their_kept_set_and_its_mass() {
     let server = harness::start(|_| {});
+    // The distributions the draws cut, recomputed independently of the engine.
+    let oracle = Oracle::load(&harness::tiny_model()).unwrap();
     let vocab = 49_152;
     for (top_p, top_k) in [(0.9, None), (1.0, Some(20)), (0.7, Some(50))] {
         let r = rollout(&server, &request(true, top_p, top_k)).await;
         let (mut truncated, mut cut) = (0, 0);
-        for s in samples(&r) {
+        assert_eq!(samples(&r).len(), 6, "2 prompts x 3 samples");
+        for (g, s) in r["groups"].as_array().unwrap().iter().flat_map(|g| {
+            let samples = g["samples"].as_array().unwrap();
+            samples.iter().map(move |s| (g, s))
+        }) {
             check_sample(s, vocab, 32, false);
+            let prompt: Vec<u32> = ids(g, "prompt_token_ids")
+                .iter()
+                .map(|&t| t as u32)
+                .collect();
+            let drawn: Vec<u32> = ids(s, "token_ids").iter().map(|&t| t as u32).collect();
+            let distributions = oracle.log_probs(&prompt, &drawn, TEMPERATURE).unwrap();
             let tokens = ids(s, "token_ids");
             let masks = s["sampling_mask"].as_array().expect("sampling_mask");
             let masses = s["sampling_mass"].as_array().expect("sampling_mass");
@@ -74,9 +133,17 @@ async fn truncated_draws_carry_their_kept_set_and_its_mass() {
                     (mass.ln() - (lp - slp)).abs() < 1e-4 * (1.0 + lp.abs()),
                     "token {t}: ln {mass} vs {lp} - {slp}"
                 );
-                if top_k.is_none() || top_p < 1.0 {
-                    // Top-p keeps at least p of what top-k left.
-                    assert!(mass >= top_p * 0.999 || top_k.is_some(), "{mass} < {top_p}");
+                match top_k {
+                    // Top-p alone keeps at least p of the distribution.
+                    None => assert!(mass >= top_p * 0.999, "{mass} < {top_p}"),
+                    Some(k) => check_truncation(
+                        &distributions[t],
+                        &kept,
+                        k as usize,
+                        top_p,
+                        mass,
+                        &format!("top_p {top_p}, top_k {k}, token {t}"),
+                    ),
                 }
                 if mass < 0.999 {
                     cut += 1;
@@ -95,6 +162,9 @@ async fn asking_for_the_mask_changes_no_draw() {
     let server = harness::start(|_| {});
     let plain = rollout(&server, &request(false, 0.9, Some(40))).await;
     let masked = rollout(&server, &request(true, 0.9, Some(40))).await;
+    // 2 prompts x 3 samples each, counted before zipping.
+    assert_eq!(samples(&plain).len(), 6);
+    assert_eq!(samples(&masked).len(), 6);
     for (a, b) in samples(&plain).into_iter().zip(samples(&masked)) {
         assert!(a.get("sampling_mask").is_none() && a.get("sampling_mass").is_none());
         let mut b = b.clone();

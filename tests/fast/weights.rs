@@ -1,13 +1,15 @@
 //! `POST /weights` on the real engine: a swap under concurrent rollout load loses no accepted
 //! request, every sample reports a weights version that was live when its request ran (requests
-//! in flight finish on the weights they started with), and bad paths, other architectures and
-//! unreadable weights are refused while the old weights keep serving.
+//! in flight finish on the weights they started with) and was drawn from that version's weights
+//! (the oracle of each checkpoint re-scores it), and bad paths, other architectures and
+//! unreadable weights are refused while the new weights keep serving, unchanged.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::common::{post_to, samples};
+use crate::common::{floats, post_to, samples};
 use crate::harness;
+use entroll::engine::native::Oracle;
 use serde_json::{json, Value};
 
 pub(crate) async fn post_weights(base: &str, body: Value) -> (u16, Value) {
@@ -64,6 +66,57 @@ fn version_of(t: &Timed) -> u64 {
     v
 }
 
+/// A copy of `model` in `dir` whose final norm is tripled: the same architecture, every logit
+/// three times larger (much sharper distributions).
+pub(crate) fn sharper(model: &Path, dir: &Path) {
+    use candle_core::{safetensors, Device};
+    variant(model, dir, |_| {}, Some(&[]));
+    let mut tensors = safetensors::load(model.join("model.safetensors"), &Device::Cpu).unwrap();
+    let norm = tensors["model.norm.weight"].affine(3.0, 0.0).unwrap();
+    tensors.insert("model.norm.weight".into(), norm);
+    safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+}
+
+/// The largest difference between the log-probabilities of a response's samples and `oracle`'s
+/// re-scoring of the same tokens (the requests here sample at temperature 1).
+fn largest_difference(oracle: &Oracle, body: &Value) -> f64 {
+    let mut largest = 0.0f64;
+    for group in body["groups"].as_array().unwrap() {
+        let prompt: Vec<u32> = group["prompt_token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect();
+        for s in group["samples"].as_array().unwrap() {
+            let tokens: Vec<u32> = floats(s, "token_ids").iter().map(|&t| t as u32).collect();
+            let rescored = oracle.rescore(&prompt, &tokens, 1.0).unwrap();
+            for (a, b) in floats(s, "logprobs").iter().zip(&rescored) {
+                largest = largest.max((a - b.logprob).abs());
+            }
+        }
+    }
+    largest
+}
+
+/// Whether `t` was drawn from the weights of its version: its log-probabilities agree with that
+/// checkpoint's oracle and not with the other's.
+fn drawn_from(t: &Timed, version: u64, oracles: &[Oracle; 2]) {
+    let (own, other) = (&oracles[version as usize], &oracles[1 - version as usize]);
+    let (near, far) = (
+        largest_difference(own, &t.body),
+        largest_difference(other, &t.body),
+    );
+    assert!(
+        near < 1e-3,
+        "version {version}: {near} from its own weights"
+    );
+    assert!(
+        far > 0.1,
+        "version {version}: within {far} of the other weights too"
+    );
+}
+
 /// A copy of `model` in `dir` whose files are links, with `config.json` edited by `edit` or the
 /// weights replaced by `weights`.
 pub(crate) fn variant(model: &Path, dir: &Path, edit: impl Fn(&mut Value), weights: Option<&[u8]>) {
@@ -89,6 +142,16 @@ pub(crate) fn variant(model: &Path, dir: &Path, edit: impl Fn(&mut Value), weigh
 #[tokio::test]
 async fn a_swap_under_load_loses_nothing_and_bad_weights_change_nothing() {
     let model = harness::tiny_model();
+    // Version 1 is another checkpoint of the same architecture, so a sample's weights are told
+    // apart by what it drew, not only by the version it reports.
+    let root = std::env::temp_dir().join(format!("entroll-weights-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let new_weights = root.join("sharper");
+    sharper(&model, &new_weights);
+    let oracles = [
+        Oracle::load(&model).unwrap(),
+        Oracle::load(&new_weights).unwrap(),
+    ];
     let server = harness::start(|c| c.max_running_sequences = 4);
     let base = server.base.clone();
     assert_eq!(served_version(&base).await, 0);
@@ -98,14 +161,14 @@ async fn a_swap_under_load_loses_nothing_and_bad_weights_change_nothing() {
     let before: Vec<_> = (0..4)
         .map(|i| tokio::spawn(timed_rollout(base.clone(), i, 600)))
         .collect();
-    // Wait until the engine is busy with them, then swap to the same checkpoint as version 1.
+    // Wait until the engine is busy with them, then swap to the other checkpoint as version 1.
     while server.metric("entroll_sequences_running").await < 1.0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let swap_started = Instant::now();
     let (status, swapped) = post_weights(
         &base,
-        json!({"path": model.display().to_string(), "version": 1}),
+        json!({"path": new_weights.display().to_string(), "version": 1}),
     )
     .await;
     let swap_done = Instant::now();
@@ -124,6 +187,7 @@ async fn a_swap_under_load_loses_nothing_and_bad_weights_change_nothing() {
         assert_eq!(t.status, 200, "an accepted request was lost: {}", t.body);
         assert_eq!(samples(&t.body).len(), 2);
         let v = version_of(&t);
+        drawn_from(&t, v, &oracles);
         if t.answered < swap_started {
             assert_eq!(v, 0, "finished before the swap began");
         } else if t.sent > swap_done {
@@ -141,8 +205,7 @@ async fn a_swap_under_load_loses_nothing_and_bad_weights_change_nothing() {
     );
     assert_eq!(served_version(&base).await, 1);
 
-    // Refused updates leave version 1 serving.
-    let root = std::env::temp_dir().join(format!("entroll-weights-{}", std::process::id()));
+    // Refused updates leave version 1 serving, its weights unchanged.
     let (other, unreadable) = (root.join("other-architecture"), root.join("unreadable"));
     variant(&model, &other, |c| c["num_hidden_layers"] = json!(12), None);
     variant(&model, &unreadable, |_| {}, Some(&[7u8; 4096]));
@@ -179,6 +242,7 @@ async fn a_swap_under_load_loses_nothing_and_bad_weights_change_nothing() {
     let t = timed_rollout(base.clone(), 99, 10).await;
     assert_eq!(t.status, 200, "{}", t.body);
     assert_eq!(version_of(&t), 1);
+    drawn_from(&t, 1, &oracles);
     assert_eq!(
         server
             .metric("entroll_weight_updates_total{outcome=\"rejected\",source=\"http\"}")

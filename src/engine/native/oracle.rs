@@ -52,6 +52,32 @@ impl Oracle {
         generated: &[u32],
         temperature: f64,
     ) -> anyhow::Result<Vec<Rescored>> {
+        let rows = self.rows(prompt, generated)?;
+        Ok(rows
+            .iter()
+            .zip(generated)
+            .map(|(row, &token)| measure(row, token, temperature))
+            .collect())
+    }
+
+    /// The whole distribution each of `generated` was drawn from: `ln π` of every token of the
+    /// vocabulary at `temperature`, in f64, one row per generated token. Tests check a
+    /// truncation (top-k, top-p) against the distribution it cut.
+    pub fn log_probs(
+        &self,
+        prompt: &[u32],
+        generated: &[u32],
+        temperature: f64,
+    ) -> anyhow::Result<Vec<Vec<f64>>> {
+        let rows = self.rows(prompt, generated)?;
+        Ok(rows
+            .iter()
+            .map(|row| log_softmax(row, temperature))
+            .collect())
+    }
+
+    /// The logits rows that predict each of `generated` after `prompt`.
+    fn rows(&self, prompt: &[u32], generated: &[u32]) -> anyhow::Result<Vec<Vec<f32>>> {
         anyhow::ensure!(!prompt.is_empty(), "an empty prompt has no distribution");
         if generated.is_empty() {
             return Ok(Vec::new());
@@ -59,12 +85,7 @@ impl Oracle {
         let tokens: Vec<u32> = prompt.iter().chain(generated).copied().collect();
         // Logits at positions prompt.len() - 1 .. predict the generated tokens.
         let logits = self.logits(&tokens[..tokens.len() - 1], prompt.len() - 1)?;
-        let rows: Vec<Vec<f32>> = logits.to_vec2()?;
-        Ok(rows
-            .iter()
-            .zip(generated)
-            .map(|(row, &token)| measure(row, token, temperature))
-            .collect())
+        Ok(logits.to_vec2()?)
     }
 
     /// Logits `[tokens.len() - from, V]` of positions `from..` of `tokens`, all positions
@@ -128,21 +149,21 @@ impl Oracle {
     }
 }
 
-/// Log-probability of `token` and the entropy of `softmax(row / temperature)`, in f64.
-fn measure(row: &[f32], token: u32, temperature: f64) -> Rescored {
+/// `ln softmax(row / temperature)`, in f64.
+fn log_softmax(row: &[f32], temperature: f64) -> Vec<f64> {
     let z: Vec<f64> = row.iter().map(|&x| x as f64 / temperature).collect();
     let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let total: f64 = z.iter().map(|&x| (x - max).exp()).sum();
     let lse = max + total.ln();
-    let entropy = -z
-        .iter()
-        .map(|&x| {
-            let lp = x - lse;
-            lp.exp() * lp
-        })
-        .sum::<f64>();
+    z.iter().map(|&x| x - lse).collect()
+}
+
+/// Log-probability of `token` and the entropy of `softmax(row / temperature)`, in f64.
+fn measure(row: &[f32], token: u32, temperature: f64) -> Rescored {
+    let lp = log_softmax(row, temperature);
+    let entropy = -lp.iter().map(|&l| l.exp() * l).sum::<f64>();
     Rescored {
-        logprob: z[token as usize] - lse,
+        logprob: lp[token as usize],
         entropy,
     }
 }
