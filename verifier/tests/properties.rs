@@ -71,7 +71,7 @@ fn bounded(gold: &str, pred: &str, config: &Config) -> verifier::Verdict {
     std::thread::spawn(move || done.send(verify(&gold, &pred, &config)));
     verdict
         .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("the step budget did not bound the work")
+        .expect("the step budget and the size limits did not bound the work")
 }
 
 #[test]
