@@ -54,6 +54,15 @@ fn start_prometheus(target: &str) -> (KillOnDrop, String) {
     (KillOnDrop(child), format!("http://127.0.0.1:{port}"))
 }
 
+/// Waits (up to 60 s, then fails with `why`) until Prometheus holds `value` for `q`.
+async fn scraped(prom: &str, q: &str, value: f64, why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while query(prom, q).await != Some(value) {
+        assert!(Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The value of an instant query's first series, if there is one.
 async fn query(prom: &str, q: &str) -> Option<f64> {
     let r: Value = common::client()
@@ -75,14 +84,13 @@ async fn prometheus_scrapes_statistics_consistent_with_the_responses() {
     let (_prometheus, prom) = start_prometheus(&target);
     // A scrape before any request, so the generated-token counter's rate below has a sample
     // at 0 to rise from.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while query(&prom, "entroll_generated_tokens_total").await != Some(0.0) {
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus never scraped entroll"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    scraped(
+        &prom,
+        "entroll_generated_tokens_total",
+        0.0,
+        "Prometheus never scraped entroll",
+    )
+    .await;
 
     let mut responses = Vec::new();
     for seed in [1, 2] {
@@ -123,14 +131,13 @@ async fn prometheus_scrapes_statistics_consistent_with_the_responses() {
         .count() as f64;
 
     // Wait for a scrape that saw both requests.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while query(&prom, "entroll_requests_succeeded_total").await != Some(2.0) {
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus never saw the two requests"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    scraped(
+        &prom,
+        "entroll_requests_succeeded_total",
+        2.0,
+        "Prometheus never saw the two requests",
+    )
+    .await;
     let get = |q: &'static str| {
         let prom = prom.clone();
         async move {
