@@ -90,6 +90,14 @@ struct EvalArgs {
     /// Write the report here (it goes to standard output otherwise).
     #[arg(long)]
     output: Option<PathBuf>,
+    /// The server's API key (docs/security.md).
+    #[arg(
+        long,
+        env = "ENTROLL_API_KEY",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    api_key: String,
 }
 
 #[derive(Args)]
@@ -150,6 +158,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         seed: args.seed,
         concurrency: args.concurrency,
         instruction: args.instruction,
+        api_key: args.api_key.into(),
     };
     let total: usize = datasets
         .iter()

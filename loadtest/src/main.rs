@@ -32,6 +32,15 @@ struct Args {
     /// Server base URL.
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     url: String,
+    /// The server's API key, sent as `Authorization: Bearer` (empty: none).
+    #[arg(
+        long,
+        env = "ENTROLL_API_KEY",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    #[serde(skip)]
+    api_key: String,
     /// JSON-lines dataset; each line has `problem` or `question` (and optionally `answer`).
     #[arg(long)]
     dataset: PathBuf,
@@ -228,8 +237,17 @@ async fn main() -> anyhow::Result<()> {
         "give --requests or --duration"
     );
     let prompts = Arc::new(load_prompts(&args.dataset)?);
+    let mut headers = reqwest::header::HeaderMap::new();
+    if !args.api_key.is_empty() {
+        let mut bearer =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", args.api_key))
+                .context("the API key is not a valid header value")?;
+        bearer.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, bearer);
+    }
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(3600))
+        .default_headers(headers)
         .build()?;
     let body_limit = max_body_bytes(&client, &args.url).await?;
     let next = Arc::new(AtomicUsize::new(0));

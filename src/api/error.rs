@@ -18,6 +18,12 @@ pub enum ApiError {
     /// The body exceeds the size limit (413).
     #[error("request body exceeds {0} bytes")]
     TooLarge(usize),
+    /// No key, or a key the server does not know, on a keyed route (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid key that does not open this route: the API key on a control route (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// The server is at capacity (429).
     #[error("server is at capacity ({0} requests admitted); retry later")]
     Overloaded(usize),
@@ -52,8 +58,10 @@ pub enum ApiError {
 
 impl ApiError {
     /// Every `error_type` an answer can carry.
-    pub const ERROR_TYPES: [&'static str; 7] = [
+    pub const ERROR_TYPES: [&'static str; 9] = [
         "validation",
+        "unauthorized",
+        "forbidden",
         "overloaded",
         "timeout",
         "engine",
@@ -66,6 +74,8 @@ impl ApiError {
     pub fn error_type(&self) -> &'static str {
         match self {
             ApiError::Malformed(_) | ApiError::Invalid(_) | ApiError::TooLarge(_) => "validation",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::Timeout(_) => "timeout",
             ApiError::Engine(_) => "engine",
@@ -104,7 +114,8 @@ impl ApiError {
 pub struct ErrorBody {
     /// What is wrong, in words.
     pub error: String,
-    /// One of `validation`, `overloaded`, `timeout`, `engine`, `shutting_down`, `internal`,
+    /// One of `validation`, `unauthorized`, `forbidden`, `overloaded`, `timeout`, `engine`,
+    /// `shutting_down`, `internal`,
     /// `weights_changed`.
     pub error_type: String,
     /// With `weights_changed`: every group not answered yet, each sample with the tokens it

@@ -14,6 +14,7 @@ use serde_json::json;
 use super::dataset::{Dataset, Problem};
 use super::report::{DatasetReport, ProblemResult, Report, Scores};
 use crate::api::error::ErrorBody;
+use crate::http::auth::Secret;
 
 /// The instruction the papers' evaluations append to each problem (Qwen2.5-Math's).
 pub const DEFAULT_INSTRUCTION: &str =
@@ -38,6 +39,8 @@ pub struct Settings {
     pub concurrency: usize,
     /// Appended to each problem in the user message.
     pub instruction: String,
+    /// The server's API key, sent as `Authorization: Bearer` (empty: none).
+    pub api_key: Secret,
 }
 
 impl Settings {
@@ -133,7 +136,18 @@ pub async fn evaluate(
                 .map(move |(i, p)| (d, settings.seed.wrapping_add(i as u64), p.clone()))
         })
         .collect();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if !settings.api_key.is_empty() {
+        let mut bearer = reqwest::header::HeaderValue::from_str(&format!(
+            "Bearer {}",
+            settings.api_key.expose()
+        ))
+        .context("the API key is not a valid header value")?;
+        bearer.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, bearer);
+    }
     let client = reqwest::Client::builder()
+        .default_headers(headers)
         .build()
         .context("building the HTTP client")?;
     let started = Instant::now();

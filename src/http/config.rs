@@ -11,6 +11,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+use super::auth::{Keys, Secret};
 use crate::api::weights::InFlight;
 use crate::engine::settings::{
     DeviceKernels, DeviceKind, EngineKind, EngineSettings, SamplerKind, WeightsDType,
@@ -37,7 +38,7 @@ macro_rules! settings {
         #[derive(Args, Deserialize, Default, Debug, Clone)]
         #[serde(deny_unknown_fields)]
         pub struct ConfigLayer {
-            $( $(#[doc = $doc])* #[arg(long, env = $env)] #[serde(default)] pub $name: Option<$ty>, )*
+            $( $(#[doc = $doc])* #[arg(long, env = $env, hide_env_values = true)] #[serde(default)] pub $name: Option<$ty>, )*
         }
 
         impl ConfigLayer {
@@ -60,6 +61,20 @@ settings! {
     host: String = "127.0.0.1".into(), env "ENTROLL_HOST";
     /// Port to listen on.
     port: u16 = 8000, env "ENTROLL_PORT";
+    /// The key generation routes (`/rollouts`, `/info`) require as `Authorization: Bearer
+    /// <key>` (the admin key opens them too). Empty, with no admin key either: every route is
+    /// open. Prefer `api_key_file` or the variable to the flag, which `ps` shows.
+    api_key: Secret = Secret::default(), env "ENTROLL_API_KEY";
+    /// A file holding the API key (surrounding whitespace ignored), instead of `api_key`.
+    api_key_file: PathBuf = PathBuf::new(), env "ENTROLL_API_KEY_FILE";
+    /// The key control routes (`/weights`) require. With an API key but no admin key, control
+    /// routes are closed.
+    admin_key: Secret = Secret::default(), env "ENTROLL_ADMIN_KEY";
+    /// A file holding the admin key, instead of `admin_key`.
+    admin_key_file: PathBuf = PathBuf::new(), env "ENTROLL_ADMIN_KEY_FILE";
+    /// `/health` and `/metrics` answer without a key (for balancers and Prometheus); off: they
+    /// take a key like the generation routes.
+    open_probes: bool = true, env "ENTROLL_OPEN_PROBES";
     /// Model to serve: a `.gguf` file or a Hugging Face safetensors directory (default: the
     /// model `entroll fetch-model` installs).
     model: PathBuf = model_store::default_model_path(), env "ENTROLL_MODEL";
@@ -168,9 +183,16 @@ impl Config {
             }
             None => ConfigLayer::default(),
         };
-        let config = cli.over(from_file).resolve();
+        let mut config = cli.over(from_file).resolve();
+        config.api_key = read_key("api_key", &config.api_key, &config.api_key_file)?;
+        config.admin_key = read_key("admin_key", &config.admin_key, &config.admin_key_file)?;
         config.check()?;
         Ok(config)
+    }
+
+    /// Who may call what ([`Keys`]).
+    pub fn keys(&self) -> Keys {
+        Keys::new(&self.api_key, &self.admin_key, self.open_probes)
     }
 
     /// Rejects settings no server can run with.
@@ -188,6 +210,16 @@ impl Config {
         ] {
             anyhow::ensure!(value > 0, "{name} must be positive");
         }
+        for (name, key) in [("api_key", &self.api_key), ("admin_key", &self.admin_key)] {
+            anyhow::ensure!(
+                key.expose().bytes().all(|b| b.is_ascii_graphic()),
+                "{name} must be printable ASCII without spaces (it travels in an HTTP header)"
+            );
+        }
+        anyhow::ensure!(
+            self.api_key.is_empty() || self.api_key != self.admin_key,
+            "api_key and admin_key must differ: the admin key steers the server"
+        );
         anyhow::ensure!(
             self.default_group_size <= self.max_group_size,
             "default_group_size exceeds max_group_size"
@@ -198,6 +230,19 @@ impl Config {
         );
         Ok(())
     }
+}
+
+/// The key `name` from its setting or its file (`<name>_file`), not both.
+fn read_key(name: &str, key: &Secret, file: &Path) -> anyhow::Result<Secret> {
+    if file.as_os_str().is_empty() {
+        return Ok(key.clone());
+    }
+    anyhow::ensure!(key.is_empty(), "set {name} or {name}_file, not both");
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("cannot read {name}_file {}: {e}", file.display()))?;
+    let key = text.trim();
+    anyhow::ensure!(!key.is_empty(), "{name}_file {} is empty", file.display());
+    Ok(Secret::from(key.to_string()))
 }
 
 #[cfg(test)]
@@ -225,6 +270,31 @@ mod tests {
             layer.resolve().check().unwrap();
         }
         assert!(toml::from_str::<ConfigLayer>("prot = 1\n").is_err());
+    }
+
+    #[test]
+    fn keys_come_from_files_and_are_checked() {
+        let dir = std::env::temp_dir().join(format!("entroll-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("admin");
+        std::fs::write(&file, "admin-key\n").unwrap();
+        let key = read_key("admin_key", &Secret::default(), &file).unwrap();
+        assert_eq!(key.expose(), "admin-key");
+        let set: Secret = "x".to_string().into();
+        assert!(read_key("admin_key", &set, &file).is_err());
+        std::fs::write(&file, " \n").unwrap();
+        assert!(read_key("admin_key", &Secret::default(), &file).is_err());
+        let same = ConfigLayer {
+            api_key: Some("k".to_string().into()),
+            admin_key: Some("k".to_string().into()),
+            ..Default::default()
+        };
+        assert!(same.resolve().check().is_err());
+        let spaced = ConfigLayer {
+            api_key: Some("a key".to_string().into()),
+            ..Default::default()
+        };
+        assert!(spaced.resolve().check().is_err());
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub fn status(error: &ApiError) -> StatusCode {
         ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
         ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
         ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
         ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         ApiError::Engine(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -26,10 +28,19 @@ pub fn status(error: &ApiError) -> StatusCode {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (status(&self), Json(self.body())).into_response();
-        if matches!(self, ApiError::Overloaded(_)) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        match self {
+            ApiError::Overloaded(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            }
+            ApiError::Unauthorized(_) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            _ => {}
         }
         response
     }

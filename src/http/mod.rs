@@ -2,12 +2,13 @@
 //! configured with. [`server`] holds the routes, the state they share and [`server::serve`];
 //! [`validation`] checks a request's limits and applies its defaults; [`stream`] writes the
 //! streamed answer and [`deadline`] bounds what a request waits for; [`error`] answers a failed
-//! request with its status; [`shutdown`] is the graceful shutdown's phases; [`config`] is the
+//! request with its status; [`auth`] decides who may call which route; [`shutdown`] is the graceful shutdown's phases; [`config`] is the
 //! server's settings file, from which every layer below takes its part.
 //!
 //! It may import every layer below (`weights`, `rollout`, `api`, `engine`, `stats`,
 //! `telemetry`); nothing of the crate imports it.
 
+pub mod auth;
 pub mod config;
 pub mod deadline;
 pub mod error;

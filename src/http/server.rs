@@ -10,11 +10,13 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
+use super::auth::{self, Access};
 use super::config::Config;
 use super::deadline::Deadline;
 use super::shutdown::{Phase, Shutdown};
@@ -77,6 +79,13 @@ pub async fn serve(
     state: Arc<AppState>,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let local = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    if !state.config.keys().any() && !local {
+        tracing::warn!(
+            "no api_key or admin_key is set and the server listens beyond this host: anyone who \
+             reaches the port may sample and swap the weights (docs/security.md)"
+        );
+    }
     if let Some(dir) = state.config.watched_weights() {
         // Catch up before serving: a replica never answers with an older version than the
         // directory offers.
@@ -98,15 +107,25 @@ pub async fn serve(
         .await
 }
 
-/// The router with every route.
+/// The router with every route, each behind the key its [`Access`] needs.
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.max_body_bytes;
-    Router::new()
+    let keys = Arc::new(state.config.keys());
+    let guard = |access| middleware::from_fn_with_state((keys.clone(), access), auth::authorize);
+    let generate = Router::new()
         .route("/rollouts", post(rollouts))
-        .route("/weights", post(weights))
-        .route("/health", get(health))
         .route("/info", get(info))
+        .route_layer(guard(Access::Generate));
+    let control = Router::new()
+        .route("/weights", post(weights))
+        .route_layer(guard(Access::Control));
+    let probes = Router::new()
+        .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route_layer(guard(Access::Probe));
+    generate
+        .merge(control)
+        .merge(probes)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)

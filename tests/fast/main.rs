@@ -9,6 +9,7 @@ mod common;
 mod harness;
 
 mod assembly;
+mod auth;
 mod bad_input;
 mod cancellation;
 mod device_kernels;

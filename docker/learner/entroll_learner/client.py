@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import requests
@@ -20,15 +21,25 @@ class EntrollError(RuntimeError):
 
 @dataclass
 class Entroll:
-    """One entroll server."""
+    """One entroll server. Its keys (`docs/security.md`) default to the variables the server
+    reads too: `ENTROLL_API_KEY` for sampling, `ENTROLL_ADMIN_KEY` for weight updates."""
 
     url: str
     timeout_s: float = 3600.0
+    api_key: str = field(default_factory=lambda: os.environ.get("ENTROLL_API_KEY", ""), repr=False)
+    admin_key: str = field(default_factory=lambda: os.environ.get("ENTROLL_ADMIN_KEY", ""), repr=False)
+
+    def _headers(self, path: str) -> dict[str, str]:
+        # Control routes take the admin key only; the others either key.
+        key = self.admin_key if path == "/weights" else self.api_key or self.admin_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
 
     def _send(self, method: str, path: str, body: dict | None = None, stream: bool = False) -> requests.Response:
         # 429 means "full, retry": honour Retry-After instead of failing the training step.
         while True:
-            resp = requests.request(method, self.url + path, json=body, timeout=self.timeout_s, stream=stream)
+            resp = requests.request(
+                method, self.url + path, json=body, timeout=self.timeout_s, stream=stream, headers=self._headers(path)
+            )
             if resp.status_code == 429:
                 time.sleep(float(resp.headers.get("Retry-After", "1")))
                 continue
@@ -45,7 +56,7 @@ class Entroll:
         deadline = time.time() + within_s
         while True:
             try:
-                if requests.get(self.url + "/health", timeout=5).status_code == 200:
+                if requests.get(self.url + "/health", timeout=5, headers=self._headers("/health")).status_code == 200:
                     return
             except requests.ConnectionError:
                 pass
