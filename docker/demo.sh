@@ -22,12 +22,14 @@ DATASET=$(realpath "${DATASET:-docker/learner/data/gsm8k-sample.jsonl}")
 read -r -a extra <<< "${LEARNER_ARGS:-}"
 
 source loadtest/lib.sh
+keys_on  # entroll requires keys; the learner sends them (ENTROLL_API_KEY, ENTROLL_ADMIN_KEY)
 learner_setup
 python=$PYTHON model=$MODEL
 rm -rf "$OUT"; mkdir -p "$OUT"
 
 for method in $METHODS; do
-  "$ENTROLL_BIN" serve --port 0 --model "$model" > "$OUT/entroll-$method.stdout" 2> "$OUT/entroll-$method.log" &
+  mkdir -p "$OUT/checkpoints"  # POST /weights loads only from there (weights_root)
+  "$ENTROLL_BIN" serve --port 0 --model "$model" --weights-root "$OUT/checkpoints" > "$OUT/entroll-$method.stdout" 2> "$OUT/entroll-$method.log" &
   pid=$!
   trap 'kill -9 $pid 2>/dev/null || true' EXIT
   for _ in $(seq 600); do grep -q "listening on" "$OUT/entroll-$method.stdout" 2>/dev/null && break; sleep 0.2; done

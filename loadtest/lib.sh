@@ -27,6 +27,22 @@ stop_entroll() {
   wait "$1" 2>/dev/null || true
 }
 
+# keys_on: exports ENTROLL_API_KEY and ENTROLL_ADMIN_KEY, new random ones where unset, so the
+# servers started next require them and the clients (load generator, learner) send them.
+keys_on() {
+  ENTROLL_API_KEY=${ENTROLL_API_KEY:-$(python3 -c 'import secrets; print(secrets.token_hex(16))')}
+  ENTROLL_ADMIN_KEY=${ENTROLL_ADMIN_KEY:-$(python3 -c 'import secrets; print(secrets.token_hex(16))')}
+  export ENTROLL_API_KEY ENTROLL_ADMIN_KEY
+}
+
+# keyed_status URL [KEY]: the HTTP status of GET URL with KEY as its bearer token (none: no
+# header).
+keyed_status() {
+  local auth=()
+  [ -z "${2:-}" ] || auth=(-H "Authorization: Bearer $2")
+  curl -s -o /dev/null -w '%{http_code}' "${auth[@]}" "$1"
+}
+
 # free_ports N: N TCP ports nothing listens on now, one per line.
 free_ports() {
   python3 - "$1" <<'PY'

@@ -11,11 +11,13 @@
 # Prints one JSON report (also $OUT/scale.json): requests sent, completed and lost, retries,
 # throughput with three replicas vs one, seconds until every live replica served the new
 # version, requests by version and requests that mixed versions. Exits 1 if a request was lost,
-# a request mixed versions, or the stopped replica did not exit 0.
+# a request mixed versions, the stopped replica did not exit 0, or the replicas answered a
+# caller without a key (they run with keys: loadtest/lib.sh's keys_on).
 # BUILT=1: the binaries are built already (scripts/test builds them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source loadtest/lib.sh
+keys_on  # the replicas require keys; the load generator and the checks below send them
 PROFILE=${PROFILE:-release}
 [ -n "${BUILT:-}" ] || cargo build --quiet --profile "$PROFILE" -p entroll -p loadtest --bins
 target=${CARGO_TARGET_DIR:-target}
@@ -87,7 +89,7 @@ propagation=null
 for _ in $(seq 600); do
   all=1
   for url in "${urls[@]}"; do
-    v=$(curl -sf "$url/info" | python3 -c 'import json,sys; print(json.load(sys.stdin)["weights_version"])' || echo gone)
+    v=$(curl -sf -H "Authorization: Bearer $ENTROLL_API_KEY" "$url/info" | python3 -c 'import json,sys; print(json.load(sys.stdin)["weights_version"])' || echo gone)
     [ "$v" = 1 ] || all=0
   done
   if [ "$all" = 1 ]; then
@@ -96,6 +98,11 @@ for _ in $(seq 600); do
   fi
   sleep 0.05
 done
+
+# Keys are on through the balancer: no key is 401, the API key may not steer (403).
+unkeyed_status=$(keyed_status "$lb/info")
+api_key_on_weights=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $ENTROLL_API_KEY" \
+  -H 'content-type: application/json' -d '{"path": "/", "version": 9}' "$lb/weights")
 
 # Whether the load was still running: a kill or a stop after it ended proves nothing.
 running() { kill -0 "$load_pid" 2>/dev/null && echo true || echo false; }
@@ -113,9 +120,10 @@ wait "$load_pid"
 kill "$balancer" 2>/dev/null || true
 stop_entroll "${pids[0]}"
 
-python3 - "$out" "$propagation" "$killed_at" "$stopped_at" "$stopped_exit" "$load_at_kill" "$load_at_stop" <<'PY' | tee "$out/scale.json"
+python3 - "$out" "$propagation" "$killed_at" "$stopped_at" "$stopped_exit" "$load_at_kill" "$load_at_stop" \
+  "$unkeyed_status" "$api_key_on_weights" <<'PY' | tee "$out/scale.json"
 import json, os, sys
-out, propagation, killed, stopped, stopped_exit, load_at_kill, load_at_stop = sys.argv[1:]
+out, propagation, killed, stopped, stopped_exit, load_at_kill, load_at_stop, unkeyed, api_on_weights = sys.argv[1:]
 single = json.load(open(os.path.join(out, "single.json")))
 # HAProxy's HTTP log: ".../srv_conn/retries queues "METHOD path"; a '+' marks a redispatch.
 import re
@@ -145,6 +153,8 @@ report = {
     "tokens_per_s_three_replicas": round(many["tokens_per_s"], 1),
     "throughput_ratio": round(many["tokens_per_s"] / single["tokens_per_s"], 3),
     "one_replica_lost": sent_by(single) - single["requests_ok"],
+    "status_without_a_key": int(unkeyed),
+    "status_of_weights_with_the_api_key": int(api_on_weights),
 }
 print(json.dumps(report, indent=2))
 checks = {
@@ -157,6 +167,7 @@ checks = {
     "the load ran through the kill and the stop": report["load_running_at_kill_and_stop"],
     "the stopped replica exited 0": report["stopped_replica_exit_code"] == 0,
     "every replica served the new version": report["seconds_until_every_replica_served_the_new_version"] is not None,
+    "keys are required": report["status_without_a_key"] == 401 and report["status_of_weights_with_the_api_key"] == 403,
 }
 failed = [name for name, held in checks.items() if not held]
 print(f"scale: {len(checks) - len(failed)} of {len(checks)} checks hold" + (f"; failed: {failed}" if failed else ""),

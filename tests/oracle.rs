@@ -189,6 +189,9 @@ fn server_in(model: &Path, chunk: usize, slots: usize, precision: Precision) -> 
             &slots.to_string(),
             "--max-prompts",
             "512",
+            // The swap test's other checkpoint lives in the temporary directory.
+            "--weights-root",
+            std::env::temp_dir().to_str().unwrap(),
         ],
     )
 }

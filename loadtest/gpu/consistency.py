@@ -21,7 +21,10 @@ import urllib.request
 
 def call(url, path, body=None):
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url + path, data=data, headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json"}
+    if os.environ.get("ENTROLL_API_KEY"):  # a server with keys (docs/security.md)
+        headers["Authorization"] = "Bearer " + os.environ["ENTROLL_API_KEY"]
+    req = urllib.request.Request(url + path, data=data, headers=headers)
     with urllib.request.urlopen(req, timeout=600) as r:
         return json.load(r)
 

@@ -74,4 +74,8 @@ pub struct Limits {
     pub max_requests: usize,
     /// Largest body in bytes.
     pub max_body_bytes: usize,
+    /// Most tokens one request may ask to sample (group sizes x `max_tokens`).
+    pub max_request_tokens: usize,
+    /// Largest `timeout_ms`.
+    pub max_timeout_ms: u64,
 }

@@ -18,6 +18,7 @@ use crate::engine::settings::{
 };
 use crate::rollout::rewards::RewardValues;
 use crate::rollout::service::ServiceSettings;
+use crate::weights::confine::WeightsRoot;
 use crate::weights::model_store;
 
 macro_rules! settings {
@@ -105,6 +106,11 @@ settings! {
     max_group_size: usize = 64, env "ENTROLL_MAX_GROUP_SIZE";
     /// Largest `max_tokens` a request may ask for.
     max_new_tokens: usize = 8192, env "ENTROLL_MAX_NEW_TOKENS";
+    /// Most tokens one request may ask to sample: the sum over its prompts of group size x
+    /// `max_tokens` (422 beyond), so one small body cannot occupy the engine for days.
+    max_request_tokens: usize = 16 * 1024 * 1024, env "ENTROLL_MAX_REQUEST_TOKENS";
+    /// Largest `timeout_ms` a request may give (milliseconds).
+    max_timeout_ms: u64 = 24 * 3_600_000, env "ENTROLL_MAX_TIMEOUT_MS";
     /// Largest request body in bytes (413 beyond).
     max_body_bytes: usize = 32 * 1024 * 1024, env "ENTROLL_MAX_BODY_BYTES";
     /// Group size when a request gives none.
@@ -129,6 +135,9 @@ settings! {
     /// `DIR/<version>/READY` exists): the highest complete version is loaded at start and
     /// whenever a higher one appears. Empty: none.
     watch_weights: PathBuf = PathBuf::new(), env "ENTROLL_WATCH_WEIGHTS";
+    /// The directory `POST /weights` may load from: a path that resolves (after `..` and
+    /// symbolic links) outside it is refused. Empty: the directory holding the served model.
+    weights_root: PathBuf = PathBuf::new(), env "ENTROLL_WEIGHTS_ROOT";
     /// How often the weights directory is looked at (milliseconds).
     watch_interval_ms: u64 = 1_000, env "ENTROLL_WATCH_INTERVAL_MS";
     /// What a weight update does to the samples running on the old weights, unless its
@@ -165,6 +174,20 @@ impl Config {
                 wrong: self.reward_wrong,
             },
         }
+    }
+
+    /// Where `POST /weights` may load from ([`WeightsRoot`]): `weights_root`, or the directory
+    /// holding the served model.
+    pub fn weights_root(&self) -> WeightsRoot {
+        let dir = if self.weights_root.as_os_str().is_empty() {
+            self.model
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        } else {
+            self.weights_root.clone()
+        };
+        WeightsRoot::new(dir)
     }
 
     /// The directory of published weight versions, if one is watched.
@@ -204,6 +227,11 @@ impl Config {
             ("max_prompts", self.max_prompts),
             ("max_group_size", self.max_group_size),
             ("max_new_tokens", self.max_new_tokens),
+            ("max_request_tokens", self.max_request_tokens),
+            (
+                "max_timeout_ms",
+                self.max_timeout_ms.min(usize::MAX as u64) as usize,
+            ),
             ("default_group_size", self.default_group_size),
             ("default_max_tokens", self.default_max_tokens),
             ("watch_interval_ms", self.watch_interval_ms as usize),

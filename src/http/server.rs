@@ -26,7 +26,7 @@ use super::validation::{
 };
 use crate::api::error::ApiError;
 use crate::api::info::{Defaults, InfoResponse, Limits, SamplingDefaults};
-use crate::api::weights::WeightsResponse;
+use crate::api::weights::{WeightsRequest, WeightsResponse};
 use crate::engine::loader::EngineLoader;
 use crate::engine::Engine;
 use crate::rollout::service::RolloutService;
@@ -134,8 +134,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Turns a handler's panic into a 500 `internal` answer; the server keeps serving.
 fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     let message = panic_message(panic.as_ref());
-    tracing::error!(panic = message, "a request handler panicked");
-    let error = ApiError::Internal(format!("the request handler panicked: {message}"));
+    tracing::error!(panic = ?message, "a request handler panicked");
+    // The panic's text is for the log: it may name the server's internals.
+    let error = ApiError::Internal(
+        "the request handler panicked (a bug); the server's log has the details".into(),
+    );
     request_failed(error.error_type());
     error.into_response()
 }
@@ -202,12 +205,17 @@ async fn weights(
 ) -> Result<Json<WeightsResponse>, ApiError> {
     let request = accepting(&state)
         .and_then(|()| read_body(body, state.config.max_body_bytes))
-        .and_then(|body| parse_json(&body));
+        .and_then(|body| parse_json::<WeightsRequest>(&body))
+        .and_then(|mut request| {
+            let path = state.config.weights_root().confine(&request.path)?;
+            request.path = path.display().to_string();
+            Ok(request)
+        });
     let request = match request {
         Ok(request) => request,
         Err(e) => {
             weights_rejected("http");
-            tracing::warn!(error = %e, "weight update refused; the served weights are unchanged");
+            tracing::warn!(error = ?e.to_string(), "weight update refused; the served weights are unchanged");
             return Err(e);
         }
     };
@@ -270,6 +278,8 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<InfoResponse> {
             max_running_sequences: c.max_running_sequences,
             max_requests: c.max_requests,
             max_body_bytes: c.max_body_bytes,
+            max_request_tokens: c.max_request_tokens,
+            max_timeout_ms: c.max_timeout_ms,
         },
     })
 }

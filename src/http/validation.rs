@@ -193,8 +193,14 @@ pub fn validate(req: RolloutRequest, config: &Config) -> Result<ValidRollout, Ap
         check_unit_interval("advantage.qae", k, false)?;
     }
 
-    if req.timeout_ms == Some(0) {
-        return Err(invalid("timeout_ms must be positive"));
+    if let Some(t) = req
+        .timeout_ms
+        .filter(|&t| t == 0 || t > config.max_timeout_ms)
+    {
+        return Err(invalid(format!(
+            "timeout_ms must be between 1 and {}, got {t}",
+            config.max_timeout_ms
+        )));
     }
     let timeout = req.timeout_ms.map(std::time::Duration::from_millis);
     if req.stream && stats.peak_scope == PeakScope::Batch {
@@ -220,6 +226,17 @@ pub fn validate(req: RolloutRequest, config: &Config) -> Result<ValidRollout, Ap
             answer: p.answer.clone(),
             group_size,
         });
+    }
+    let requested: usize = prompts
+        .iter()
+        .map(|p| p.group_size.saturating_mul(max_tokens))
+        .fold(0, usize::saturating_add);
+    if requested > config.max_request_tokens {
+        return Err(invalid(format!(
+            "the request asks for up to {requested} sampled tokens (group sizes x \
+             sampling.max_tokens), more than this server's max_request_tokens, {}; split it",
+            config.max_request_tokens
+        )));
     }
     Ok(ValidRollout {
         prompts,
@@ -286,6 +303,29 @@ mod tests {
             r#"{"prompts":[{"text":"a"}],"stream":1}"#,
         ] {
             assert!(parse(body).is_err(), "accepted {body}");
+        }
+    }
+
+    #[test]
+    fn a_request_s_sampled_tokens_and_deadline_are_bounded() {
+        let c = Config::default();
+        // Within every per-field limit, together past max_request_tokens.
+        let prompts = vec![r#"{"text":"a"}"#; c.max_prompts].join(",");
+        let body = |g: usize, t: usize| {
+            format!(r#"{{"prompts":[{prompts}],"group_size":{g},"sampling":{{"max_tokens":{t}}}}}"#)
+        };
+        let at_cap = c.max_request_tokens / c.max_prompts;
+        assert!(parse(&body(1, at_cap.min(c.max_new_tokens))).is_ok());
+        let err = parse(&body(c.max_group_size, c.max_new_tokens)).unwrap_err();
+        assert!(err.to_string().contains("max_request_tokens"), "{err}");
+        let within = format!(
+            r#"{{"prompts":[{{"text":"a"}}],"timeout_ms":{}}}"#,
+            c.max_timeout_ms
+        );
+        assert!(parse(&within).is_ok());
+        for t in [c.max_timeout_ms + 1, u64::MAX] {
+            let past = format!(r#"{{"prompts":[{{"text":"a"}}],"timeout_ms":{t}}}"#);
+            assert!(parse(&past).unwrap_err().to_string().contains("timeout_ms"));
         }
     }
 }

@@ -183,8 +183,15 @@ impl Running {
                     None => Ok(None),
                 };
             };
-            let done =
-                joined.map_err(|e| ApiError::Engine(format!("sequence task failed: {e}")))??;
+            let done = joined.map_err(|e| {
+                // A panic's text is for the log: it may name the server's internals.
+                tracing::error!(error = ?e.to_string(), "a sequence task failed");
+                ApiError::Engine(if e.is_panic() {
+                    "a sequence task panicked (a bug); the server's log has the details".into()
+                } else {
+                    "a sequence task was cancelled".into()
+                })
+            })??;
             self.record(done);
         }
     }

@@ -74,8 +74,9 @@ pub const ZERO_VARIANCE_GROUPS: &str = "entroll_zero_variance_groups_total";
 pub const LAST_REWARD_MEAN: &str = "entroll_last_reward_mean";
 /// Weights version being served.
 pub const WEIGHTS_VERSION: &str = "entroll_weights_version";
-/// Weight updates, by `outcome` (`swapped`, `rejected`) and `source` (`http`: POST /weights,
-/// `watch`: the watched directory).
+/// Weight updates, by `outcome` (`swapped`, `rejected`, and `stale`: the watched directory's
+/// highest version is below the served one) and `source` (`http`: POST /weights, `watch`: the
+/// watched directory).
 pub const WEIGHT_UPDATES: &str = "entroll_weight_updates_total";
 /// Samples a weight update stopped, by `in_flight`: `abort` (ended with what they drew) or
 /// `continue` (moved to the new weights at their next token).
@@ -339,7 +340,7 @@ fn export_counters_at_zero(error_types: &[&'static str]) {
     for status in verifier::Status::ALL {
         counter!(VERDICTS, "status" => status.as_str()).absolute(0);
     }
-    for outcome in ["swapped", "rejected"] {
+    for outcome in ["swapped", "rejected", "stale"] {
         counter!(WEIGHT_UPDATES, "outcome" => outcome).absolute(0);
     }
     for in_flight in ["abort", "continue"] {
@@ -544,6 +545,12 @@ pub fn weights_swapped(version: u64, load: Duration, source: &'static str) {
 /// A weight update from `source` (`http`, `watch`) was refused; the old weights keep serving.
 pub fn weights_rejected(source: &'static str) {
     counter!(WEIGHT_UPDATES, "outcome" => "rejected", "source" => source).increment(1);
+}
+
+/// The watched directory's highest version cannot load: it is not above the served one, which
+/// another update loaded (counted once per version).
+pub fn weights_stale() {
+    counter!(WEIGHT_UPDATES, "outcome" => "stale", "source" => "watch").increment(1);
 }
 
 /// A weight update stopped a sample (`in_flight`: `abort`) or moved it to the new weights

@@ -20,6 +20,18 @@ use crate::rollout::in_flight::Live;
 use crate::rollout::service::RolloutService;
 use crate::telemetry::metrics;
 
+/// The largest weights version: 2^53 - 1, the largest integer every JSON reader (JavaScript's,
+/// Python's float parsers) keeps exact, so no client misreads a version, and one far enough
+/// from `u64::MAX` that the served version + 1 never wraps.
+pub const MAX_VERSION: u64 = (1 << 53) - 1;
+
+/// The first line of `error`'s chain: what went wrong, without the backtrace some errors
+/// (candle's, with `RUST_BACKTRACE` set) carry in their text. The whole error goes to the log.
+fn first_line(error: &impl std::fmt::Display) -> String {
+    let text = format!("{error:#}");
+    text.lines().next().unwrap_or_default().to_string()
+}
+
 /// Loads and swaps in new weights for a [`RolloutService`].
 pub struct WeightUpdater {
     loader: Arc<dyn EngineLoader>,
@@ -51,7 +63,8 @@ impl WeightUpdater {
         let result = self.swap(service, request, source).await;
         if let Err(e) = &result {
             metrics::weights_rejected(source);
-            tracing::warn!(source, error = %e, "weight update refused; the served weights are unchanged");
+            // Debug, not Display: a client's path is escaped, so it cannot forge log lines.
+            tracing::warn!(source, error = ?e.to_string(), "weight update refused; the served weights are unchanged");
         }
         result
     }
@@ -64,7 +77,12 @@ impl WeightUpdater {
     ) -> Result<WeightsResponse, ApiError> {
         let _turn = self.one_at_a_time.lock().await;
         let current = service.live();
-        let version = request.version.unwrap_or(current.version + 1);
+        let version = request.version.unwrap_or(current.version.saturating_add(1));
+        if version > MAX_VERSION {
+            return Err(ApiError::Invalid(format!(
+                "version {version} exceeds the largest weights version, {MAX_VERSION} (2^53 - 1)"
+            )));
+        }
         if version <= current.version {
             return Err(ApiError::Invalid(format!(
                 "version {version} must exceed the served version {}",
@@ -73,7 +91,10 @@ impl WeightUpdater {
         }
         let path = Path::new(&request.path);
         let served = current.engine.info();
-        let shape = checkpoint::inspect(path).map_err(|e| ApiError::Invalid(e.to_string()))?;
+        let shape = checkpoint::inspect(path).map_err(|e| {
+            tracing::warn!(error = ?format!("{e:#}"), "cannot read the checkpoint's metadata");
+            ApiError::Invalid(first_line(&e))
+        })?;
         if let (Some(old), Some(new)) = (&served.shape, &shape) {
             let differences = old.differences(new);
             if !differences.is_empty() {
@@ -86,7 +107,12 @@ impl WeightUpdater {
         }
         let started = Instant::now();
         let engine = self.loader.load(path).await.map_err(|e| {
-            ApiError::Invalid(format!("cannot load weights from {}: {e:#}", request.path))
+            tracing::warn!(error = ?format!("{e:#}"), "cannot load the weights");
+            ApiError::Invalid(format!(
+                "cannot load weights from {}: {}",
+                request.path,
+                first_line(&e)
+            ))
         })?;
         let loaded = engine.info();
         if loaded.vocab_size != served.vocab_size {
@@ -109,7 +135,7 @@ impl WeightUpdater {
         metrics::weights_swapped(version, load, source);
         tracing::info!(
             version,
-            path = %response.path,
+            path = ?response.path,
             load_ms = response.load_ms,
             in_flight = in_flight.as_str(),
             "new weights serving"

@@ -20,6 +20,7 @@ use std::time::Duration;
 use super::swap::WeightUpdater;
 use crate::api::weights::WeightsRequest;
 use crate::rollout::service::RolloutService;
+use crate::telemetry::metrics;
 
 /// The file a version's directory holds once it is complete.
 pub const READY: &str = "READY";
@@ -40,12 +41,27 @@ pub fn complete_versions(dir: &Path) -> std::io::Result<Vec<u64>> {
 
 /// The version to load next: the highest complete one above `served` that was not refused.
 pub fn next_version(complete: &[u64], served: u64, refused: &BTreeSet<u64>) -> Option<u64> {
+    highest(complete, refused).filter(|&v| v > served)
+}
+
+/// The highest complete version not refused, when it cannot load: it is below `served`, or
+/// equal to it while the served weights are not the ones the watcher `loaded` (a `POST
+/// /weights` went ahead of the learner, and the learner's version of that number is skipped).
+pub fn stale_version(
+    complete: &[u64],
+    served: u64,
+    loaded: Option<u64>,
+    refused: &BTreeSet<u64>,
+) -> Option<u64> {
+    highest(complete, refused).filter(|&v| v < served || (v == served && loaded != Some(v)))
+}
+
+fn highest(complete: &[u64], refused: &BTreeSet<u64>) -> Option<u64> {
     complete
         .iter()
         .rev()
         .copied()
         .find(|v| !refused.contains(v))
-        .filter(|&v| v > served)
 }
 
 /// The watcher of one server: the service it updates, its updater, and what it refused so far.
@@ -54,6 +70,10 @@ pub struct Watcher {
     service: Arc<RolloutService>,
     updater: Arc<WeightUpdater>,
     refused: BTreeSet<u64>,
+    /// The version this watcher last swapped in.
+    loaded: Option<u64>,
+    /// The stale version last reported, so each is logged and counted once.
+    reported_stale: Option<u64>,
 }
 
 impl Watcher {
@@ -64,6 +84,8 @@ impl Watcher {
             service,
             updater,
             refused: BTreeSet::new(),
+            loaded: None,
+            reported_stale: None,
         }
     }
 
@@ -78,6 +100,20 @@ impl Watcher {
                 return served;
             }
         };
+        if let Some(stale) = stale_version(&complete, served, self.loaded, &self.refused) {
+            if self.reported_stale != Some(stale) {
+                self.reported_stale = Some(stale);
+                metrics::weights_stale();
+                tracing::warn!(
+                    dir = ?self.dir.display().to_string(),
+                    published = stale,
+                    served,
+                    "the highest published weights version is not above the served one, \
+                     which another update loaded: it is skipped; published versions load \
+                     again once one exceeds the served version"
+                );
+            }
+        }
         let Some(version) = next_version(&complete, served, &self.refused) else {
             return served;
         };
@@ -88,7 +124,10 @@ impl Watcher {
             in_flight: None,
         };
         match self.updater.update(&self.service, request, "watch").await {
-            Ok(_) => version,
+            Ok(_) => {
+                self.loaded = Some(version);
+                version
+            }
             Err(e) => {
                 tracing::warn!(
                     version,
@@ -128,6 +167,14 @@ mod tests {
         let refused: BTreeSet<u64> = [5].into();
         assert_eq!(next_version(&[1, 2, 5], 0, &refused), Some(2));
         assert_eq!(next_version(&[1, 2, 5], 2, &refused), None);
+        assert_eq!(stale_version(&[1, 2, 5], 7, None, &none), Some(5));
+        assert_eq!(stale_version(&[1, 2, 5], 7, Some(5), &none), Some(5));
+        // The version the watcher loaded itself is not stale; one a client loaded is.
+        assert_eq!(stale_version(&[1, 2, 5], 5, Some(5), &none), None);
+        assert_eq!(stale_version(&[1, 2, 5], 5, None, &none), Some(5));
+        assert_eq!(stale_version(&[1, 2, 5], 3, None, &none), None);
+        assert_eq!(stale_version(&[1, 2, 5], 7, None, &refused), Some(2));
+        assert_eq!(stale_version(&[], 7, None, &none), None);
     }
 
     #[test]

@@ -118,6 +118,11 @@ async fn failures_and_panics_fail_only_their_own_request() {
         assert_eq!(status, 500, "{what}: {body}");
         assert_eq!(body["error_type"], error_type, "{what}: {body}");
         assert!(!body["error"].as_str().unwrap().is_empty());
+        // The cause, not the internals: a panic's text stays in the log.
+        assert!(
+            !body["error"].as_str().unwrap().contains("injected panic"),
+            "{what}: {body}"
+        );
     }
 
     // Nothing is left holding engine slots, and the server goes on serving. (A failed

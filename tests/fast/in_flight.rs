@@ -323,7 +323,10 @@ async fn continue_onto_other_weights_draws_each_run_from_its_version() {
     let _ = std::fs::remove_dir_all(&other);
     sharper(&model, &other);
     let (before, after) = (Oracle::load(&model).unwrap(), Oracle::load(&other).unwrap());
-    let server = harness::start(|c| c.max_running_sequences = SAMPLES);
+    let server = harness::start(|c| {
+        c.max_running_sequences = SAMPLES;
+        c.weights_root = std::env::temp_dir();
+    });
     let base = server.base.clone();
 
     // Streamed, so the learner's way of reading is the one checked.

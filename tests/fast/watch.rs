@@ -102,3 +102,38 @@ async fn a_server_follows_the_highest_complete_version() {
     drop(server);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_version_another_update_went_ahead_of_is_reported_not_skipped_silently() {
+    let model = harness::tiny_model();
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("entroll-watch-stale-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = harness::start(|c| {
+        c.watch_weights = dir.clone();
+        c.watch_interval_ms = 50;
+    });
+    let stale = "entroll_weight_updates_total{outcome=\"stale\",source=\"watch\"}";
+    // A client loads version 1 before the learner publishes its own version 1.
+    let (status, body) = crate::weights::post_weights(
+        &server.base,
+        json!({"path": model.display().to_string(), "version": 1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    publish(&model, &dir, 1, true);
+    assert!(
+        eventually(&server, |_| async { server.metric(stale).await == 1.0 }).await,
+        "the learner's version 1, behind the client's, was skipped without a count"
+    );
+    // Reported once, however many times the directory is looked at.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.metric(stale).await, 1.0);
+    assert_eq!(served_version(&server.base).await, 1);
+    // The learner's next version loads.
+    publish(&model, &dir, 2, true);
+    assert!(eventually(&server, |b| async move { served_version(&b).await == 2 }).await);
+    assert_eq!(server.metric(stale).await, 1.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

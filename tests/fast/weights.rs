@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::common::{floats, post_to, samples};
 use crate::harness;
 use entroll::engine::native::Oracle;
+use entroll::weights::confine::REFUSED;
 use serde_json::{json, Value};
 
 pub(crate) async fn post_weights(base: &str, body: Value) -> (u16, Value) {
@@ -152,7 +153,10 @@ async fn a_swap_under_load_loses_nothing_and_bad_weights_change_nothing() {
         Oracle::load(&model).unwrap(),
         Oracle::load(&new_weights).unwrap(),
     ];
-    let server = harness::start(|c| c.max_running_sequences = 4);
+    let server = harness::start(|c| {
+        c.max_running_sequences = 4;
+        c.weights_root = root.clone();
+    });
     let base = server.base.clone();
     assert_eq!(served_version(&base).await, 0);
 
@@ -210,7 +214,13 @@ async fn a_swap_under_load_loses_nothing_and_bad_weights_change_nothing() {
     variant(&model, &other, |c| c["num_hidden_layers"] = json!(12), None);
     variant(&model, &unreadable, |_| {}, Some(&[7u8; 4096]));
     for (body, mentions) in [
-        (json!({"path": "/no/such/checkpoint"}), "does not exist"),
+        (json!({"path": "/no/such/checkpoint"}), REFUSED),
+        (json!({"path": "../.."}), REFUSED),
+        // The served model lies outside this server's weights root.
+        (
+            json!({"path": model.display().to_string(), "version": 2}),
+            REFUSED,
+        ),
         (
             json!({"path": other.display().to_string()}),
             "num_hidden_layers",
@@ -219,13 +229,14 @@ async fn a_swap_under_load_loses_nothing_and_bad_weights_change_nothing() {
             json!({"path": unreadable.display().to_string()}),
             "cannot load",
         ),
+        (json!({"path": "sharper", "version": 1}), "must exceed"),
         (
-            json!({"path": model.display().to_string(), "version": 1}),
-            "must exceed",
+            json!({"path": "sharper", "version": 1u64 << 53}),
+            "exceeds the largest weights version",
         ),
         (json!({"path": 3}), "invalid"),
         (
-            json!({"path": model.display().to_string(), "in_flight": "later"}),
+            json!({"path": "sharper", "in_flight": "later"}),
             "unknown variant",
         ),
     ] {
@@ -247,7 +258,7 @@ async fn a_swap_under_load_loses_nothing_and_bad_weights_change_nothing() {
         server
             .metric("entroll_weight_updates_total{outcome=\"rejected\",source=\"http\"}")
             .await,
-        6.0
+        9.0
     );
     assert_eq!(
         server

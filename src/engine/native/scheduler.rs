@@ -173,9 +173,12 @@ impl Scheduler {
                     error_message(&e)
                 }
                 Err(panic) => {
-                    let failure = format!("the engine panicked: {}", panic_message(panic.as_ref()));
-                    tracing::error!("native engine step failed: {failure}");
-                    failure
+                    // The panic's text is for the log: it may name the server's internals.
+                    tracing::error!(
+                        panic = ?panic_message(panic.as_ref()),
+                        "native engine step panicked"
+                    );
+                    "the engine panicked (a bug); the server's log has the details".to_string()
                 }
             };
             for id in self.batcher.clear_running() {
