@@ -18,6 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source loadtest/lib.sh
+keys_on  # entroll requires keys; the learner and `entroll eval` send them
 STEPS=${STEPS:-18}
 SEEDS=${SEEDS:-0 1}
 METHODS=${METHODS:-drgrpo siren aer}
@@ -63,7 +64,8 @@ for seed in $SEEDS; do
     mkdir -p "$run"
     echo "== $method, seed $seed: $STEPS steps" >&2
     start=$SECONDS
-    start_entroll "$bin" "$run/entroll.log" --model "$model"
+    mkdir -p "$OUT/checkpoints"  # POST /weights loads only from there (weights_root)
+    start_entroll "$bin" "$run/entroll.log" --model "$model" --weights-root "$OUT/checkpoints"
     (cd docker/learner && "$python" -m entroll_learner.train --url "$ENTROLL_URL" --method "$method" \
         --steps "$STEPS" --seed "$seed" --dataset "$OUT/data/train.jsonl" --model-dir "$model" \
         --checkpoints "$OUT/checkpoints" --out "$run" --max-tokens "$MAX_TOKENS" --temperature "$TEMPERATURE" \

@@ -37,6 +37,9 @@ pub enum CheckpointError {
     /// A directory without the files a safetensors checkpoint needs.
     #[error("{path} is not a safetensors checkpoint: {why}")]
     Incomplete { path: String, why: String },
+    /// A `.gguf` file whose header is not well formed ([`super::gguf_header`]).
+    #[error("{path}: {why}")]
+    Malformed { path: String, why: String },
     /// `config.json` is not readable JSON.
     #[error("{path}/config.json is unreadable: {why}")]
     BadConfig { path: String, why: String },
@@ -51,6 +54,10 @@ pub fn inspect(path: &Path) -> Result<Option<ModelShape>, CheckpointError> {
     }
     if path.is_file() {
         return if path.extension().is_some_and(|e| e == "gguf") {
+            super::gguf_header::check(path).map_err(|e| CheckpointError::Malformed {
+                path: shown,
+                why: e.to_string(),
+            })?;
             Ok(None)
         } else {
             Err(CheckpointError::Incomplete {

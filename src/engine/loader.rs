@@ -28,6 +28,11 @@ pub struct ConfiguredLoader(pub EngineSettings);
 #[async_trait]
 impl EngineLoader for ConfiguredLoader {
     async fn load(&self, model: &Path) -> anyhow::Result<Arc<dyn Engine>> {
+        if model.is_file() {
+            // Both engines' GGUF readers trust the header: it is bounded first.
+            super::gguf_header::check(model)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
+        }
         let settings = EngineSettings {
             model: model.to_path_buf(),
             ..self.0.clone()

@@ -24,6 +24,7 @@ use crate::stats::sampling::{SamplingMask, TokenRecord, TokenSampler};
 use checkpoint::ModelShape;
 
 pub mod checkpoint;
+pub mod gguf_header;
 pub mod loader;
 #[cfg(feature = "mistralrs")]
 pub mod mistralrs;

@@ -25,6 +25,17 @@ use crate::telemetry::metrics;
 /// from `u64::MAX` that the served version + 1 never wraps.
 pub const MAX_VERSION: u64 = (1 << 53) - 1;
 
+/// How long reading a checkpoint's metadata may take before the update is refused.
+const INSPECT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A blocking task of an update that panicked: the panic's text goes to the log only.
+fn task_failed(what: &str, join: &tokio::task::JoinError) -> ApiError {
+    tracing::error!(error = ?join.to_string(), "{what} failed");
+    ApiError::Internal(format!(
+        "{what} failed (a bug); the server's log has the details"
+    ))
+}
+
 /// The first line of `error`'s chain: what went wrong, without the backtrace some errors
 /// (candle's, with `RUST_BACKTRACE` set) carry in their text. The whole error goes to the log.
 fn first_line(error: &impl std::fmt::Display) -> String {
@@ -91,10 +102,31 @@ impl WeightUpdater {
         }
         let path = Path::new(&request.path);
         let served = current.engine.info();
-        let shape = checkpoint::inspect(path).map_err(|e| {
-            tracing::warn!(error = ?format!("{e:#}"), "cannot read the checkpoint's metadata");
-            ApiError::Invalid(first_line(&e))
-        })?;
+        // Off the async workers, as the load below: a header on a slow or hostile file must
+        // not stall other requests or shutdown.
+        let inspected = {
+            let path = path.to_path_buf();
+            tokio::time::timeout(
+                INSPECT_LIMIT,
+                tokio::task::spawn_blocking(move || checkpoint::inspect(&path)),
+            )
+            .await
+        };
+        let shape = match inspected {
+            Ok(Ok(Ok(shape))) => shape,
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = ?format!("{e:#}"), "cannot read the checkpoint's metadata");
+                return Err(ApiError::Invalid(first_line(&e)));
+            }
+            Ok(Err(join)) => return Err(task_failed("inspecting the checkpoint", &join)),
+            Err(_) => {
+                return Err(ApiError::Invalid(format!(
+                    "reading {}'s metadata took longer than {} s",
+                    request.path,
+                    INSPECT_LIMIT.as_secs()
+                )))
+            }
+        };
         if let (Some(old), Some(new)) = (&served.shape, &shape) {
             let differences = old.differences(new);
             if !differences.is_empty() {
@@ -106,7 +138,17 @@ impl WeightUpdater {
             }
         }
         let started = Instant::now();
-        let engine = self.loader.load(path).await.map_err(|e| {
+        let loaded = {
+            let (loader, path, runtime) = (
+                self.loader.clone(),
+                path.to_path_buf(),
+                tokio::runtime::Handle::current(),
+            );
+            tokio::task::spawn_blocking(move || runtime.block_on(loader.load(&path)))
+                .await
+                .map_err(|join| task_failed("loading the weights", &join))?
+        };
+        let engine = loaded.map_err(|e| {
             tracing::warn!(error = ?format!("{e:#}"), "cannot load the weights");
             ApiError::Invalid(format!(
                 "cannot load weights from {}: {}",

@@ -268,3 +268,62 @@ async fn a_swap_under_load_loses_nothing_and_bad_weights_change_nothing() {
     );
     assert_eq!(server.metric("entroll_weights_version").await, 1.0);
 }
+
+/// A file of `len` bytes at `path` that begins with `head`, the rest a hole.
+fn crafted(path: &Path, head: &[u8], len: u64) {
+    std::fs::write(path, head).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+/// A GGUF v3 header declaring `tensors` tensors and `pairs` pairs, then a key of `key_len`
+/// bytes (nothing after it).
+fn gguf_head(pairs: u64, key_len: Option<u64>) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend(pairs.to_le_bytes());
+    if let Some(n) = key_len {
+        b.extend(n.to_le_bytes());
+    }
+    b
+}
+
+#[tokio::test]
+async fn crafted_gguf_files_are_refused_and_the_server_serves_and_stops() {
+    // The probe's files: a header declaring a 2^46-byte key (it aborted the process), a
+    // 2^63-byte key (a 500), and a sparse 20 GB file declaring 2^60 pairs (it pinned a worker
+    // and outlived SIGTERM).
+    let root = std::env::temp_dir().join(format!("entroll-crafted-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    crafted(&root.join("key46.gguf"), &gguf_head(1, Some(1 << 46)), 32);
+    crafted(&root.join("key63.gguf"), &gguf_head(1, Some(1 << 63)), 32);
+    crafted(
+        &root.join("sparse.gguf"),
+        &gguf_head(1 << 60, None),
+        20 << 30,
+    );
+    let mut server = harness::start(|c| c.weights_root = root.clone());
+    for name in ["key46.gguf", "key63.gguf", "sparse.gguf"] {
+        let (status, err) = post_weights(&server.base, json!({"path": name})).await;
+        assert_eq!(status, 422, "{name}: {err}");
+        assert!(
+            err["error"]
+                .as_str()
+                .unwrap()
+                .contains("not a well-formed GGUF file"),
+            "{name}: {err}"
+        );
+    }
+    assert_eq!(served_version(&server.base).await, 0);
+    let t = timed_rollout(server.base.clone(), 1, 4).await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    server.signal();
+    server.wait_stopped(Duration::from_secs(20)).unwrap();
+    std::fs::remove_dir_all(&root).unwrap();
+}

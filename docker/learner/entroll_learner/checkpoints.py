@@ -38,6 +38,10 @@ def save(model: PreTrainedModel, tokenizer, out: str) -> str:
         config["rope_theta"] = rope["rope_theta"]
     with open(config_path, "w") as f:
         json.dump(config, f, indent=2)
+    # Readable by entroll, which runs as another user (its image's unprivileged `entroll`):
+    # safetensors writes its file private (0600).
+    for name in os.listdir(tmp):
+        os.chmod(os.path.join(tmp, name), 0o644)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out

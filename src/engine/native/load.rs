@@ -182,6 +182,9 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
 
 /// Reads the header of a GGUF file.
 pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, std::fs::File), ModelError> {
+    // candle allocates what the header declares: it reads only a header bounded first.
+    crate::engine::gguf_header::check(path)
+        .map_err(|e| ModelError::Invalid(format!("{}: {e}", path.display())))?;
     let mut file = std::fs::File::open(path)
         .map_err(|e| ModelError::Invalid(format!("{}: {e}", path.display())))?;
     let content = gguf_file::Content::read(&mut file)
