@@ -189,9 +189,6 @@ fn server_in(model: &Path, chunk: usize, slots: usize, precision: Precision) -> 
             &slots.to_string(),
             "--max-prompts",
             "512",
-            // The swap test's other checkpoint lives in the temporary directory.
-            "--weights-root",
-            std::env::temp_dir().to_str().unwrap(),
         ],
     )
 }
@@ -452,9 +449,11 @@ fn transformed_checkpoint(
 
 #[tokio::test]
 async fn after_a_weight_swap_samples_match_the_new_weights() {
-    let model = common::tiny_random_model("qwen2");
-    let other =
-        TempDir(std::env::temp_dir().join(format!("entroll-scaled-{}", std::process::id())));
+    // Both checkpoints side by side: the served model's directory is the server's weights root.
+    let root = TempDir(std::env::temp_dir().join(format!("entroll-swap-{}", std::process::id())));
+    let model = root.0.join("original");
+    transformed_checkpoint(&common::tiny_random_model("qwen2"), &model, |t| t);
+    let other = TempDir(root.0.join("scaled"));
     // A model of the same shape that answers differently.
     transformed_checkpoint(&model, &other.0, |t| (t * 1.3).unwrap());
     let s = server(&model, 8, 4);
