@@ -246,6 +246,7 @@ impl MistralRsEngine {
                 id,
                 vocab_size: 0,
                 max_context,
+                max_token_bytes: None,
                 max_batch,
                 source: path.to_path_buf(),
                 shape,

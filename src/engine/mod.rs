@@ -67,6 +67,9 @@ pub struct ModelInfo {
     pub vocab_size: usize,
     /// Longest sequence (prompt + generation) the model supports, if known.
     pub max_context: Option<usize>,
+    /// An upper bound on the bytes of text one token stands for, if known: a prompt of more
+    /// bytes than this times the context cannot fit, and is refused before it is tokenized.
+    pub max_token_bytes: Option<usize>,
     /// Most sequences the engine runs in one forward.
     pub max_batch: usize,
     /// Where the weights came from.

@@ -58,6 +58,7 @@ pub async fn tokenize(
 ) -> Result<TokenizedRollout, ApiError> {
     let mut prompt_ids = Vec::with_capacity(request.prompts.len());
     for (i, p) in request.prompts.iter().enumerate() {
+        check_prompt_bytes(i, &p.input, engine.info())?;
         let ids = engine.tokenize(&p.input).await?;
         check_prompt_tokens(i, &ids, engine.info(), request.sampling.max_tokens)?;
         prompt_ids.push(Arc::from(ids));
@@ -66,6 +67,31 @@ pub async fn tokenize(
         request,
         prompt_ids,
     })
+}
+
+/// Refuses a text prompt that cannot fit the context whatever its tokens, before the cost of
+/// tokenizing it: more bytes than the context times the most bytes one token stands for.
+pub fn check_prompt_bytes(
+    index: usize,
+    input: &PromptInput,
+    model: &ModelInfo,
+) -> Result<(), ApiError> {
+    let (Some(ctx), Some(per_token)) = (model.max_context, model.max_token_bytes) else {
+        return Ok(());
+    };
+    let bytes = match input {
+        PromptInput::Text(text) => text.len(),
+        PromptInput::Messages(messages) => messages.iter().map(|m| m.content.len()).sum(),
+        PromptInput::TokenIds(_) => return Ok(()),
+    };
+    let most = ctx.saturating_mul(per_token);
+    if bytes > most {
+        return Err(ApiError::Invalid(format!(
+            "prompts[{index}] has {bytes} bytes of text, more than the model's context of {ctx} \
+             tokens can hold (at most {per_token} bytes a token: {most} bytes)"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks a tokenized prompt against the model: non-empty, ids in the vocabulary, and room in
@@ -109,6 +135,7 @@ mod tests {
             id: "m".into(),
             vocab_size: 100,
             max_context: Some(50),
+            max_token_bytes: Some(4),
             max_batch: 1,
             source: Default::default(),
             shape: None,
@@ -117,5 +144,22 @@ mod tests {
         assert!(check_prompt_tokens(0, &[1, 100], &model, 10).is_err());
         assert!(check_prompt_tokens(0, &[], &model, 10).is_err());
         assert!(check_prompt_tokens(0, &[1; 45], &model, 10).is_err());
+        // 50 tokens of at most 4 bytes hold 200 bytes of text, not 201.
+        let text = |n: usize| PromptInput::Text("x".repeat(n));
+        assert!(check_prompt_bytes(0, &text(200), &model).is_ok());
+        assert!(check_prompt_bytes(0, &text(201), &model).is_err());
+        let message = |n: usize| {
+            PromptInput::Messages(vec![crate::engine::ChatMessage {
+                role: "user".into(),
+                content: "x".repeat(n),
+            }])
+        };
+        assert!(check_prompt_bytes(0, &message(201), &model).is_err());
+        assert!(check_prompt_bytes(0, &PromptInput::TokenIds(vec![1; 500]), &model).is_ok());
+        let unknown = ModelInfo {
+            max_token_bytes: None,
+            ..model
+        };
+        assert!(check_prompt_bytes(0, &text(10_000), &unknown).is_ok());
     }
 }

@@ -309,3 +309,28 @@ async fn an_oversized_body_gets_413_with_an_error_body() {
     .await;
     assert_eq!(r["groups"][0]["samples"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_prompt_too_long_for_any_tokenization_is_refused_before_it_is_tokenized() {
+    // 24 MiB of text: far more than the tiny model's context can hold however it tokenizes
+    // (the probe's 31.6 MB prompt took 17 s and 4.4 GB to tokenize before its 422).
+    let server = harness::start(|_| {});
+    for prompt in [
+        json!({"text": "a".repeat(24 << 20)}),
+        json!({"messages": [{"role": "user", "content": "a".repeat(24 << 20)}]}),
+    ] {
+        let body = json!({"prompts": [prompt], "group_size": 1}).to_string();
+        let (status, err) = post_raw(&server, body).await;
+        assert_eq!(status, 422, "{err}");
+        assert!(
+            err["error"].as_str().unwrap().contains("bytes of text"),
+            "{err}"
+        );
+    }
+    let r = rollout(
+        &server,
+        &json!({"prompts": [{"text": "hi"}], "group_size": 1, "sampling": {"max_tokens": 2}}),
+    )
+    .await;
+    assert_eq!(r["groups"][0]["samples"].as_array().unwrap().len(), 1);
+}

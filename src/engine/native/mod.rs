@@ -153,6 +153,7 @@ impl NativeEngine {
                 id,
                 vocab_size: arch.vocab,
                 max_context: Some(arch.max_context),
+                max_token_bytes: Some(text.max_token_bytes()),
                 max_batch: slots,
                 source: path.to_path_buf(),
                 shape,

@@ -268,6 +268,18 @@ impl TextCodec {
     }
 
     /// The text of generated tokens, special tokens left out.
+    /// An upper bound on the bytes of text one token stands for: the longest entry of the
+    /// vocabulary as stored (a byte-level or SentencePiece entry is never shorter in UTF-8 than
+    /// the text it decodes to).
+    pub fn max_token_bytes(&self) -> usize {
+        self.tokenizer
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+    }
+
     pub fn decode(&self, ids: &[u32]) -> String {
         self.tokenizer.decode(ids, true).unwrap_or_default()
     }
