@@ -57,6 +57,18 @@ fn block(ggml_type: u32) -> Option<(u64, u64)> {
     })
 }
 
+/// The size of a scalar value type (u8, i8, bool; u16, i16; u32, i32, f32; u64, i64, f64);
+/// `None` for strings, arrays and unknown types.
+fn scalar_bytes(value_type: u32) -> Option<u64> {
+    match value_type {
+        0 | 1 | 7 => Some(1),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        10..=12 => Some(8),
+        _ => None,
+    }
+}
+
 /// The header's reader: where it is, how large the file is, and whether it reads v1 sizes.
 struct Walk<R> {
     input: R,
@@ -137,32 +149,19 @@ impl<R: Read + Seek> Walk<R> {
 
     /// One value of type `t`; arrays nest at most [`MAX_DEPTH`] deep.
     fn value(&mut self, t: u32, depth: u32, what: &str) -> Result<(), GgufError> {
-        let scalar = match t {
-            0 | 1 | 7 => Some(1),
-            2 | 3 => Some(2),
-            4..=6 => Some(4),
-            10..=12 => Some(8),
-            _ => None,
-        };
-        match (t, scalar) {
+        match (t, scalar_bytes(t)) {
             (_, Some(n)) => self.skip(n, what),
             (8, _) => self.string(what),
             (9, _) if depth < MAX_DEPTH => {
                 let element = self.u32(what)?;
-                let size = match element {
-                    0 | 1 | 7 => 1,
-                    2 | 3 => 2,
-                    4..=6 => 4,
-                    10..=12 => 8,
-                    8 => {
-                        if self.v1 {
-                            4
-                        } else {
-                            8
-                        }
-                    }
-                    9 => 12,
-                    other => return Err(bad(format!("{what}: unknown value type {other}"))),
+                // The fewest bytes one element takes: a scalar's size, a string's length field,
+                // an array's type and count.
+                let size = match (element, scalar_bytes(element)) {
+                    (_, Some(n)) => n,
+                    (8, _) if self.v1 => 4,
+                    (8, _) => 8,
+                    (9, _) => 12,
+                    (other, _) => return Err(bad(format!("{what}: unknown value type {other}"))),
                 };
                 let n = self.count(what, size)?;
                 if matches!(element, 8 | 9) {
