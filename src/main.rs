@@ -127,6 +127,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "entroll=info,mistralrs_core=warn,warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal; none in a file or a container's log.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {

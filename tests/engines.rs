@@ -240,6 +240,7 @@ fn sequence(
         stop: stop.into_iter().map(str::to_string).collect(),
         drawing: entroll::engine::Drawing::Entroll(sampler),
         interrupt: Default::default(),
+        mask_budget: Default::default(),
     }
 }
 

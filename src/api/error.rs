@@ -27,9 +27,24 @@ pub enum ApiError {
     /// The server is at capacity (429).
     #[error("server is at capacity ({0} requests admitted); retry later")]
     Overloaded(usize),
+    /// A weight update would hold more engines in memory than `max_engines` (429): requests
+    /// still run on older weights.
+    #[error(
+        "{alive} of at most {max} engines are in memory (max_engines): the requests on older \
+         weights must finish before another can load; retry later"
+    )]
+    EnginesBusy {
+        /// Engines in memory now.
+        alive: usize,
+        /// The server's `max_engines`.
+        max: usize,
+    },
     /// The request's own deadline passed (504); its sequences were cancelled.
     #[error("the request's deadline of {0} ms passed; its sequences were cancelled")]
     Timeout(u64),
+    /// The request's body did not arrive within the server's `body_timeout_ms` (408).
+    #[error("the request body did not arrive within {0} ms")]
+    SlowBody(u64),
     /// The engine failed while serving the request (500).
     #[error("engine failure: {0}")]
     Engine(String),
@@ -76,8 +91,8 @@ impl ApiError {
             ApiError::Malformed(_) | ApiError::Invalid(_) | ApiError::TooLarge(_) => "validation",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
-            ApiError::Overloaded(_) => "overloaded",
-            ApiError::Timeout(_) => "timeout",
+            ApiError::Overloaded(_) | ApiError::EnginesBusy { .. } => "overloaded",
+            ApiError::Timeout(_) | ApiError::SlowBody(_) => "timeout",
             ApiError::Engine(_) => "engine",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Internal(_) => "internal",
@@ -90,6 +105,7 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::InvalidPrompt(msg) => ApiError::Invalid(msg),
+            e @ EngineError::MaskBudget(_) => ApiError::Invalid(e.to_string()),
             other => ApiError::Engine(other.to_string()),
         }
     }

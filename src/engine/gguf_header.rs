@@ -7,7 +7,13 @@
 //! length and count against the bytes left in the file and a sane maximum, the header's whole
 //! size against [`MAX_HEADER_BYTES`], every tensor's data against the file's size. A file that
 //! passes can be handed to candle without an allocation larger than the file.
+//!
+//! The walk keeps what fixes the model's architecture ([`Architecture`]: the keys
+//! `general.architecture` and `<architecture>.block_count`, `.embedding_length`,
+//! `.feed_forward_length`, `.attention.head_count`, `.attention.head_count_kv`), so a weight
+//! update can be compared with the served model before a tensor is read.
 
+use std::collections::BTreeMap;
 use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 
@@ -19,6 +25,29 @@ const MAX_COUNT: u64 = 1 << 26;
 const MAX_DIMS: u32 = 4;
 /// How deep arrays may nest (an array of arrays of scalars).
 const MAX_DEPTH: u32 = 2;
+
+/// The longest string value kept (an architecture's name).
+const MAX_KEPT_STRING: u64 = 256;
+/// The most pairs kept (a real header has six of them).
+const MAX_KEPT: usize = 64;
+/// The key suffixes whose integer values the walk keeps, after `<architecture>.`.
+pub const ARCHITECTURE_KEYS: [&str; 5] = [
+    "block_count",
+    "embedding_length",
+    "feed_forward_length",
+    "attention.head_count",
+    "attention.head_count_kv",
+];
+
+/// What a GGUF header says of the model's architecture: its name (`general.architecture`) and
+/// the integer values of [`ARCHITECTURE_KEYS`] under that name (absent keys left out).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Architecture {
+    /// `general.architecture`: `llama`, `qwen2`, ...
+    pub name: Option<String>,
+    /// Each of [`ARCHITECTURE_KEYS`] the header holds, with its value.
+    pub sizes: BTreeMap<&'static str, u64>,
+}
 
 /// Why a file is not a well-formed GGUF header.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +166,46 @@ impl<R: Read + Seek> Walk<R> {
         self.skip(n, what)
     }
 
+    /// A string of at most `max` bytes, read (lossily as UTF-8); a longer one is skipped and
+    /// `None`.
+    fn short_string(&mut self, max: u64, what: &str) -> Result<Option<String>, GgufError> {
+        let n = self.size(what)?;
+        if n > max {
+            return self.skip(n, what).map(|()| None);
+        }
+        self.claim(n, what)?;
+        let mut b = vec![0u8; n as usize];
+        self.input
+            .read_exact(&mut b)
+            .map_err(|e| bad(format!("{what}: {e}")))?;
+        Ok(Some(String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// One key-value pair: the value's integer, or its string when short, is returned when the
+    /// key is one the walk keeps (`keep`); every other value is walked and skipped.
+    fn pair(&mut self, keep: impl Fn(&str) -> bool) -> Result<Option<(String, Kept)>, GgufError> {
+        // Keys are short in every model; a long one is walked, never kept.
+        let key = self.short_string(MAX_KEPT_STRING, "a key")?;
+        let t = self.u32("a value type")?;
+        let Some(key) = key.filter(|k| keep(k)) else {
+            return self.value(t, 0, "a value").map(|()| None);
+        };
+        let kept = match t {
+            0 => Kept::Int(u64::from(self.bytes::<1>("a value")?[0])),
+            2 => Kept::Int(u64::from(u16::from_le_bytes(self.bytes("a value")?))),
+            4 => Kept::Int(u64::from(self.u32("a value")?)),
+            5 => Kept::Int(i32::from_le_bytes(self.bytes("a value")?).max(0) as u64),
+            10 => Kept::Int(self.u64("a value")?),
+            11 => Kept::Int(i64::from_le_bytes(self.bytes("a value")?).max(0) as u64),
+            8 => match self.short_string(MAX_KEPT_STRING, "a value")? {
+                Some(text) => Kept::Text(text),
+                None => return Ok(None),
+            },
+            other => return self.value(other, 0, "a value").map(|()| None),
+        };
+        Ok(Some((key, kept)))
+    }
+
     fn count(&mut self, what: &str, min_bytes: u64) -> Result<u64, GgufError> {
         let n = self.size(what)?;
         if n > MAX_COUNT || n.saturating_mul(min_bytes) > self.left() {
@@ -179,8 +248,24 @@ impl<R: Read + Seek> Walk<R> {
     }
 }
 
-/// Walks the GGUF header of `input` (`len` bytes long), as [`check`] does for a file.
-pub fn check_reader<R: Read + Seek>(input: R, len: u64) -> Result<(), GgufError> {
+/// A value the walk keeps.
+enum Kept {
+    Int(u64),
+    Text(String),
+}
+
+/// Whether the walk keeps `key`'s value: `general.architecture`, and any key ending in one of
+/// [`ARCHITECTURE_KEYS`] (the architecture's name is not known until its key is read).
+fn kept_key(key: &str) -> bool {
+    key == "general.architecture"
+        || ARCHITECTURE_KEYS
+            .iter()
+            .any(|k| key.strip_suffix(k).is_some_and(|head| head.ends_with('.')))
+}
+
+/// Walks the GGUF header of `input` (`len` bytes long), as [`check`] does for a file, and
+/// returns its [`Architecture`].
+pub fn check_reader<R: Read + Seek>(input: R, len: u64) -> Result<Architecture, GgufError> {
     let mut w = Walk {
         input,
         at: 0,
@@ -197,10 +282,13 @@ pub fn check_reader<R: Read + Seek>(input: R, len: u64) -> Result<(), GgufError>
     w.v1 = version == 1;
     let tensors = w.count("the tensor count", 16)?;
     let pairs = w.count("the key-value count", 12)?;
+    let mut kept = BTreeMap::new();
     for _ in 0..pairs {
-        w.string("a key")?;
-        let t = w.u32("a value type")?;
-        w.value(t, 0, "a value")?;
+        // A crafted header may repeat kept keys by the million: a few dozen are kept at most.
+        let room = kept.len() < MAX_KEPT;
+        if let Some((key, value)) = w.pair(|k| room && kept_key(k))? {
+            kept.insert(key, value);
+        }
     }
     for _ in 0..tensors {
         w.string("a tensor name")?;
@@ -228,11 +316,37 @@ pub fn check_reader<R: Read + Seek>(input: R, len: u64) -> Result<(), GgufError>
             )));
         }
     }
-    Ok(())
+    Ok(architecture(kept))
 }
 
-/// Checks the header of the GGUF file at `path` (see the module's documentation).
-pub fn check(path: &Path) -> Result<(), GgufError> {
+/// The architecture the kept pairs declare: the name, then its own sizes (another
+/// architecture's keys are ignored).
+fn architecture(kept: BTreeMap<String, Kept>) -> Architecture {
+    let name = kept.iter().find_map(|(k, v)| match v {
+        Kept::Text(text) if k == "general.architecture" => Some(text.clone()),
+        _ => None,
+    });
+    let mut sizes = BTreeMap::new();
+    if let Some(name) = &name {
+        for (key, value) in &kept {
+            let Kept::Int(n) = value else { continue };
+            let Some(suffix) = key
+                .strip_prefix(name.as_str())
+                .and_then(|k| k.strip_prefix('.'))
+            else {
+                continue;
+            };
+            if let Some(&known) = ARCHITECTURE_KEYS.iter().find(|&&k| k == suffix) {
+                sizes.insert(known, *n);
+            }
+        }
+    }
+    Architecture { name, sizes }
+}
+
+/// Checks the header of the GGUF file at `path` (see the module's documentation) and returns
+/// the architecture it declares.
+pub fn check(path: &Path) -> Result<Architecture, GgufError> {
     let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
     let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
     if !meta.is_file() {
@@ -277,8 +391,49 @@ mod tests {
         b
     }
 
-    fn run(b: &[u8]) -> Result<(), GgufError> {
+    fn run(b: &[u8]) -> Result<Architecture, GgufError> {
         check_reader(Cursor::new(b), b.len() as u64)
+    }
+
+    fn string_value(s: &str) -> Vec<u8> {
+        let mut b = 8u32.to_le_bytes().to_vec();
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
+        b
+    }
+
+    #[test]
+    fn the_architecture_s_name_and_sizes_are_kept_and_nothing_else() {
+        let b = header(
+            &[
+                ("qwen2.block_count", u32_value(28)),
+                ("general.architecture", string_value("qwen2")),
+                (
+                    "qwen2.embedding_length",
+                    [10u32.to_le_bytes().to_vec(), 1536u64.to_le_bytes().to_vec()].concat(),
+                ),
+                ("qwen2.attention.head_count_kv", u32_value(2)),
+                ("llama.block_count", u32_value(99)),
+                ("qwen2.context_length", u32_value(32768)),
+                ("tokenizer.ggml.tokens", string_array(&["a", "b"])),
+            ],
+            &[],
+            0,
+        );
+        let arch = run(&b).unwrap();
+        assert_eq!(arch.name.as_deref(), Some("qwen2"));
+        let sizes: Vec<_> = arch.sizes.into_iter().collect();
+        assert_eq!(
+            sizes,
+            vec![
+                ("attention.head_count_kv", 2),
+                ("block_count", 28),
+                ("embedding_length", 1536)
+            ]
+        );
+        // No name: nothing is known.
+        let nameless = header(&[("llama.block_count", u32_value(30))], &[], 0);
+        assert_eq!(run(&nameless).unwrap(), Architecture::default());
     }
 
     fn u32_value(v: u32) -> Vec<u8> {

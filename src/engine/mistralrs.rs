@@ -30,7 +30,7 @@ use mistralrs::{
 
 use super::settings::{DeviceKind, EngineSettings, WeightsDType};
 use super::{
-    Drawing, Engine, EngineError, Interrupt, ModelInfo, PromptInput, SequenceOutput,
+    Drawing, Engine, EngineError, Interrupt, MaskBudget, ModelInfo, PromptInput, SequenceOutput,
     SequenceRequest,
 };
 use crate::engine::FinishReason;
@@ -56,6 +56,8 @@ struct DrawTap {
     cancelled: Arc<AtomicBool>,
     /// Set to end the sequence with what it drew: the next step fails the same way.
     interrupt: Interrupt,
+    /// What the request's masks may still hold.
+    mask_budget: MaskBudget,
 }
 
 /// Sets the flag when dropped: a `generate` future that is dropped cancels its sequence.
@@ -73,7 +75,7 @@ struct TapState {
     records: Vec<TokenRecord>,
     masks: Vec<Option<SamplingMask>>,
     first_token_at: Option<std::time::Instant>,
-    error: Option<String>,
+    error: Option<EngineError>,
     /// The tap refused a step because the sequence was interrupted.
     interrupted: bool,
 }
@@ -84,6 +86,7 @@ impl DrawTap {
         first_index: usize,
         cancelled: Arc<AtomicBool>,
         interrupt: Interrupt,
+        mask_budget: MaskBudget,
     ) -> Self {
         Self {
             sampler,
@@ -91,6 +94,7 @@ impl DrawTap {
             state: Mutex::new(TapState::default()),
             cancelled,
             interrupt,
+            mask_budget,
         }
     }
 }
@@ -130,7 +134,12 @@ impl CustomLogitsProcessor for DrawTap {
                     panic_message(panic.as_ref())
                 ))
             }
-        };
+        }
+        .map_err(|e| EngineError::Generation(format!("token {index}: {e}")))
+        .and_then(|(record, mask)| match &mask {
+            Some(m) => self.mask_budget.spend(m.ids.len()).map(|()| (record, mask)),
+            None => Ok((record, mask)),
+        });
         match step {
             Ok((record, mask)) => {
                 state
@@ -141,8 +150,9 @@ impl CustomLogitsProcessor for DrawTap {
                 forcing_row(record.token, row.len(), logits)
             }
             Err(e) => {
-                state.error = Some(format!("token {index}: {e}"));
-                Err(candle_core::Error::Msg(e))
+                let message = e.to_string();
+                state.error = Some(e);
+                Err(candle_core::Error::Msg(message))
             }
         }
     }
@@ -418,12 +428,18 @@ impl Engine for MistralRsEngine {
                 let _cancel_on_drop = CancelOnDrop(cancelled.clone());
                 let masking = sampler.mask;
                 let interrupt = request.interrupt.clone();
-                let tap = Arc::new(DrawTap::new(sampler, drawn, cancelled, interrupt));
+                let tap = Arc::new(DrawTap::new(
+                    sampler,
+                    drawn,
+                    cancelled,
+                    interrupt,
+                    request.mask_budget.clone(),
+                ));
                 let result = self.run(prompt, params, Some(tap.clone())).await;
                 let state =
                     std::mem::take(&mut *tap.state.lock().unwrap_or_else(|p| p.into_inner()));
                 if let Some(error) = state.error {
-                    return Err(EngineError::Generation(error));
+                    return Err(error);
                 }
                 let choice = if state.interrupted {
                     None

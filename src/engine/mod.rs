@@ -13,7 +13,7 @@
 //! its implementations; they import it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -124,6 +124,44 @@ impl Interrupt {
     }
 }
 
+/// The sampling-mask ids the sequences of one request may still return, shared by all of them
+/// (clones share the count): a mask that would overdraw it fails its sequence with
+/// [`EngineError::MaskBudget`], so a small request cannot make the engine hold, and the server
+/// answer, masks of the whole vocabulary at every token. The default is unlimited.
+#[derive(Debug, Clone)]
+pub struct MaskBudget {
+    left: Arc<AtomicU64>,
+    total: u64,
+}
+
+impl Default for MaskBudget {
+    fn default() -> Self {
+        Self::new(u64::MAX)
+    }
+}
+
+impl MaskBudget {
+    /// A budget of `ids` mask ids.
+    pub fn new(ids: u64) -> Self {
+        Self {
+            left: Arc::new(AtomicU64::new(ids)),
+            total: ids,
+        }
+    }
+
+    /// Takes a mask of `ids` ids from the budget, or says it would overdraw it (taking
+    /// nothing).
+    pub fn spend(&self, ids: usize) -> Result<(), EngineError> {
+        let ids = ids as u64;
+        self.left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(ids)
+            })
+            .map(|_| ())
+            .map_err(|_| EngineError::MaskBudget(self.total))
+    }
+}
+
 /// One sequence to generate.
 #[derive(Debug, Clone)]
 pub struct SequenceRequest {
@@ -141,6 +179,8 @@ pub struct SequenceRequest {
     pub drawing: Drawing,
     /// Ends the sequence early with what it drew (engines check it at every step).
     pub interrupt: Interrupt,
+    /// What the request's sampling masks may still hold (with `Drawing::Entroll`'s `mask`).
+    pub mask_budget: MaskBudget,
 }
 
 impl SequenceRequest {
@@ -186,6 +226,12 @@ pub enum EngineError {
     /// Generation failed.
     #[error("{0}")]
     Generation(String),
+    /// The request's sampling masks outgrew its [`MaskBudget`].
+    #[error(
+        "the sampling masks outgrew the request's budget of {0} token ids (max_mask_ids): \
+         lower top_p, set top_k, or ask for fewer tokens"
+    )]
+    MaskBudget(u64),
     /// The engine is gone (its thread stopped).
     #[error("engine unavailable: {0}")]
     Unavailable(String),

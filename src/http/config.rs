@@ -10,8 +10,11 @@
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::auth::{Keys, Secret};
+use super::body::BodyLimits;
+use super::listen::ConnectionLimits;
 use crate::api::weights::InFlight;
 use crate::engine::settings::{
     DeviceKernels, DeviceKind, EngineKind, EngineSettings, SamplerKind, WeightsDType,
@@ -109,10 +112,27 @@ settings! {
     /// Most tokens one request may ask to sample: the sum over its prompts of group size x
     /// `max_tokens` (422 beyond), so one small body cannot occupy the engine for days.
     max_request_tokens: usize = 16 * 1024 * 1024, env "ENTROLL_MAX_REQUEST_TOKENS";
+    /// Token ids the sampling masks (`return_sampling_mask`) of one request may hold in all:
+    /// a request whose masks outgrow it fails with 422, so a small body cannot ask for the
+    /// whole vocabulary at every token (about 4 bytes an id in memory, 1.3 to 4 in the answer).
+    max_mask_ids: usize = 1 << 26, env "ENTROLL_MAX_MASK_IDS";
     /// Largest `timeout_ms` a request may give (milliseconds).
     max_timeout_ms: u64 = 24 * 3_600_000, env "ENTROLL_MAX_TIMEOUT_MS";
-    /// Largest request body in bytes (413 beyond).
+    /// Largest request body in bytes (413 beyond, at once when `Content-Length` says so). The
+    /// default holds 256 prompts that fill the default model's 8,192-token context, as token ids
+    /// (about 12.6 MB of JSON), with room to spare.
     max_body_bytes: usize = 32 * 1024 * 1024, env "ENTROLL_MAX_BODY_BYTES";
+    /// How long a request's body may take to arrive once its headers have (milliseconds; 408
+    /// `timeout` beyond).
+    body_timeout_ms: u64 = 30_000, env "ENTROLL_BODY_TIMEOUT_MS";
+    /// How long the server waits for a request's headers, on a new connection and on an idle
+    /// kept-alive one alike (milliseconds; the connection is closed beyond).
+    header_timeout_ms: u64 = 10_000, env "ENTROLL_HEADER_TIMEOUT_MS";
+    /// How long a client may leave its answer unread (a write blocked on its full receive
+    /// window) before its connection is closed (milliseconds).
+    write_timeout_ms: u64 = 60_000, env "ENTROLL_WRITE_TIMEOUT_MS";
+    /// Connections open at once; one more is answered 503 `overloaded` and closed.
+    max_connections: usize = 1024, env "ENTROLL_MAX_CONNECTIONS";
     /// Group size when a request gives none.
     default_group_size: usize = 8, env "ENTROLL_DEFAULT_GROUP_SIZE";
     /// `max_tokens` when a request gives none.
@@ -146,6 +166,10 @@ settings! {
     /// `weights_changed` with what they drew) or `continue` (the new weights draw on from
     /// their next token).
     weights_in_flight: InFlight = InFlight::Finish, env "ENTROLL_WEIGHTS_IN_FLIGHT";
+    /// Engines in memory at once: the served one, older ones still finishing requests, and
+    /// the one a weight update loads. An update that would exceed it is refused (429
+    /// `overloaded`) until requests on older weights finish. At least 2.
+    max_engines: usize = 3, env "ENTROLL_MAX_ENGINES";
 }
 
 impl Config {
@@ -169,10 +193,28 @@ impl Config {
             sampler: self.sampler,
             max_running_sequences: self.max_running_sequences,
             max_requests: self.max_requests,
+            max_mask_ids: self.max_mask_ids as u64,
             rewards: RewardValues {
                 correct: self.reward_correct,
                 wrong: self.reward_wrong,
             },
+        }
+    }
+
+    /// What one connection may hold and how long it may make the server wait.
+    pub fn connections(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
+        }
+    }
+
+    /// The limits a request's body is read under.
+    pub fn body(&self) -> BodyLimits {
+        BodyLimits {
+            max_bytes: self.max_body_bytes,
+            timeout: Duration::from_millis(self.body_timeout_ms),
         }
     }
 
@@ -235,6 +277,20 @@ impl Config {
             ("default_group_size", self.default_group_size),
             ("default_max_tokens", self.default_max_tokens),
             ("watch_interval_ms", self.watch_interval_ms as usize),
+            ("max_connections", self.max_connections),
+            ("max_mask_ids", self.max_mask_ids),
+            (
+                "body_timeout_ms",
+                self.body_timeout_ms.min(usize::MAX as u64) as usize,
+            ),
+            (
+                "header_timeout_ms",
+                self.header_timeout_ms.min(usize::MAX as u64) as usize,
+            ),
+            (
+                "write_timeout_ms",
+                self.write_timeout_ms.min(usize::MAX as u64) as usize,
+            ),
         ] {
             anyhow::ensure!(value > 0, "{name} must be positive");
         }
@@ -247,6 +303,10 @@ impl Config {
         anyhow::ensure!(
             self.api_key.is_empty() || self.api_key != self.admin_key,
             "api_key and admin_key must differ: the admin key steers the server"
+        );
+        anyhow::ensure!(
+            self.max_engines >= 2,
+            "max_engines must be at least 2: the served engine and the one an update loads"
         );
         anyhow::ensure!(
             self.default_group_size <= self.max_group_size,

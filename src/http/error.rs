@@ -16,8 +16,9 @@ pub fn status(error: &ApiError) -> StatusCode {
         ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-        ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+        ApiError::Overloaded(_) | ApiError::EnginesBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
         ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        ApiError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
         ApiError::Engine(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         // Not 503: a balancer that retries 503 elsewhere would drop the partial tokens.
@@ -29,7 +30,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (status(&self), Json(self.body())).into_response();
         match self {
-            ApiError::Overloaded(_) => {
+            ApiError::Overloaded(_) | ApiError::EnginesBusy { .. } => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));

@@ -6,9 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -17,8 +15,10 @@ use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use super::auth::{self, Access};
+use super::body::{BodyLimits, RequestBody};
 use super::config::Config;
 use super::deadline::Deadline;
+use super::listen::serve_connections;
 use super::shutdown::{Phase, Shutdown};
 use super::stream;
 use super::validation::{
@@ -61,7 +61,11 @@ impl AppState {
     ) -> Arc<Self> {
         Arc::new(Self {
             service: Arc::new(RolloutService::new(engine, &config.rollout())),
-            weights: Arc::new(WeightUpdater::new(loader, config.weights_in_flight)),
+            weights: Arc::new(WeightUpdater::new(
+                loader,
+                config.weights_in_flight,
+                config.max_engines,
+            )),
             config,
             metrics,
             shutdown: Arc::new(Shutdown::default()),
@@ -69,9 +73,16 @@ impl AppState {
     }
 }
 
+impl FromRef<Arc<AppState>> for BodyLimits {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        state.config.body()
+    }
+}
+
 /// Serves `state` on `listener` until `signal` resolves, then shuts down the way
 /// [`Shutdown`] says: the listener closes, admitted requests finish within
-/// `shutdown_grace_ms`, the rest are cancelled and answered 503. With `watch_weights` it first
+/// `shutdown_grace_ms`, the rest are cancelled and answered 503. Connections are accepted under
+/// the settings' cap and deadlines ([`serve_connections`]). With `watch_weights` it first
 /// loads the directory's highest complete version, then watches it ([`Watcher`]). The binary
 /// and the in-process tests both run this.
 pub async fn serve(
@@ -102,14 +113,18 @@ pub async fn serve(
     let announce = Duration::from_millis(state.config.shutdown_announce_ms);
     let grace = Duration::from_millis(state.config.shutdown_grace_ms);
     let shutdown = state.shutdown.clone();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.on_signal(signal, announce, grace))
-        .await
+    let limits = state.config.connections();
+    serve_connections(
+        listener,
+        router(state),
+        limits,
+        shutdown.on_signal(signal, announce, grace),
+    )
+    .await
 }
 
 /// The router with every route, each behind the key its [`Access`] needs.
 pub fn router(state: Arc<AppState>) -> Router {
-    let body_limit = state.config.max_body_bytes;
     let keys = Arc::new(state.config.keys());
     let guard = |access| middleware::from_fn_with_state((keys.clone(), access), auth::authorize);
     let generate = Router::new()
@@ -126,7 +141,6 @@ pub fn router(state: Arc<AppState>) -> Router {
     generate
         .merge(control)
         .merge(probes)
-        .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
 }
@@ -151,24 +165,16 @@ fn accepting(state: &AppState) -> Result<(), ApiError> {
     }
 }
 
-/// The request body, or 413 if it exceeded the limit (400 if it could not be read at all).
-fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(limit),
-        _ => ApiError::Malformed(rejection.body_text()),
-    })
-}
-
 async fn rollouts(
     State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<RequestBody, ApiError>,
 ) -> Response {
     request_received();
     let result: Result<Response, ApiError> = async {
         accepting(&state)?;
         // A body that could not be read (too large) is refused before admission: it is the
         // request's fault, whatever the load.
-        let body = read_body(body, state.config.max_body_bytes)?;
+        let RequestBody(body) = body?;
         let admission = state.service.admit()?;
         let running = RunningRequest::start();
         let request = parse_json(&body)?;
@@ -201,11 +207,11 @@ async fn rollouts(
 
 async fn weights(
     State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<RequestBody, ApiError>,
 ) -> Result<Json<WeightsResponse>, ApiError> {
     let request = accepting(&state)
-        .and_then(|()| read_body(body, state.config.max_body_bytes))
-        .and_then(|body| parse_json::<WeightsRequest>(&body))
+        .and(body)
+        .and_then(|RequestBody(body)| parse_json::<WeightsRequest>(&body))
         .and_then(|mut request| {
             let path = state.config.weights_root().confine(&request.path)?;
             request.path = path.display().to_string();

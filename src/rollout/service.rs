@@ -25,7 +25,7 @@ use crate::api::error::ApiError;
 use crate::api::rollouts::{RolloutResponse, Served};
 use crate::api::weights::InFlight;
 use crate::engine::settings::SamplerKind;
-use crate::engine::{Drawing, Engine, SequenceRequest};
+use crate::engine::{Drawing, Engine, MaskBudget, SequenceRequest};
 use crate::stats::distribution::{NucleusParams, Truncation};
 use crate::stats::sampling::{DrawKey, TokenSampler};
 use crate::telemetry::metrics::{self, SequenceGauge};
@@ -39,6 +39,8 @@ pub struct ServiceSettings {
     pub max_running_sequences: usize,
     /// Requests admitted at once (running or queued); beyond this, `overloaded`.
     pub max_requests: usize,
+    /// Token ids the sampling masks of one request may hold in all.
+    pub max_mask_ids: u64,
     /// The rewards of a correct and of any other sample.
     pub rewards: RewardValues,
 }
@@ -52,8 +54,12 @@ pub struct RolloutService {
     gate: Gate,
     sequences: Arc<Semaphore>,
     sequence_slots: usize,
+    /// Requests tokenizing at once: at most one per core, so admitted requests with long text
+    /// prompts cannot take every blocking thread and all the memory tokenizing at once.
+    tokenizing: Semaphore,
     rewards: RewardValues,
     verifier: Arc<verifier::Config>,
+    max_mask_ids: u64,
 }
 
 impl RolloutService {
@@ -66,11 +72,15 @@ impl RolloutService {
         Self {
             sequences: Arc::new(Semaphore::new(sequence_slots)),
             sequence_slots,
+            tokenizing: Semaphore::new(
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            ),
             switches: watch::Sender::new(Switch::first(Live { engine, version: 0 })),
             sampler: settings.sampler,
             gate: Gate::new(settings.max_requests),
             rewards: settings.rewards,
             verifier: Arc::new(verifier::Config::default()),
+            max_mask_ids: settings.max_mask_ids,
         }
     }
 
@@ -141,13 +151,19 @@ impl RolloutService {
         admission: Admission,
     ) -> Result<Running, ApiError> {
         let started = Instant::now();
+        let turn =
+            self.tokenizing.acquire().await.map_err(|_| {
+                ApiError::Internal("the tokenization queue is closed (a bug)".into())
+            })?;
         let TokenizedRollout {
             request,
             prompt_ids,
         } = tokenize(req, self.live().engine.as_ref()).await?;
+        drop(turn);
         // Taken after tokenization, so that an update swapped in meanwhile serves the request
         // from its start (same architecture, same vocabulary) rather than stopping it at once.
         let live = self.live();
+        let mask_budget = MaskBudget::new(self.max_mask_ids);
         let mut tasks = JoinSet::new();
         let mut groups = Vec::with_capacity(request.prompts.len());
         for (pi, (p, ids)) in request.prompts.iter().zip(prompt_ids).enumerate() {
@@ -162,6 +178,7 @@ impl RolloutService {
                         stop: request.sampling.stop.clone(),
                         drawing: self.drawing(&request, pi as u32, si as u32),
                         interrupt: Default::default(),
+                        mask_budget: mask_budget.clone(),
                     },
                     gold: p.answer.clone(),
                 };

@@ -74,8 +74,9 @@ pub const ZERO_VARIANCE_GROUPS: &str = "entroll_zero_variance_groups_total";
 pub const LAST_REWARD_MEAN: &str = "entroll_last_reward_mean";
 /// Weights version being served.
 pub const WEIGHTS_VERSION: &str = "entroll_weights_version";
-/// Weight updates, by `outcome` (`swapped`, `rejected`, and `stale`: the watched directory's
-/// highest version is below the served one) and `source` (`http`: POST /weights, `watch`: the
+/// Weight updates, by `outcome` (`swapped`, `rejected`, `busy`: refused while `max_engines`
+/// engines are in memory, and `stale`: the watched directory's highest version is below the
+/// served one) and `source` (`http`: POST /weights, `watch`: the
 /// watched directory).
 pub const WEIGHT_UPDATES: &str = "entroll_weight_updates_total";
 /// Samples a weight update stopped, by `in_flight`: `abort` (ended with what they drew) or
@@ -91,6 +92,14 @@ pub const DECODE_BATCH: &str = "entroll_engine_decode_batch";
 /// `forward` (the decode forward), `copy` (logits to the host), `draw` (statistics and
 /// sampling of every row).
 pub const ENGINE_PHASE: &str = "entroll_engine_phase_seconds";
+
+/// HTTP connections open.
+pub const CONNECTIONS_OPEN: &str = "entroll_connections_open";
+/// Connections answered 503 and closed because `max_connections` were open.
+pub const CONNECTIONS_REFUSED: &str = "entroll_connections_refused_total";
+/// Connections closed because the client missed a deadline, by `deadline`: `header` (a
+/// request's headers, on a new or idle connection) or `write` (the client stopped reading).
+pub const CONNECTION_TIMEOUTS: &str = "entroll_connection_timeouts_total";
 
 /// Entropy buckets in nats: fine near 0, up to ln(151,936) ≈ 11.9.
 const ENTROPY_BUCKETS: &[f64] = &[
@@ -315,6 +324,17 @@ fn describe() {
         Unit::Seconds,
         "Time per engine iteration phase (prefill, forward, copy, draw)."
     );
+    describe_gauge!(CONNECTIONS_OPEN, Unit::Count, "HTTP connections open.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        Unit::Count,
+        "Connections refused with 503 because max_connections were open."
+    );
+    describe_counter!(
+        CONNECTION_TIMEOUTS,
+        Unit::Count,
+        "Connections closed for a missed deadline, by deadline (header, write)."
+    );
 }
 
 /// Every counter, and each label value a labelled one can take, exported at 0 before its
@@ -331,8 +351,12 @@ fn export_counters_at_zero(error_types: &[&'static str]) {
         GROUPS,
         ZERO_VARIANCE_GROUPS,
         PREFILL_TOKENS,
+        CONNECTIONS_REFUSED,
     ] {
         counter!(name).absolute(0);
+    }
+    for deadline in ["header", "write"] {
+        counter!(CONNECTION_TIMEOUTS, "deadline" => deadline).absolute(0);
     }
     for &error_type in error_types {
         counter!(REQUESTS_FAILED, "error_type" => error_type).absolute(0);
@@ -340,7 +364,7 @@ fn export_counters_at_zero(error_types: &[&'static str]) {
     for status in verifier::Status::ALL {
         counter!(VERDICTS, "status" => status.as_str()).absolute(0);
     }
-    for outcome in ["swapped", "rejected", "stale"] {
+    for outcome in ["swapped", "rejected", "busy", "stale"] {
         counter!(WEIGHT_UPDATES, "outcome" => outcome).absolute(0);
     }
     for in_flight in ["abort", "continue"] {
@@ -373,6 +397,33 @@ impl Drop for RunningRequest {
     fn drop(&mut self) {
         gauge!(REQUESTS_RUNNING).decrement(1.0);
     }
+}
+
+/// Tracks one open HTTP connection while it lives.
+pub struct OpenConnection;
+
+impl OpenConnection {
+    /// Counts a connection as open until dropped.
+    pub fn start() -> Self {
+        gauge!(CONNECTIONS_OPEN).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        gauge!(CONNECTIONS_OPEN).decrement(1.0);
+    }
+}
+
+/// A connection beyond `max_connections` was answered 503 and closed.
+pub fn connection_refused() {
+    counter!(CONNECTIONS_REFUSED).increment(1);
+}
+
+/// A connection was closed because its client missed `deadline` (`header`, `write`).
+pub fn connection_timed_out(deadline: &'static str) {
+    counter!(CONNECTION_TIMEOUTS, "deadline" => deadline).increment(1);
 }
 
 /// Tracks one sequence: waiting, then running, until dropped.
@@ -547,6 +598,11 @@ pub fn weights_rejected(source: &'static str) {
     counter!(WEIGHT_UPDATES, "outcome" => "rejected", "source" => source).increment(1);
 }
 
+/// A weight update from `source` was refused for now: `max_engines` engines are in memory.
+pub fn weights_busy(source: &'static str) {
+    counter!(WEIGHT_UPDATES, "outcome" => "busy", "source" => source).increment(1);
+}
+
 /// The watched directory's highest version cannot load: it is not above the served one, which
 /// another update loaded (counted once per version).
 pub fn weights_stale() {
@@ -596,6 +652,9 @@ pub const ALL: &[&str] = &[
     PREFILL_TOKENS,
     DECODE_BATCH,
     ENGINE_PHASE,
+    CONNECTIONS_OPEN,
+    CONNECTIONS_REFUSED,
+    CONNECTION_TIMEOUTS,
 ];
 
 #[cfg(test)]

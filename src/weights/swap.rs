@@ -1,21 +1,29 @@
 //! `POST /weights`: load new weights beside the served ones, check them, and swap them in.
 //!
 //! The new engine is loaded while the old one keeps serving. It must declare the same
-//! architecture (`config.json` shape keys) and produce the same vocabulary width; otherwise the
-//! update is refused and nothing changes. The swap is atomic: every request after it runs on
+//! architecture (`config.json`'s shape keys, or what a GGUF header says of them), checked
+//! before a tensor is read, and produce the same vocabulary width; otherwise the update is
+//! refused and nothing changes. The swap is atomic: every request after it runs on
 //! the new weights; the samples running on the old ones finish there (and report the old
 //! version), abort, or go on under the new weights, as the update's `in_flight` says
 //! ([`crate::rollout::in_flight`]). The old engine is dropped with its last sample; the new one
 //! starts with an empty prefix cache. Updates run one at a time.
+//!
+//! At most `max_engines` engines are in memory at once: the served one, older ones still
+//! finishing their requests, and the one an update loads. An update that would load one more
+//! is refused (429 `overloaded`) before it reads anything, so a loop of updates under the
+//! `finish` policy cannot exhaust the host's or the GPU's memory; it succeeds once the requests
+//! on older weights have finished (the watched directory retries it on its next look).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use crate::api::error::ApiError;
 use crate::api::weights::{InFlight, WeightsRequest, WeightsResponse};
 use crate::engine::checkpoint;
 use crate::engine::loader::EngineLoader;
+use crate::engine::Engine;
 use crate::rollout::in_flight::Live;
 use crate::rollout::service::RolloutService;
 use crate::telemetry::metrics;
@@ -48,18 +56,31 @@ pub struct WeightUpdater {
     loader: Arc<dyn EngineLoader>,
     /// The policy of updates that do not name one.
     in_flight: InFlight,
+    /// Engines in memory at once, the one being loaded included.
+    max_engines: usize,
+    /// Engines this updater replaced; alive while requests still run on them.
+    retired: Mutex<Vec<Weak<dyn Engine>>>,
     one_at_a_time: tokio::sync::Mutex<()>,
 }
 
 impl WeightUpdater {
-    /// An updater that loads engines with `loader`; updates that name no `in_flight` policy
-    /// apply `in_flight`.
-    pub fn new(loader: Arc<dyn EngineLoader>, in_flight: InFlight) -> Self {
+    /// An updater that loads engines with `loader`, keeping at most `max_engines` in memory;
+    /// updates that name no `in_flight` policy apply `in_flight`.
+    pub fn new(loader: Arc<dyn EngineLoader>, in_flight: InFlight, max_engines: usize) -> Self {
         Self {
             loader,
             in_flight,
+            max_engines,
+            retired: Mutex::new(Vec::new()),
             one_at_a_time: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Engines in memory now: the served one and the replaced ones requests still run on.
+    pub fn engines_alive(&self) -> usize {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|engine| engine.strong_count() > 0);
+        1 + retired.len()
     }
 
     /// Serves the weights of `request` from now on, or leaves everything as it was (and says
@@ -73,7 +94,10 @@ impl WeightUpdater {
     ) -> Result<WeightsResponse, ApiError> {
         let result = self.swap(service, request, source).await;
         if let Err(e) = &result {
-            metrics::weights_rejected(source);
+            match e {
+                ApiError::EnginesBusy { .. } => metrics::weights_busy(source),
+                _ => metrics::weights_rejected(source),
+            }
             // Debug, not Display: a client's path is escaped, so it cannot forge log lines.
             tracing::warn!(source, error = ?e.to_string(), "weight update refused; the served weights are unchanged");
         }
@@ -99,6 +123,13 @@ impl WeightUpdater {
                 "version {version} must exceed the served version {}",
                 current.version
             )));
+        }
+        let alive = self.engines_alive();
+        if alive >= self.max_engines {
+            return Err(ApiError::EnginesBusy {
+                alive,
+                max: self.max_engines,
+            });
         }
         let path = Path::new(&request.path);
         let served = current.engine.info();
@@ -174,6 +205,10 @@ impl WeightUpdater {
             in_flight,
         };
         service.swap(Live { engine, version }, in_flight);
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(&current.engine));
         metrics::weights_swapped(version, load, source);
         tracing::info!(
             version,

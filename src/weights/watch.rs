@@ -7,7 +7,8 @@
 //! runs on the new version, the samples running do what `weights_in_flight` says.
 //! Directories without `READY` are still being written and are left alone; a version that is
 //! refused (another architecture, unreadable weights) is logged with the reason, counted in
-//! `entroll_weight_updates_total{outcome="rejected",source="watch"}`, and not tried again. A
+//! `entroll_weight_updates_total{outcome="rejected",source="watch"}`, and not tried again; one
+//! refused because `max_engines` engines are in memory is tried again on the next look. A
 //! replica that starts (or restarts) catches up before it listens, so it never serves an older
 //! version than the directory offers. The directory is polled, which works on shared volumes
 //! where change notifications do not cross hosts.
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::swap::WeightUpdater;
+use crate::api::error::ApiError;
 use crate::api::weights::WeightsRequest;
 use crate::rollout::service::RolloutService;
 use crate::telemetry::metrics;
@@ -127,6 +129,14 @@ impl Watcher {
             Ok(_) => {
                 self.loaded = Some(version);
                 version
+            }
+            Err(ApiError::EnginesBusy { alive, .. }) => {
+                tracing::debug!(
+                    version,
+                    alive,
+                    "weights version waits: requests still run on older weights"
+                );
+                self.service.live().version
             }
             Err(e) => {
                 tracing::warn!(

@@ -105,12 +105,22 @@ pub fn spawn_model(model: &std::path::Path, extra: &[&str]) -> Server {
 /// Runs `entroll` with `args` and the environment variables `envs`, and waits until it
 /// listens. The arguments must include `--exit-on-stdin-eof`.
 pub fn spawn_command(args: &[&str], envs: &[(&str, &str)]) -> Server {
+    spawn_with_log(args, envs, Stdio::inherit())
+}
+
+/// As [`spawn_command`], with the server's log (its standard error) written to `log`.
+pub fn spawn_logging(args: &[&str], envs: &[(&str, &str)], log: &std::path::Path) -> Server {
+    let file = std::fs::File::create(log).expect("create the log file");
+    spawn_with_log(args, envs, Stdio::from(file))
+}
+
+fn spawn_with_log(args: &[&str], envs: &[(&str, &str)], log: Stdio) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_entroll"))
         .args(args)
         .envs(envs.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .expect("start entroll");
     let stdin = child.stdin.take().unwrap();

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use crate::common::{floats, post_to, samples, Lines};
 use crate::harness::{self, InProcess};
-use crate::weights::{post_weights, sharper, variant};
+use crate::weights::{post_weights, served_version, sharper, variant};
 
 /// Tokens per sample: the tiny model draws them for seconds, so an update lands mid-way.
 const TOKENS: usize = 600;
@@ -391,4 +391,53 @@ async fn the_watched_directory_s_updates_follow_weights_in_flight() {
     assert_eq!(aborted["error_type"], "weights_changed");
     assert_eq!(aborted["partial"].as_array().unwrap().len(), 2);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn an_update_past_max_engines_waits_for_the_requests_on_older_weights() {
+    let path = harness::tiny_model().display().to_string();
+    let server = harness::start(|c| {
+        c.max_running_sequences = SAMPLES;
+        c.max_engines = 2;
+    });
+    // Runs on version 0 until its 2,000 tokens are drawn: the first update keeps its engine
+    // alive.
+    let running = tokio::spawn({
+        let base = server.base.clone();
+        async move { post_to(&base, request(5, 2_000).to_string()).await }
+    });
+    drawing(&server, SAMPLES).await;
+    let (status, body) = post_weights(&server.base, json!({"path": path})).await;
+    assert_eq!(status, 200, "{body}");
+    // Versions 0 (still drawing) and 1 are in memory: a third engine may not load.
+    let (status, busy) = post_weights(&server.base, json!({"path": path})).await;
+    assert_eq!(
+        (status, busy["error_type"].as_str()),
+        (429, Some("overloaded")),
+        "{busy}"
+    );
+    assert_eq!(served_version(&server.base).await, 1);
+    let (status, done) = running.await.unwrap();
+    assert_eq!(status, 200, "{done}");
+    // Version 0 went with its last request: the update loads now.
+    let started = std::time::Instant::now();
+    loop {
+        let (status, body) = post_weights(&server.base, json!({"path": path})).await;
+        if status == 200 {
+            assert_eq!(body["weights_version"], 2);
+            break;
+        }
+        assert_eq!(status, 429, "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the old engine outlived its requests"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        server
+            .metric("entroll_weight_updates_total{outcome=\"busy\",source=\"http\"}")
+            .await
+            >= 1.0
+    );
 }

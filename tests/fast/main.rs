@@ -1,6 +1,8 @@
-//! The fast tier: the HTTP and rollout logic (validation, overload, cancellation, faults,
-//! shutdown, rewards, weight updates and what they do to requests in flight, streamed answers,
-//! sampling masks) on servers in this process, on a tiny random Llama, in one test binary.
+//! The fast tier: the HTTP and rollout logic (validation, keys, hostile connections, overload,
+//! cancellation, faults, shutdown, rewards, weight updates and what they do to requests in
+//! flight, streamed answers, sampling masks, what errors and logs reveal) on servers in this
+//! process (the `entroll` binary where a test needs its environment or its log), on a tiny
+//! random Llama, in one test binary.
 //! `scripts/test-fast` runs it with the unit tests; the real-model tier (the other files of
 //! `tests/`) runs the `entroll` binary on the default model.
 
@@ -12,9 +14,11 @@ mod assembly;
 mod auth;
 mod bad_input;
 mod cancellation;
+mod connections;
 mod device_kernels;
 mod faults;
 mod in_flight;
+mod leaks;
 mod overload;
 mod rewards;
 mod sampling_mask;

@@ -191,3 +191,37 @@ async fn nothing_is_returned_when_nothing_truncates() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn masks_beyond_the_request_s_budget_fail_it_with_422() {
+    // The probe's request: a nucleus of nearly the whole vocabulary at every token (the tiny
+    // random model's distributions are nearly flat: top_p 0.99 keeps ~99% of the ids).
+    let wide = json!({
+        "prompts": [{"text": "The capital of France is"}],
+        "group_size": 4,
+        "sampling": {"max_tokens": 64, "seed": 3, "temperature": 1.0, "top_p": 0.99},
+        "return_sampling_mask": true
+    });
+    // A budget of twenty tokens' worth of the whole vocabulary (49,152 ids each).
+    const BUDGET: usize = 20 * 49_152;
+    let server = harness::start(|c| c.max_mask_ids = BUDGET);
+    let (status, body) = crate::common::post_raw(&server, wide.to_string()).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error_type"], "validation");
+    assert!(
+        body["error"].as_str().unwrap().contains("max_mask_ids"),
+        "{body}"
+    );
+    // Narrow masks within the budget are answered whole, and hold no more than it.
+    let narrow = request(true, 0.9, Some(20));
+    let answer = rollout(&server, &narrow).await;
+    let held: usize = samples(&answer)
+        .iter()
+        .flat_map(|s| s["sampling_mask"].as_array().unwrap())
+        .filter_map(Value::as_str)
+        .map(|m| mask_codec::decode(m).unwrap().len())
+        .sum();
+    assert!(held > 0 && held <= BUDGET, "{held} ids");
+    // The server serves on.
+    rollout(&server, &request(false, 1.0, None)).await;
+}

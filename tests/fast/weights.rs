@@ -327,3 +327,47 @@ async fn crafted_gguf_files_are_refused_and_the_server_serves_and_stops() {
     server.wait_stopped(Duration::from_secs(20)).unwrap();
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// A GGUF file holding only a header: `general.architecture` = `llama` and the u32 values
+/// `pairs` under `llama.`, no tensors.
+fn llama_gguf_header(pairs: &[(&str, u32)]) -> Vec<u8> {
+    let string = |b: &mut Vec<u8>, s: &str| {
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
+    };
+    let mut b = gguf_head(pairs.len() as u64 + 1, None);
+    string(&mut b, "general.architecture");
+    b.extend(8u32.to_le_bytes());
+    string(&mut b, "llama");
+    for (key, value) in pairs {
+        string(&mut b, &format!("llama.{key}"));
+        b.extend(4u32.to_le_bytes());
+        b.extend(value.to_le_bytes());
+    }
+    b
+}
+
+#[tokio::test]
+async fn a_gguf_file_of_another_size_is_refused_from_its_header_before_loading() {
+    // The tiny Llama has 2 layers of width 128; this header declares 30 of the same width, as a
+    // same-vocabulary model of another size would. No tensor is there to load: a refusal that
+    // names the architecture came from the header.
+    let root = std::env::temp_dir().join(format!("entroll-gguf-arch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(
+        root.join("bigger.gguf"),
+        llama_gguf_header(&[("block_count", 30), ("embedding_length", 128)]),
+    )
+    .unwrap();
+    let server = harness::start(|c| c.weights_root = root.clone());
+    let (status, err) = post_weights(&server.base, json!({"path": "bigger.gguf"})).await;
+    assert_eq!(status, 422, "{err}");
+    let error = err["error"].as_str().unwrap();
+    assert!(
+        error.contains("another architecture") && error.contains("num_hidden_layers: 2 vs 30"),
+        "{error}"
+    );
+    assert_eq!(served_version(&server.base).await, 0);
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -401,19 +401,24 @@ impl Scheduler {
 
     /// Records what was drawn for `id`: `None` while the sequence goes on (its token is fed
     /// next), or how it ended: `Ok` when done, `Err` when its row could not be measured (a
-    /// non-finite row fails its own sequence only).
-    fn take_drawn(&mut self, id: SeqId, drawn: Drawn) -> Option<Result<(), String>> {
+    /// non-finite row fails its own sequence only) or its mask overdrew the request's budget.
+    fn take_drawn(&mut self, id: SeqId, drawn: Drawn) -> Option<Result<(), EngineError>> {
         let Row {
             token,
             record,
             mask,
         } = match drawn {
             Ok(drawn) => drawn,
-            Err(e) => return Some(Err(error_message(&e))),
+            Err(e) => return Some(Err(EngineError::Generation(error_message(&e)))),
         };
         let seq = self.sequences.get_mut(&id).expect("a known sequence");
         seq.records.extend(record);
         if let Some(masks) = &mut seq.masks {
+            if let Some(m) = &mask {
+                if let Err(e) = seq.job.request.mask_budget.spend(m.ids.len()) {
+                    return Some(Err(e));
+                }
+            }
             masks.push(mask);
         }
         seq.first_token_at.get_or_insert_with(Instant::now);
@@ -438,13 +443,10 @@ impl Scheduler {
     }
 
     /// Answers the ended sequences, with their output or their failure, and frees their slots.
-    fn retire(&mut self, ended: Vec<(SeqId, Result<(), String>)>) {
+    fn retire(&mut self, ended: Vec<(SeqId, Result<(), EngineError>)>) {
         for (id, end) in ended {
             self.batcher.remove(id);
-            let answer = match end {
-                Ok(()) => Ok(self.output(&self.sequences[&id])),
-                Err(why) => Err(EngineError::Generation(why)),
-            };
+            let answer = end.map(|()| self.output(&self.sequences[&id]));
             self.answer(id, answer);
         }
     }
