@@ -70,6 +70,16 @@ async fn answer(stream: &mut TcpStream) -> (u16, Value) {
     }
 }
 
+/// Reads an error answer off `stream` and checks its status and `error_type`.
+async fn expect_error(stream: &mut TcpStream, status: u16, error_type: &str, what: &str) {
+    let (got, body) = answer(stream).await;
+    assert_eq!(
+        (got, body["error_type"].as_str()),
+        (status, Some(error_type)),
+        "{what}: {body}"
+    );
+}
+
 const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nhost: entroll\r\n\r\n";
 
 #[tokio::test]
@@ -128,12 +138,7 @@ async fn a_stalled_body_is_answered_408_and_a_declared_huge_one_413_before_it_is
         .await
         .unwrap();
     let started = Instant::now();
-    let (status, body) = answer(&mut stalled).await;
-    assert_eq!(
-        (status, body["error_type"].as_str()),
-        (408, Some("timeout")),
-        "{body}"
-    );
+    expect_error(&mut stalled, 408, "timeout", "a stalled body").await;
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // Declares 40 MB (over the 32 MiB limit) and sends none of it: refused from the header.
@@ -144,12 +149,7 @@ async fn a_stalled_body_is_answered_408_and_a_declared_huge_one_413_before_it_is
         );
         huge.write_all(head.as_bytes()).await.unwrap();
         let started = Instant::now();
-        let (status, body) = answer(&mut huge).await;
-        assert_eq!(
-            (status, body["error_type"].as_str()),
-            (413, Some("validation")),
-            "{path}: {body}"
-        );
+        expect_error(&mut huge, 413, "validation", path).await;
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "{path}: the 413 waited for the body"
@@ -177,12 +177,7 @@ async fn connections_over_the_cap_are_answered_503_and_one_closing_makes_room() 
     let mut over = connect(&server).await;
     // The answer is written on accept; the request may or may not reach the server first.
     let _ = over.write_all(HEALTH).await;
-    let (status, body) = answer(&mut over).await;
-    assert_eq!(
-        (status, body["error_type"].as_str()),
-        (503, Some("overloaded")),
-        "{body}"
-    );
+    expect_error(&mut over, 503, "overloaded", "a fourth connection").await;
     assert!(
         closed_after(over).await.is_some(),
         "the refused connection stays open"
