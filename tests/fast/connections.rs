@@ -1,7 +1,7 @@
 //! Hostile connections (docs/security.md, finding 4), on raw sockets with bounded waits: a
 //! client that connects and stays silent, trickles its request line, keeps an idle connection,
-//! stalls its body or declares a huge one, or opens more connections than the server allows, is
-//! closed or answered within the server's deadlines, and the server serves on.
+//! stalls its body or declares a huge one, opens more connections than the server allows, or
+//! speaks HTTP/2, is closed or answered within the server's deadlines, and the server serves on.
 
 use std::time::{Duration, Instant};
 
@@ -204,4 +204,24 @@ async fn connections_over_the_cap_are_answered_503_and_one_closing_makes_room() 
         assert!(started.elapsed() < PATIENCE, "the refusal was not counted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_refused() {
+    // h2c: a client that opens with HTTP/2's preface and an empty SETTINGS frame. A server that
+    // spoke HTTP/2 would answer with its own SETTINGS frame (a 9-byte header of type 4) and
+    // keep the connection, on which one client could open hundreds of streams.
+    let server = harness::start(|_| {});
+    let mut h2 = connect(&server).await;
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, h2.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the HTTP/2 connection stays open");
+    assert!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 "),
+        "an HTTP/2 answer: {:?}",
+        &got[..got.len().min(32)]
+    );
 }
