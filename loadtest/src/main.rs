@@ -86,6 +86,11 @@ struct Args {
     /// retry (429, 502, 503, 504, a cut connection), waiting `backoff_ms` between attempts.
     #[arg(long, default_value_t = 0)]
     retries: usize,
+    /// Closes a pooled connection idle this long (milliseconds): below the server's
+    /// `header_timeout_ms` (10 s by default), after which the server closes it, so no request
+    /// is sent on a connection the server is closing.
+    #[arg(long, default_value_t = 4_000)]
+    pool_idle_ms: u64,
     /// Seconds between `/metrics` scrapes (resident memory series).
     #[arg(long, default_value_t = 10.0)]
     scrape_every: f64,
@@ -247,6 +252,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(3600))
+        .pool_idle_timeout(Duration::from_millis(args.pool_idle_ms))
         .default_headers(headers)
         .build()?;
     let body_limit = max_body_bytes(&client, &args.url).await?;

@@ -1,13 +1,16 @@
 //! Model sources on disk: a GGUF file, or a Hugging Face safetensors directory
 //! (`config.json`, `tokenizer.json`, `*.safetensors`), and the architecture a directory declares.
 //!
-//! A weight update must keep the architecture: [`ModelShape`] is what `config.json`, or a GGUF
-//! file's header, says about it, compared before any weights are loaded.
+//! A weight update must keep the architecture: [`ModelShape`] is what `config.json` and the
+//! safetensors headers (every tensor's name and shape), or a GGUF file's header, say about it,
+//! compared before any weights are loaded.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
+
+use super::safetensors_header::{self, TensorTable};
 
 /// `config.json` keys that fix the architecture (and so the shapes of every tensor).
 const SHAPE_KEYS: &[&str] = &[
@@ -33,12 +36,18 @@ const GGUF_KEYS: [(&str, &str); 5] = [
     ("num_key_value_heads", "attention.head_count_kv"),
 ];
 
+/// Tensor differences listed by name in a refusal before the rest are counted.
+const SHOWN_TENSORS: usize = 3;
+
 /// The architecture a checkpoint declares, in `config.json`'s names: a safetensors
-/// directory's shape-fixing keys, or what a GGUF header says of the same (absent keys are left
-/// out).
+/// directory's shape-fixing keys and tensor table, or what a GGUF header says of the same keys
+/// (absent keys are left out).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelShape {
     keys: BTreeMap<String, Value>,
+    /// Every tensor's name and shape, from a safetensors directory's headers (`None` for GGUF,
+    /// whose tensor names and layouts are its own).
+    tensors: Option<TensorTable>,
     /// Read from a GGUF header, which declares fewer keys than a `config.json`.
     gguf: bool,
 }
@@ -52,7 +61,8 @@ pub enum CheckpointError {
     /// A directory without the files a safetensors checkpoint needs.
     #[error("{path} is not a safetensors checkpoint: {why}")]
     Incomplete { path: String, why: String },
-    /// A `.gguf` file whose header is not well formed ([`super::gguf_header`]).
+    /// A `.gguf` or `.safetensors` file whose header is not well formed
+    /// ([`super::gguf_header`], [`super::safetensors_header`]).
     #[error("{path}: {why}")]
     Malformed { path: String, why: String },
     /// `config.json` is not readable JSON.
@@ -90,19 +100,7 @@ pub fn inspect(path: &Path) -> Result<Option<ModelShape>, CheckpointError> {
             });
         }
     }
-    let has_weights = std::fs::read_dir(path)
-        .map_err(|e| CheckpointError::Incomplete {
-            path: shown.clone(),
-            why: e.to_string(),
-        })?
-        .filter_map(Result::ok)
-        .any(|e| e.path().extension().is_some_and(|x| x == "safetensors"));
-    if !has_weights {
-        return Err(CheckpointError::Incomplete {
-            path: shown,
-            why: "no *.safetensors file".into(),
-        });
-    }
+    let tensors = tensor_table(path)?;
     let bad = |why: String| CheckpointError::BadConfig {
         path: shown.clone(),
         why,
@@ -117,8 +115,45 @@ pub fn inspect(path: &Path) -> Result<Option<ModelShape>, CheckpointError> {
             .iter()
             .filter_map(|&k| object.get(k).map(|v| (k.to_string(), v.clone())))
             .collect(),
+        tensors: Some(tensors),
         gguf: false,
     }))
+}
+
+/// The tensors of every `*.safetensors` file in `dir`, each header checked; a name in two files
+/// is refused (which of the two a loader would take is not defined).
+fn tensor_table(dir: &Path) -> Result<TensorTable, CheckpointError> {
+    let incomplete = |why: String| CheckpointError::Incomplete {
+        path: dir.display().to_string(),
+        why,
+    };
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| incomplete(e.to_string()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    if files.is_empty() {
+        return Err(incomplete("no *.safetensors file".into()));
+    }
+    files.sort();
+    let mut table = TensorTable::new();
+    for file in files {
+        let malformed = |why: String| CheckpointError::Malformed {
+            path: file.display().to_string(),
+            why,
+        };
+        for (name, shape) in
+            safetensors_header::check(&file).map_err(|e| malformed(e.to_string()))?
+        {
+            if table.insert(name.clone(), shape).is_some() {
+                return Err(malformed(format!(
+                    "tensor {name:?} is in another file of the checkpoint too"
+                )));
+            }
+        }
+    }
+    Ok(table)
 }
 
 impl ModelShape {
@@ -132,7 +167,11 @@ impl ModelShape {
                 keys.insert(ours.to_string(), Value::from(n));
             }
         }
-        Some(Self { keys, gguf: true })
+        Some(Self {
+            keys,
+            tensors: None,
+            gguf: true,
+        })
     }
 
     /// The keys compared with a shape read from the other format: those both formats declare,
@@ -150,10 +189,19 @@ impl ModelShape {
         keys
     }
 
-    /// The keys on which `self` and `other` differ, as `key: ours vs theirs`. Shapes of the
-    /// same format compare on every shape-fixing key; a GGUF header and a `config.json` on the
-    /// keys both declare.
+    /// How `self` and `other` differ, as `key: ours vs theirs`. Shapes of the same format
+    /// compare on every shape-fixing key, and two safetensors directories on every tensor's
+    /// name and shape too; a GGUF header and a `config.json` on the keys both declare.
     pub fn differences(&self, other: &ModelShape) -> Vec<String> {
+        let mut differences = self.key_differences(other);
+        if let (Some(ours), Some(theirs)) = (&self.tensors, &other.tensors) {
+            differences.extend(tensor_differences(ours, theirs));
+        }
+        differences
+    }
+
+    /// The shape-fixing keys on which `self` and `other` differ.
+    fn key_differences(&self, other: &ModelShape) -> Vec<String> {
         let (ours, theirs) = if self.gguf == other.gguf {
             (self.keys.clone(), other.keys.clone())
         } else {
@@ -179,6 +227,30 @@ impl ModelShape {
     }
 }
 
+/// The tensors that `ours` and `theirs` name with different shapes or name alone, the first
+/// [`SHOWN_TENSORS`] by name and the rest counted.
+fn tensor_differences(ours: &TensorTable, theirs: &TensorTable) -> Vec<String> {
+    let show = |shape: Option<&Vec<u64>>| shape.map_or("(absent)".into(), |s| format!("{s:?}"));
+    let mut differing: Vec<String> = ours
+        .keys()
+        .chain(theirs.keys().filter(|k| !ours.contains_key(*k)))
+        .filter(|name| ours.get(*name) != theirs.get(*name))
+        .map(|name| {
+            format!(
+                "tensor {name}: {} vs {}",
+                show(ours.get(name)),
+                show(theirs.get(name))
+            )
+        })
+        .collect();
+    if differing.len() > SHOWN_TENSORS {
+        let more = differing.len() - SHOWN_TENSORS;
+        differing.truncate(SHOWN_TENSORS);
+        differing.push(format!("{more} more tensors"));
+    }
+    differing
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,7 +259,57 @@ mod tests {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("config.json"), config).unwrap();
         std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
-        std::fs::write(dir.join("model.safetensors"), "").unwrap();
+        let weights = safetensors_header::file_of(&[("w", &[2, 2])]);
+        std::fs::write(dir.join("model.safetensors"), weights).unwrap();
+    }
+
+    #[test]
+    fn safetensors_directories_compare_tensor_by_tensor() {
+        let root = std::env::temp_dir().join(format!("entroll-tensors-{}", std::process::id()));
+        let config = r#"{"model_type": "llama", "hidden_size": 4}"#;
+        let with = |name: &str, tensors: &[(&str, &[u64])]| {
+            let dir = root.join(name);
+            checkpoint(&dir, config);
+            let weights = safetensors_header::file_of(tensors);
+            std::fs::write(dir.join("model.safetensors"), weights).unwrap();
+            inspect(&dir).unwrap().unwrap()
+        };
+        let served = with("served", &[("a", &[4, 4]), ("b", &[4])]);
+        let same = with("same", &[("b", &[4]), ("a", &[4, 4])]);
+        assert!(served.differences(&same).is_empty());
+        // config.json is the served model's; the tensors are not.
+        let wider = with("wider", &[("a", &[4, 8]), ("b", &[4])]);
+        assert_eq!(
+            served.differences(&wider),
+            vec!["tensor a: [4, 4] vs [4, 8]".to_string()]
+        );
+        let renamed = with("renamed", &[("a", &[4, 4]), ("c", &[4])]);
+        assert_eq!(
+            served.differences(&renamed),
+            vec![
+                "tensor b: [4] vs (absent)".to_string(),
+                "tensor c: (absent) vs [4]".to_string()
+            ]
+        );
+        let other = with("other", &[("c", &[1]), ("d", &[1]), ("e", &[1])]);
+        let differences = served.differences(&other);
+        assert_eq!(differences.len(), SHOWN_TENSORS + 1, "{differences:?}");
+        assert_eq!(differences[SHOWN_TENSORS], "2 more tensors");
+
+        // A tensor in two files of one checkpoint, and a file that is not safetensors.
+        let twice = root.join("twice");
+        checkpoint(&twice, config);
+        let second = safetensors_header::file_of(&[("w", &[1])]);
+        std::fs::write(twice.join("model-2.safetensors"), second).unwrap();
+        let error = inspect(&twice).unwrap_err().to_string();
+        assert!(error.contains("in another file"), "{error}");
+        std::fs::write(twice.join("model-2.safetensors"), [7u8; 64]).unwrap();
+        let error = inspect(&twice).unwrap_err();
+        assert!(
+            matches!(error, CheckpointError::Malformed { .. }),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod loader;
 pub mod mistralrs;
 #[cfg(feature = "native")]
 pub mod native;
+pub mod safetensors_header;
 pub mod settings;
 
 /// One chat message.

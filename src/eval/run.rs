@@ -148,6 +148,9 @@ pub async fn evaluate(
     }
     let client = reqwest::Client::builder()
         .default_headers(headers)
+        // Below the server's idle close (`header_timeout_ms`, 10 s by default): no request goes
+        // out on a connection the server is closing (docs/api.md, Errors).
+        .pool_idle_timeout(Duration::from_secs(4))
         .build()
         .context("building the HTTP client")?;
     let started = Instant::now();

@@ -4,13 +4,25 @@
 //! within `body_timeout_ms`, so a client that sends headers and then trickles or stalls its
 //! body holds its connection for a bounded time. Extracted after the route's key check, so an
 //! unauthorised caller's body is never read.
+//!
+//! An answer given before its request's body was read to its end (a 413, a 401, a 408) says
+//! `connection: close` ([`close_if_unread`]): hyper closes such a connection after the answer
+//! rather than read the rest of the body, and without the header a client would put it back in
+//! its pool and lose its next request to the close.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{FromRef, FromRequest, Request};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
 use futures_util::StreamExt;
+use hyper::body::{Frame, SizeHint};
 
 use crate::api::error::ApiError;
 
@@ -69,6 +81,59 @@ async fn read(body: Body, max_bytes: usize) -> Result<Bytes, ApiError> {
         whole.extend_from_slice(&chunk);
     }
     Ok(whole.into())
+}
+
+/// Middleware: marks the answer `connection: close` when the handler left its request's body
+/// unread (in part or whole), so the client opens a new connection for its next request
+/// instead of sending it on one the server is closing.
+pub async fn close_if_unread(request: Request, next: Next) -> Response {
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let ended = Arc::new(AtomicBool::new(false));
+    let request = request.map(|inner| {
+        Body::new(Watched {
+            inner,
+            ended: ended.clone(),
+        })
+    });
+    let mut response = next.run(request).await;
+    if !ended.load(Ordering::Acquire) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A request body that records, in `ended`, when it has been read to its end.
+struct Watched {
+    inner: Body,
+    ended: Arc<AtomicBool>,
+}
+
+impl HttpBody for Watched {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.ended.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use super::auth::{self, Access};
-use super::body::{BodyLimits, RequestBody};
+use super::body::{self, BodyLimits, RequestBody};
 use super::config::Config;
 use super::deadline::Deadline;
 use super::listen::serve_connections;
@@ -142,6 +142,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(control)
         .merge(probes)
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(body::close_if_unread))
         .with_state(state)
 }
 

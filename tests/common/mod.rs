@@ -150,10 +150,12 @@ pub fn server() -> &'static Server {
     SERVER.get_or_init(|| spawn(&["--max-running-sequences", "32"]))
 }
 
-/// An HTTP client with a generous timeout (CPU generation is slow).
+/// An HTTP client with a generous timeout (CPU generation is slow) that drops idle
+/// connections before the server's idle close (`header_timeout_ms`, 10 s by default).
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(900))
+        .pool_idle_timeout(Duration::from_secs(4))
         .build()
         .unwrap()
 }

@@ -37,6 +37,12 @@ async fn closed_after(mut stream: TcpStream) -> Option<Duration> {
 
 /// One answer read off `stream`: its status and JSON body (`Value::Null` when it has none).
 async fn answer(stream: &mut TcpStream) -> (u16, Value) {
+    let (status, _head, body) = answer_with_head(stream).await;
+    (status, body)
+}
+
+/// One answer read off `stream`: its status, its head in lower case, and its JSON body.
+async fn answer_with_head(stream: &mut TcpStream) -> (u16, String, Value) {
     let started = Instant::now();
     let mut bytes = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -51,7 +57,7 @@ async fn answer(stream: &mut TcpStream) -> (u16, Value) {
                 let status = head[9..12].parse().expect("a status");
                 let body = &bytes[end + 4..end + 4 + length];
                 let json = serde_json::from_slice(body).unwrap_or(Value::Null);
-                return (status, json);
+                return (status, head, json);
             }
         }
         let left = PATIENCE
@@ -161,6 +167,46 @@ async fn a_stalled_body_is_answered_408_and_a_declared_huge_one_413_before_it_is
             .await,
         1.0
     );
+}
+
+#[tokio::test]
+async fn an_answer_before_the_body_is_read_says_close_and_one_after_keeps_the_connection() {
+    let server = harness::start(|_| {});
+    let says_close = |head: &str| head.lines().any(|l| l.trim() == "connection: close");
+
+    // Declares 40 MB and sends none of it: the 413 comes before the body, so the server will
+    // not read on; the answer says so, and the connection closes.
+    let mut huge = connect(&server).await;
+    huge.write_all(b"POST /rollouts HTTP/1.1\r\nhost: entroll\r\ncontent-type: application/json\r\ncontent-length: 40000000\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, head, _) = answer_with_head(&mut huge).await;
+    assert_eq!(status, 413);
+    assert!(
+        says_close(&head),
+        "a 413 before the body kept the connection: {head}"
+    );
+    assert!(
+        closed_after(huge).await.is_some(),
+        "the connection stayed open"
+    );
+
+    // A body read whole and refused (422) keeps the connection for the next request.
+    let mut kept = connect(&server).await;
+    let body = r#"{"prompts": [{"text": ""}]}"#;
+    let request = format!(
+        "POST /rollouts HTTP/1.1\r\nhost: entroll\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    kept.write_all(request.as_bytes()).await.unwrap();
+    let (status, head, _) = answer_with_head(&mut kept).await;
+    assert_eq!(status, 422);
+    assert!(
+        !says_close(&head),
+        "a body read whole closed the connection: {head}"
+    );
+    kept.write_all(HEALTH).await.unwrap();
+    assert_eq!(answer(&mut kept).await.0, 200);
 }
 
 #[tokio::test]

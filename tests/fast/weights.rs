@@ -227,7 +227,7 @@ async fn a_swap_under_load_loses_nothing_and_bad_weights_change_nothing() {
         ),
         (
             json!({"path": unreadable.display().to_string()}),
-            "cannot load",
+            "not a well-formed safetensors file",
         ),
         (json!({"path": "sharper", "version": 1}), "must exceed"),
         (
@@ -369,5 +369,57 @@ async fn a_gguf_file_of_another_size_is_refused_from_its_header_before_loading()
         "{error}"
     );
     assert_eq!(served_version(&server.base).await, 0);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[tokio::test]
+async fn safetensors_whose_tensors_differ_from_their_config_are_refused_from_the_headers() {
+    // The probe's bypass: `config.json` and the tokenizer are the served model's, so the
+    // architecture keys agree, but the largest tensor is declared 2^22 wide in a sparse file
+    // (hundreds of gigabytes). candle loads a tensor whole before it compares its shape; the
+    // headers' tensor table is compared before anything is loaded.
+    let model = harness::tiny_model();
+    let root = std::env::temp_dir().join(format!("entroll-wide-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let dir = root.join("wide");
+    variant(&model, &dir, |_| {}, Some(&[]));
+    let table =
+        entroll::engine::safetensors_header::check(&model.join("model.safetensors")).unwrap();
+    let (widest, _) = table
+        .iter()
+        .max_by_key(|(_, shape)| shape.iter().product::<u64>())
+        .unwrap();
+    let mut header = serde_json::Map::new();
+    let mut at = 0u64;
+    for (name, shape) in &table {
+        let shape = if name == widest {
+            vec![shape[0], 1 << 22]
+        } else {
+            shape.clone()
+        };
+        let bytes = 4 * shape.iter().product::<u64>();
+        header.insert(
+            name.clone(),
+            json!({"dtype": "F32", "shape": shape, "data_offsets": [at, at + bytes]}),
+        );
+        at += bytes;
+    }
+    let header = Value::Object(header).to_string();
+    let mut head = (header.len() as u64).to_le_bytes().to_vec();
+    head.extend(header.as_bytes());
+    let len = head.len() as u64 + at;
+    crafted(&dir.join("model.safetensors"), &head, len);
+
+    let server = harness::start(|c| c.weights_root = root.clone());
+    let (status, err) = post_weights(&server.base, json!({"path": "wide"})).await;
+    assert_eq!(status, 422, "{err}");
+    let error = err["error"].as_str().unwrap();
+    assert!(
+        error.contains("another architecture") && error.contains(&format!("tensor {widest}: ")),
+        "{error}"
+    );
+    assert_eq!(served_version(&server.base).await, 0);
+    let t = timed_rollout(server.base.clone(), 1, 4).await;
+    assert_eq!(t.status, 200, "{}", t.body);
     std::fs::remove_dir_all(&root).unwrap();
 }
