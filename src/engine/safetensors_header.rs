@@ -8,8 +8,8 @@
 //! would pass that, and candle loads each tensor whole before it compares its shape (a sparse
 //! file declaring a terabyte-sized tensor is a terabyte allocation). [`check`] reads the header
 //! alone, bounded by [`MAX_HEADER_BYTES`] and the file's size, checks every tensor (a known
-//! dtype, at most [`MAX_DIMS`] dimensions, a byte count without overflow that equals its
-//! offsets' span, inside the data, overlapping no other), and returns the [`TensorTable`] a
+//! dtype, at most [`MAX_DIMS`] dimensions, a size in whole bytes without overflow that equals
+//! its offsets' span, inside the data, overlapping no other), and returns the [`TensorTable`] a
 //! weight update must match name for name and shape for shape.
 
 use std::collections::BTreeMap;
@@ -47,13 +47,16 @@ struct Entry {
     data_offsets: (u64, u64),
 }
 
-/// The bytes of one element of a safetensors dtype.
-fn element_bytes(dtype: &str) -> Option<u64> {
+/// The bits of one element of a safetensors dtype (the format's whole list, sub-byte floats
+/// included).
+fn element_bits(dtype: &str) -> Option<u64> {
     Some(match dtype {
-        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" => 1,
-        "I16" | "U16" | "F16" | "BF16" => 2,
-        "I32" | "U32" | "F32" => 4,
-        "I64" | "U64" | "F64" => 8,
+        "F4" => 4,
+        "F6_E2M3" | "F6_E3M2" => 6,
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => 8,
+        "I16" | "U16" | "F16" | "BF16" => 16,
+        "I32" | "U32" | "F32" => 32,
+        "I64" | "U64" | "F64" | "C64" => 64,
         _ => return None,
     })
 }
@@ -84,7 +87,7 @@ pub fn check_reader<R: Read>(mut input: R, len: u64) -> Result<TensorTable, Safe
         }
         let entry: Entry =
             serde_json::from_value(entry).map_err(|e| bad(format!("tensor {name:?}: {e}")))?;
-        let size = element_bytes(&entry.dtype).ok_or_else(|| {
+        let bits = element_bits(&entry.dtype).ok_or_else(|| {
             bad(format!(
                 "tensor {name:?} has the unknown dtype {}",
                 entry.dtype
@@ -96,11 +99,17 @@ pub fn check_reader<R: Read>(mut input: R, len: u64) -> Result<TensorTable, Safe
                 entry.shape.len()
             )));
         }
-        let bytes = entry
+        let bits = entry
             .shape
             .iter()
-            .try_fold(size, |acc, &d| acc.checked_mul(d))
+            .try_fold(bits, |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| bad(format!("tensor {name:?}: its byte count overflows")))?;
+        if bits % 8 != 0 {
+            return Err(bad(format!(
+                "tensor {name:?}: {bits} bits are not whole bytes"
+            )));
+        }
+        let bytes = bits / 8;
         let (begin, end) = entry.data_offsets;
         if begin > end || end - begin != bytes || end > data_len {
             return Err(bad(format!(
@@ -183,6 +192,12 @@ mod tests {
             2,
         );
         assert_eq!(read(&with_metadata).unwrap()["s"], Vec::<u64>::new());
+        // Sub-byte floats: four F4 elements are two bytes.
+        let packed = raw(
+            r#"{"q": {"dtype": "F4", "shape": [4], "data_offsets": [0, 2]}}"#,
+            2,
+        );
+        assert_eq!(read(&packed).unwrap()["q"], vec![4]);
     }
 
     #[test]
@@ -216,6 +231,10 @@ mod tests {
             ),
             (raw(&entry("F32", &overflow, 0, 4), 4), "overflows"),
             (raw(&entry("F32", "[2]", 0, 4), 8), "of 8 bytes at [0, 4)"),
+            (
+                raw(&entry("F4", "[3]", 0, 2), 2),
+                "12 bits are not whole bytes",
+            ),
             (raw(&entry("F32", "[2]", 8, 0), 8), "at [8, 0)"),
             (raw(&entry("F32", "[2]", 0, 8), 4), "in 4 bytes of data"),
             (raw(two, 8), "overlap"),

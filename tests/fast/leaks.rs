@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::common;
 use crate::harness::tiny_model;
-use crate::weights::{post_weights, variant};
+use crate::weights::{hollow_safetensors, post_weights, variant};
 
 /// A forged log line, as the binary writes its own.
 const FORGED: &str = "2026-12-05T00:00:00.000000Z  INFO entroll: new weights serving";
@@ -19,10 +19,17 @@ async fn errors_carry_no_backtrace_and_client_strings_cannot_forge_log_lines() {
     let root = std::env::temp_dir().join(format!("entroll-leaks-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
-    // Inside the root, so it passes confinement and fails only at loading: its weights are
-    // 4 KiB of garbage.
+    // Inside the root, so it passes confinement, and its headers declare the served tensors, so
+    // it fails only at loading: candle reads no BOOL tensors.
     let name = format!("v\n{FORGED}\u{1b}[2K");
-    variant(&tiny_model(), &root.join(&name), |_| {}, Some(&[7u8; 4096]));
+    let dir = root.join(&name);
+    variant(&tiny_model(), &dir, |_| {}, Some(&[]));
+    hollow_safetensors(
+        &tiny_model(),
+        &dir.join("model.safetensors"),
+        "BOOL",
+        |_, shape| shape.to_vec(),
+    );
     let log = root.join("server.log");
     let server = common::spawn_logging(
         &[

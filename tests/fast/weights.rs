@@ -372,6 +372,40 @@ async fn a_gguf_file_of_another_size_is_refused_from_its_header_before_loading()
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// A safetensors file at `path` holding `model`'s tensors, each of `dtype` (whole bytes) and
+/// of the shape `reshape` gives it, its data a hole.
+pub(crate) fn hollow_safetensors(
+    model: &Path,
+    path: &Path,
+    dtype: &str,
+    reshape: impl Fn(&str, &[u64]) -> Vec<u64>,
+) {
+    let bytes_per_element = match dtype {
+        "BOOL" | "U8" => 1,
+        "F16" | "BF16" => 2,
+        "F32" => 4,
+        other => panic!("hollow_safetensors: no size for {other}"),
+    };
+    let table =
+        entroll::engine::safetensors_header::check(&model.join("model.safetensors")).unwrap();
+    let mut header = serde_json::Map::new();
+    let mut at = 0u64;
+    for (name, shape) in &table {
+        let shape = reshape(name, shape);
+        let bytes = bytes_per_element * shape.iter().product::<u64>();
+        header.insert(
+            name.clone(),
+            json!({"dtype": dtype, "shape": shape, "data_offsets": [at, at + bytes]}),
+        );
+        at += bytes;
+    }
+    let header = Value::Object(header).to_string();
+    let mut head = (header.len() as u64).to_le_bytes().to_vec();
+    head.extend(header.as_bytes());
+    let len = head.len() as u64 + at;
+    crafted(path, &head, len);
+}
+
 #[tokio::test]
 async fn safetensors_whose_tensors_differ_from_their_config_are_refused_from_the_headers() {
     // The probe's bypass: `config.json` and the tokenizer are the served model's, so the
@@ -389,26 +423,18 @@ async fn safetensors_whose_tensors_differ_from_their_config_are_refused_from_the
         .iter()
         .max_by_key(|(_, shape)| shape.iter().product::<u64>())
         .unwrap();
-    let mut header = serde_json::Map::new();
-    let mut at = 0u64;
-    for (name, shape) in &table {
-        let shape = if name == widest {
-            vec![shape[0], 1 << 22]
-        } else {
-            shape.clone()
-        };
-        let bytes = 4 * shape.iter().product::<u64>();
-        header.insert(
-            name.clone(),
-            json!({"dtype": "F32", "shape": shape, "data_offsets": [at, at + bytes]}),
-        );
-        at += bytes;
-    }
-    let header = Value::Object(header).to_string();
-    let mut head = (header.len() as u64).to_le_bytes().to_vec();
-    head.extend(header.as_bytes());
-    let len = head.len() as u64 + at;
-    crafted(&dir.join("model.safetensors"), &head, len);
+    hollow_safetensors(
+        &model,
+        &dir.join("model.safetensors"),
+        "F32",
+        |name, shape| {
+            if name == widest {
+                vec![shape[0], 1 << 22]
+            } else {
+                shape.to_vec()
+            }
+        },
+    );
 
     let server = harness::start(|c| c.weights_root = root.clone());
     let (status, err) = post_weights(&server.base, json!({"path": "wide"})).await;
