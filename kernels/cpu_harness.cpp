@@ -9,7 +9,8 @@
 #include "attention.cuh"
 #include "token_stats.cuh"
 
-// The scratch keys a row needs: the nucleus's candidates, and the truncated draw's.
+// The scratch keys a row needs (and as many weights): the nucleus's candidates, and the
+// truncated draw's.
 static uint32_t scratch_for(const EntRowIn& in, uint32_t vocab) {
   uint32_t k = in.max_candidates < vocab ? in.max_candidates : vocab;
   uint32_t length = ent_sort_length(k < 1 ? 1 : k);
@@ -25,18 +26,21 @@ extern "C" void entroll_token_stats_cpu(const float* logits, size_t rows, uint32
   const uint32_t n = ENT_THREADS;
   std::unique_ptr<EntShared> shared(new EntShared());
   std::vector<uint64_t> keys;
+  std::vector<double> weights;
   for (size_t row = 0; row < rows; ++row) {
     keys.assign(scratch_for(in[row], vocab), 0);
+    weights.assign(keys.size(), 0.0);
     out[row] = EntRowOut{};
     auto each = [&](auto phase) {
       for (uint32_t t = 0; t < n; ++t) phase(t);
     };
     ent_row(each, n, logits + row * (size_t)vocab, vocab, in[row], *shared, keys.data(),
-            out[row]);
+            weights.data(), out[row]);
   }
 }
 
-// The threads of a row's block, and the scratch keys a row needs: what the GPU launch sizes.
+// The threads of a row's block, and the scratch keys (and weights) a row needs: what the GPU
+// launch sizes.
 extern "C" uint32_t entroll_threads() { return ENT_THREADS; }
 extern "C" uint32_t entroll_scratch_keys(const EntRowIn* in, uint32_t vocab) {
   return scratch_for(*in, vocab);

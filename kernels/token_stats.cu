@@ -3,12 +3,13 @@
 // cuda feature (nvcc -ptx --fmad=false); cpu_harness.cpp runs the same ent_row on the CPU.
 #include "token_stats.cuh"
 
-// `keys` holds, per row and `keys_per_row` apart, scratch for the larger of
+// `keys` and `weights` hold, per row and `keys_per_row` apart, scratch for the larger of
 // ent_sort_length(min(K, V)) and, when the draw is truncated, ent_sort_length(min(top_k, V))
-// 64-bit keys.
+// 64-bit keys, and as many weights.
 extern "C" __global__ void entroll_token_stats(const float* logits, uint32_t vocab,
                                                const EntRowIn* in, EntRowOut* out,
-                                               uint64_t* keys, uint32_t keys_per_row) {
+                                               uint64_t* keys, double* weights,
+                                               uint32_t keys_per_row) {
   __shared__ EntShared s;
   const uint32_t row = blockIdx.x;
   const uint32_t t = threadIdx.x;
@@ -17,5 +18,5 @@ extern "C" __global__ void entroll_token_stats(const float* logits, uint32_t voc
     __syncthreads();
   };
   ent_row(each, ENT_THREADS, logits + (size_t)row * vocab, vocab, in[row], s,
-          keys + (size_t)row * keys_per_row, out[row]);
+          keys + (size_t)row * keys_per_row, weights + (size_t)row * keys_per_row, out[row]);
 }

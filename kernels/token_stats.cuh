@@ -64,6 +64,11 @@ struct EntRowOut {
 #define ENT_DIGIT_BITS 4
 #define ENT_BINS 16
 
+// The nucleus first ranks at most this many candidates: on a trained model's rows the nucleus
+// is reached well within them, and a sort of 1,024 keys costs a sixteenth of one of 16,384. Only
+// a row whose nucleus is not reached there is ranked again with all K candidates.
+#define ENT_FIRST_RANKING 1024
+
 // Per-row scratch shared by the threads of a block.
 struct EntShared {
   float part_max[ENT_THREADS];
@@ -78,8 +83,9 @@ struct EntShared {
   double target;
   int32_t crossing_chunk;
   double before_chunk;
-  // The nucleus: per-thread bin counts of the radix select's current pass.
+  // The nucleus: per-thread bin counts of the radix select's current pass, and their totals.
   uint32_t part_bins[ENT_BINS][ENT_THREADS];
+  uint32_t bin_total[ENT_BINS];
   // The selected key's bits so far, which bits are fixed, and how many tokens equal to the
   // final key still belong to the candidates.
   uint32_t select_prefix;
@@ -92,6 +98,14 @@ struct EntShared {
   uint32_t part_ties[ENT_THREADS];
   uint32_t above_before[ENT_THREADS];
   uint32_t ties_before[ENT_THREADS];
+  // The nucleus's size, and whether it is final (reached, or walked over all min(K, V)
+  // candidates); the truncated draw's candidates (min(top_k, V)), and whether they need a
+  // ranking of their own (1) or are a prefix of the nucleus's ranked candidates (0).
+  uint32_t nucleus_size;
+  int32_t nucleus_final;
+  uint32_t draw_cap;
+  int32_t rerank;
+  uint32_t rerank_cap;
 };
 
 // Philox4x32-10, as src/stats/sampling.rs: 128 random bits from a counter and a 64-bit key.
@@ -142,11 +156,12 @@ ENT_HD uint32_t ent_chunk_begin(uint32_t t, uint32_t n, uint32_t vocab) {
 
 // --- The phases; a barrier separates each from the next ------------------------------------
 
-// 1. Each thread: the largest logit of its chunk, and whether it holds NaN or +inf.
+// 1. Each thread, over ids t, t + n, ... (neighbouring threads read neighbouring ids: one
+// coalesced load per warp): the largest logit it sees, and whether it sees NaN or +inf.
 ENT_HD void ent_phase_max(uint32_t t, uint32_t n, const float* z, uint32_t vocab, EntShared& s) {
   float m = -INFINITY;
   int bad = 0;
-  for (uint32_t i = ent_chunk_begin(t, n, vocab); i < ent_chunk_begin(t + 1, n, vocab); ++i) {
+  for (uint32_t i = t; i < vocab; i += n) {
     float x = z[i];
     if (x != x || x == INFINITY) bad = 1;
     if (x > m) m = x;
@@ -288,15 +303,16 @@ ENT_HD void ent_phase_select_begin(uint32_t t, uint32_t cap, uint32_t vocab, Ent
   s.select_remaining = s.candidates;
 }
 
-// 7. Each thread, pass `pass` (0 = the highest digit): its chunk's counts per digit among the
-// tokens whose key matches the digits fixed so far.
+// 7. Each thread, pass `pass` (0 = the highest digit), over ids t, t + n, ... (coalesced; counts
+// do not depend on the order): its counts per digit among the tokens whose key matches the
+// digits fixed so far.
 ENT_HD void ent_phase_select_count(uint32_t t, uint32_t n, uint32_t pass, const float* z,
                                    uint32_t vocab, EntShared& s) {
   uint32_t bins[ENT_BINS];
   for (int b = 0; b < ENT_BINS; ++b) bins[b] = 0;
   if (s.status == 0) {
     uint32_t shift = 32 - ENT_DIGIT_BITS * (pass + 1);
-    for (uint32_t i = ent_chunk_begin(t, n, vocab); i < ent_chunk_begin(t + 1, n, vocab); ++i) {
+    for (uint32_t i = t; i < vocab; i += n) {
       uint32_t key = ent_order_bits(z[i]);
       if ((key & s.select_mask) == s.select_prefix) bins[(key >> shift) & (ENT_BINS - 1)] += 1;
     }
@@ -304,13 +320,20 @@ ENT_HD void ent_phase_select_count(uint32_t t, uint32_t n, uint32_t pass, const 
   for (int b = 0; b < ENT_BINS; ++b) s.part_bins[b][t] = bins[b];
 }
 
-// 8. Thread 0: the digit of the selected key in this pass, from the highest bin down.
-ENT_HD void ent_phase_select_digit(uint32_t t, uint32_t n, uint32_t pass, EntShared& s) {
+// 8. Thread b < ENT_BINS: bin b's count over all threads.
+ENT_HD void ent_phase_select_totals(uint32_t t, uint32_t n, EntShared& s) {
+  if (t >= ENT_BINS || s.status != 0) return;
+  uint32_t count = 0;
+  for (uint32_t i = 0; i < n; ++i) count += s.part_bins[t][i];
+  s.bin_total[t] = count;
+}
+
+// 9. Thread 0: the digit of the selected key in this pass, from the highest bin down.
+ENT_HD void ent_phase_select_digit(uint32_t t, uint32_t pass, EntShared& s) {
   if (t != 0 || s.status != 0) return;
   uint32_t shift = 32 - ENT_DIGIT_BITS * (pass + 1);
   for (int b = ENT_BINS - 1; b >= 0; --b) {
-    uint32_t count = 0;
-    for (uint32_t i = 0; i < n; ++i) count += s.part_bins[b][i];
+    uint32_t count = s.bin_total[b];
     if (s.select_remaining <= count || b == 0) {
       s.select_prefix |= (uint32_t)b << shift;
       s.select_mask |= (uint32_t)(ENT_BINS - 1) << shift;
@@ -320,7 +343,7 @@ ENT_HD void ent_phase_select_digit(uint32_t t, uint32_t n, uint32_t pass, EntSha
   }
 }
 
-// 9. Each thread: its chunk's tokens above the selected key, and equal to it.
+// 10. Each thread: its chunk's tokens above the selected key, and equal to it.
 ENT_HD void ent_phase_candidates_count(uint32_t t, uint32_t n, const float* z, uint32_t vocab,
                                        EntShared& s) {
   uint32_t above = 0, ties = 0;
@@ -335,7 +358,7 @@ ENT_HD void ent_phase_candidates_count(uint32_t t, uint32_t n, const float* z, u
   s.part_ties[t] = ties;
 }
 
-// 10. Thread 0: where each thread's candidates go (exclusive prefix sums in thread order).
+// 11. Thread 0: where each thread's candidates go (exclusive prefix sums in thread order).
 ENT_HD void ent_phase_candidates_offsets(uint32_t t, uint32_t n, EntShared& s) {
   if (t != 0) return;
   uint32_t above = 0, ties = 0;
@@ -351,7 +374,7 @@ ENT_HD void ent_phase_candidates_offsets(uint32_t t, uint32_t n, EntShared& s) {
     s.status = 3;
 }
 
-// 11. Each thread writes its candidates' rank keys: every token above the selected key, then
+// 12. Each thread writes its candidates' rank keys: every token above the selected key, then
 // the tied tokens in id order until the candidates are complete; the rest of the scratch holds
 // keys that sort last.
 ENT_HD void ent_phase_candidates_write(uint32_t t, uint32_t n, const float* z, uint32_t vocab,
@@ -373,7 +396,7 @@ ENT_HD void ent_phase_candidates_write(uint32_t t, uint32_t n, const float* z, u
   for (uint32_t i = s.candidates + t; i < length; i += n) keys[i] = ~(uint64_t)0;
 }
 
-// 12. One step (k, j) of the bitonic sort of the scratch, ascending; pairs split over threads.
+// 13. One step (k, j) of the bitonic sort of the scratch, ascending; pairs split over threads.
 ENT_HD void ent_phase_sort_step(uint32_t t, uint32_t n, uint32_t k, uint32_t j, EntShared& s,
                                 uint64_t* keys) {
   if (s.status != 0) return;
@@ -391,37 +414,69 @@ ENT_HD void ent_phase_sort_step(uint32_t t, uint32_t n, uint32_t k, uint32_t j, 
   }
 }
 
-// 13. Thread 0: the nucleus, walking the ranked candidates as the host does.
-ENT_HD void ent_phase_nucleus(uint32_t t, const EntRowIn& in, const float* z, EntShared& s,
-                              const uint64_t* keys, EntRowOut& out) {
+// 14. Each thread: the weights exp(gap) of the ranked candidates j = t, t + n, ..., in rank
+// order into `weights`, so that the walks below add them and compute no exp of their own.
+ENT_HD void ent_phase_weights(uint32_t t, uint32_t n, const float* z, EntShared& s,
+                              const uint64_t* keys, double* weights) {
+  if (s.status != 0) return;
+  for (uint32_t j = t; j < s.candidates; j += n) weights[j] = ent_weight(z, (uint32_t)keys[j], s);
+}
+
+// 15. Thread 0: the nucleus's size, walking the ranked candidates' weights as the host does. The
+// ranked candidates are the first of the row's ranking, so when the walk reaches p within them,
+// or they are all min(K, V) candidates, the size is the one the full walk would give.
+ENT_HD void ent_phase_nucleus_size(uint32_t t, const EntRowIn& in, uint32_t vocab, EntShared& s,
+                                   const double* weights, EntRowOut& out) {
   if (t != 0) return;
   out.status = s.status;
+  s.nucleus_final = 1;
   if (s.status != 0) return;
   double target = in.nucleus_p * s.sum;
   double acc = 0.0;
   uint32_t len = 0;
   bool reached = false;
   while (len < s.candidates) {
-    uint32_t id = (uint32_t)keys[len];
-    acc += ent_weight(z, id, s);
+    acc += weights[len];
     len += 1;
     if (acc >= target) {
       reached = true;
       break;
     }
   }
-  uint32_t size = (in.nucleus_rule == 0 && reached) ? len - 1 : len;
+  s.nucleus_size = (in.nucleus_rule == 0 && reached) ? len - 1 : len;
+  out.nucleus_size = s.nucleus_size;
+  uint32_t all = in.max_candidates < vocab ? in.max_candidates : vocab;
+  s.nucleus_final = reached || s.candidates >= (all < 1 ? 1 : all);
+}
+
+// 16. Each thread, over the nucleus's ranks j = t, t + n, ...: its part of the nucleus's mass
+// and of sum p ln p.
+ENT_HD void ent_phase_nucleus_parts(uint32_t t, uint32_t n, const float* z, EntShared& s,
+                                    const uint64_t* keys) {
   double mass = 0.0, plogp = 0.0;
-  for (uint32_t j = 0; j < size; ++j) {
-    uint32_t id = (uint32_t)keys[j];
-    double lp = ent_gap(z[id], s.max_logit, s.inv_t) - s.ln_sum;
-    double p = ent_exp(lp);
-    mass += p;
-    if (p > 0.0) plogp += p * lp;
+  if (s.status == 0) {
+    for (uint32_t j = t; j < s.nucleus_size; j += n) {
+      uint32_t id = (uint32_t)keys[j];
+      double lp = ent_gap(z[id], s.max_logit, s.inv_t) - s.ln_sum;
+      double p = ent_exp(lp);
+      mass += p;
+      if (p > 0.0) plogp += p * lp;
+    }
   }
-  out.nucleus_size = size;
+  s.part_sum[t] = mass;
+  s.part_weighted[t] = plogp;
+}
+
+// 17. Thread 0: the nucleus's mass and entropy, its parts added in thread order.
+ENT_HD void ent_phase_nucleus(uint32_t t, uint32_t n, EntShared& s, EntRowOut& out) {
+  if (t != 0 || s.status != 0) return;
+  double mass = 0.0, plogp = 0.0;
+  for (uint32_t i = 0; i < n; ++i) {
+    mass += s.part_sum[i];
+    plogp += s.part_weighted[i];
+  }
   out.nucleus_mass = mass;
-  if (size <= 1 || mass <= 0.0) {
+  if (s.nucleus_size <= 1 || mass <= 0.0) {
     out.nucleus_entropy = 0.0;
   } else {
     double h = ent_log(mass) - plogp / mass;
@@ -442,29 +497,56 @@ ENT_HD double ent_log_small(double x) {
   return ent_log(x);
 }
 
-// 14. Thread 0: the truncated draw over the ranked candidates (the top min(top_k, V)), as the
-// host does: the top-k weight, the inclusive top-p prefix of it, then the inverse CDF in rank
-// order at u times the kept weight.
+// 18. Thread 0: whether the truncated draw's candidates, the top min(top_k, V), are a prefix of
+// the ranked candidates at hand (the ranking is one total order, so its first k entries are the
+// top k): when they fit in it, or, for top-p without top-k, when the candidates at hand already
+// hold the top-p prefix (the walk of phase 19 stops there). Otherwise they are ranked anew, with
+// more candidates each time: the nucleus's K if that is more, else all the draw needs.
+ENT_HD void ent_phase_draw_plan(uint32_t t, const EntRowIn& in, uint32_t vocab, EntShared& s,
+                                const double* weights) {
+  if (t != 0) return;
+  s.draw_cap = ent_draw_cap(in, vocab);
+  s.rerank = 0;
+  if (s.status != 0 || s.draw_cap <= s.candidates) return;
+  if (s.draw_cap == vocab && in.top_p < 1.0) {
+    double target = in.top_p * s.sum;
+    double weight = 0.0;
+    for (uint32_t j = 0; j < s.candidates; ++j) {
+      weight += weights[j];
+      if (weight >= target) return;
+    }
+  }
+  s.rerank = 1;
+  uint32_t nucleus = in.max_candidates < vocab ? in.max_candidates : vocab;
+  s.rerank_cap = nucleus > s.candidates && nucleus < s.draw_cap ? nucleus : s.draw_cap;
+}
+
+// 19. Thread 0: the truncated draw over the ranked candidates (the top k = min(top_k, V)), as
+// the host does: the top-k weight, the inclusive top-p prefix of it, then the inverse CDF in
+// rank order at u times the kept weight. A ranking that broke its invariant fails the row.
 ENT_HD void ent_phase_truncated_draw(uint32_t t, const EntRowIn& in, const float* z,
                                      uint32_t vocab, EntShared& s, const uint64_t* keys,
-                                     EntRowOut& out) {
-  if (t != 0 || s.status != 0) return;
-  const uint32_t k = s.candidates;
+                                     const double* weights, EntRowOut& out) {
+  if (t != 0) return;
+  if (s.status != 0) {
+    out.status = s.status;
+    return;
+  }
+  const uint32_t k = s.draw_cap;
   uint32_t len = k;
   double weight = 0.0;
   if (in.top_p >= 1.0) {
-    for (uint32_t j = 0; j < k; ++j) weight += ent_weight(z, (uint32_t)keys[j], s);
+    for (uint32_t j = 0; j < k; ++j) weight += weights[j];
   } else {
     double top_k_weight = s.sum;
     if (k < vocab) {
       top_k_weight = 0.0;
-      for (uint32_t j = 0; j < k; ++j)
-        top_k_weight += ent_weight(z, (uint32_t)keys[j], s);
+      for (uint32_t j = 0; j < k; ++j) top_k_weight += weights[j];
     }
     double target = in.top_p * top_k_weight;
     len = 0;
     while (len < k) {
-      weight += ent_weight(z, (uint32_t)keys[len], s);
+      weight += weights[len];
       len += 1;
       if (weight >= target) break;
     }
@@ -474,10 +556,9 @@ ENT_HD void ent_phase_truncated_draw(uint32_t t, const EntRowIn& in, const float
   uint32_t token = (uint32_t)keys[0];
   double token_weight = 0.0;
   for (uint32_t j = 0; j < len; ++j) {
-    uint32_t id = (uint32_t)keys[j];
-    double w = ent_weight(z, id, s);
+    double w = weights[j];
     if (w > 0.0) {
-      token = id;
+      token = (uint32_t)keys[j];
       token_weight = w;
     }
     acc += w;
@@ -504,7 +585,8 @@ ENT_HD void ent_ranked(Each each, uint32_t n, uint32_t cap, const float* z, uint
   each([&](uint32_t t) { ent_phase_select_begin(t, cap, vocab, s); });
   for (uint32_t pass = 0; pass < 32 / ENT_DIGIT_BITS; ++pass) {
     each([&](uint32_t t) { ent_phase_select_count(t, n, pass, z, vocab, s); });
-    each([&](uint32_t t) { ent_phase_select_digit(t, n, pass, s); });
+    each([&](uint32_t t) { ent_phase_select_totals(t, n, s); });
+    each([&](uint32_t t) { ent_phase_select_digit(t, pass, s); });
   }
   each([&](uint32_t t) { ent_phase_candidates_count(t, n, z, vocab, s); });
   each([&](uint32_t t) { ent_phase_candidates_offsets(t, n, s); });
@@ -522,16 +604,33 @@ ENT_HD void ent_ranked(Each each, uint32_t n, uint32_t cap, const float* z, uint
 #endif
 template <class Each>
 ENT_HD void ent_row(Each each, uint32_t n, const float* z, uint32_t vocab, const EntRowIn& in,
-                    EntShared& s, uint64_t* keys, EntRowOut& out) {
+                    EntShared& s, uint64_t* keys, double* weights, EntRowOut& out) {
   each([&](uint32_t t) { ent_phase_max(t, n, z, vocab, s); });
   each([&](uint32_t t) { ent_phase_max_combine(t, n, in, s); });
   each([&](uint32_t t) { ent_phase_sums(t, n, z, vocab, s); });
   each([&](uint32_t t) { ent_phase_totals(t, n, in, s, out); });
   each([&](uint32_t t) { ent_phase_draw(t, n, z, vocab, s, out); });
-  ent_ranked(each, n, in.max_candidates, z, vocab, s, keys);
-  each([&](uint32_t t) { ent_phase_nucleus(t, in, z, s, keys, out); });
+  uint32_t first = in.max_candidates < ENT_FIRST_RANKING ? in.max_candidates : ENT_FIRST_RANKING;
+  ent_ranked(each, n, first, z, vocab, s, keys);
+  each([&](uint32_t t) { ent_phase_weights(t, n, z, s, keys, weights); });
+  each([&](uint32_t t) { ent_phase_nucleus_size(t, in, vocab, s, weights, out); });
+  // s.nucleus_final is read after the barrier: the same branch in every thread.
+  if (!s.nucleus_final) {
+    ent_ranked(each, n, in.max_candidates, z, vocab, s, keys);
+    each([&](uint32_t t) { ent_phase_weights(t, n, z, s, keys, weights); });
+    each([&](uint32_t t) { ent_phase_nucleus_size(t, in, vocab, s, weights, out); });
+  }
+  each([&](uint32_t t) { ent_phase_nucleus_parts(t, n, z, s, keys); });
+  each([&](uint32_t t) { ent_phase_nucleus(t, n, s, out); });
   if (ent_truncated(in)) {
-    ent_ranked(each, n, ent_draw_cap(in, vocab), z, vocab, s, keys);
-    each([&](uint32_t t) { ent_phase_truncated_draw(t, in, z, vocab, s, keys, out); });
+    each([&](uint32_t t) { ent_phase_draw_plan(t, in, vocab, s, weights); });
+    // s.rerank is read after the barrier: the same branch in every thread. Each ranking holds
+    // more candidates than the one before, so this runs at most twice.
+    while (s.rerank) {
+      ent_ranked(each, n, s.rerank_cap, z, vocab, s, keys);
+      each([&](uint32_t t) { ent_phase_weights(t, n, z, s, keys, weights); });
+      each([&](uint32_t t) { ent_phase_draw_plan(t, in, vocab, s, weights); });
+    }
+    each([&](uint32_t t) { ent_phase_truncated_draw(t, in, z, vocab, s, keys, weights, out); });
   }
 }

@@ -21,6 +21,28 @@ start_entroll() {
   return 1
 }
 
+# cuda_library_path: exports LD_LIBRARY_PATH with the CUDA libraries of this machine's Python
+# environment (the nvidia-* wheels PyTorch brings: nvidia/*/lib, nvidia/cu13/lib) and
+# /usr/local/cuda/lib64. A CUDA build of entroll has no RPATH and opens cuBLAS, cuRAND, NVRTC
+# and the runtime by name, so without them the loader finds nothing where PyTorch keeps them.
+cuda_library_path() {
+  local dirs
+  dirs=$("${PYTHON:-python3}" - 2>/dev/null <<'PY' || true
+import glob, os
+try:
+    import nvidia
+except ImportError:
+    raise SystemExit
+found = set()
+for base in nvidia.__path__:
+    for pattern in ("*/lib/lib*.so*", "*/*/lib/lib*.so*"):
+        found.update(os.path.dirname(p) for p in glob.glob(os.path.join(base, pattern)))
+print(":".join(sorted(found)))
+PY
+)
+  export LD_LIBRARY_PATH=${dirs:+$dirs:}/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+}
+
 # stop_entroll PID: stops the server and waits for it.
 stop_entroll() {
   kill "$1" 2>/dev/null || true

@@ -1,4 +1,5 @@
-//! The `entroll` command: `serve` (the default), `eval`, `fetch-model` and `check-kernels`.
+//! The `entroll` command: `serve` (the default), `eval`, `fetch-model`, `check-kernels` and
+//! `bench-kernels`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +41,9 @@ enum Command {
     /// Run the token-statistics kernel on a device against its CPU harness (bit for bit) and
     /// the host sampler, on generated adversarial rows; exits 1 if they disagree.
     CheckKernels(CheckArgs),
+    /// Time the device kernels alone (CUDA events on a GPU): token statistics on peaked and
+    /// flat rows, with and without top-k; attention over several context lengths.
+    BenchKernels(BenchArgs),
 }
 
 #[derive(Args)]
@@ -120,6 +124,25 @@ struct CheckArgs {
     batch: usize,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    /// Device the kernels run on.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: entroll::engine::settings::DeviceKind,
+    /// Logits rows and attention queries (a decode batch).
+    #[arg(long, default_value_t = 256)]
+    rows: usize,
+    /// Logits per row.
+    #[arg(long, default_value_t = 151_936)]
+    vocab: usize,
+    /// Attention's context lengths.
+    #[arg(long, value_delimiter = ',', default_values_t = [256, 1_024, 4_096])]
+    contexts: Vec<usize>,
+    /// Timed launches per case (after one warm-up).
+    #[arg(long, default_value_t = 20)]
+    iterations: usize,
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -140,6 +163,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Serve(args)) => run_server(*args),
         Some(Command::Eval(args)) => eval(args),
         Some(Command::CheckKernels(args)) => check_kernels(args),
+        Some(Command::BenchKernels(args)) => bench_kernels(args),
         None => run_server(cli.serve),
     }
 }
@@ -231,6 +255,25 @@ fn check_kernels(args: CheckArgs) -> anyhow::Result<()> {
         outcomes.len(),
         args.device
     );
+    Ok(())
+}
+
+fn bench_kernels(args: BenchArgs) -> anyhow::Result<()> {
+    use entroll::engine::native::{self, kernel_bench};
+    anyhow::ensure!(
+        args.rows > 0 && args.vocab > 0 && args.contexts.iter().all(|&c| c > 0),
+        "--rows, --vocab and every context must be positive"
+    );
+    let device = native::device(args.device)?;
+    let sizes = kernel_bench::Sizes {
+        rows: args.rows,
+        vocab: args.vocab,
+        contexts: args.contexts,
+        iterations: args.iterations,
+    };
+    let mut timings = kernel_bench::token_stats(&device, &sizes)?;
+    timings.extend(kernel_bench::attention(&device, &sizes)?);
+    print!("{}", kernel_bench::table(&timings));
     Ok(())
 }
 

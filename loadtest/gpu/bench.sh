@@ -27,6 +27,7 @@ LOADTEST_BIN=${LOADTEST_BIN:-$STAGE/loadtest}
 # GSM8K problems (MIT), from the repository (only the working tree travels to the GPU machine).
 DATASET=${DATASET:-$(pwd)/docker/learner/data/gsm8k-sample.jsonl}
 mkdir -p "$STAGE" "$OUT"
+[ "$DEVICE" = cpu ] || cuda_library_path
 
 model_path() {
   case $1 in

@@ -2,14 +2,17 @@
 library (the GPU machine has no Rust): what tests/common checks on the CPU, asked of a server on
 any device.
 
-    python3 loadtest/gpu/consistency.py URL [OTHER_URL]
+    python3 loadtest/gpu/consistency.py URL [OTHER_URL | --save FILE | --against FILE]
 
 URL is checked alone: every per-token statistic within its definition's range, the sums and
 lengths agreeing with the arrays, each greedy group's samples identical (prompts of 1, 7, 64 and
 200 tokens: the prefill and cache-copy edges), and the same seeded request answered identically
 twice. OTHER_URL, a second server on the same model and device with the device kernels set the
 other way (`device_kernels`), is compared with it: how many samples drew the same tokens and how
-far their statistics are apart. Prints a markdown table; exits 1 if a check that must hold fails.
+far their statistics are apart. With --save, URL's answer to the compared request is written to
+FILE; with --against FILE, that saved answer stands in for OTHER_URL's (so the two servers need not
+run at once: one GPU process at a time). Prints a markdown table; exits 1 if a check that must hold
+fails.
 """
 
 import json
@@ -63,9 +66,11 @@ def range_problems(response, vocab, candidates):
                 (lp <= 1e-6, f"logprob {lp} > 0"),
                 (lp - 1e-5 <= slp <= 1e-6, f"sampling_logprob {slp} outside [logprob {lp}, 0]"),
                 (-1e-6 <= h <= ln_v + 1e-4, f"entropy {h} outside [0, ln V]"),
-                (1 <= size <= min(candidates, vocab), f"top_p_size {size}"),
-                (0 < mass <= 1 + 1e-6, f"top_p_mass {mass}"),
-                (-1e-6 <= hp <= math.log(size) + 1e-4, f"top_p_entropy {hp} > ln(size {size})"),
+                # The strict nucleus is empty where the top token alone holds p (a peaked row).
+                (0 <= size <= min(candidates, vocab), f"top_p_size {size}"),
+                (mass == 0 if size == 0 else 0 < mass <= 1 + 1e-6, f"top_p_mass {mass} of {size}"),
+                (-1e-6 <= hp <= math.log(max(size, 1)) + 1e-4,
+                 f"top_p_entropy {hp} > ln(size {size})"),
             ]
             problems += [f"sample {i} token {t}: {why}" for ok, why in checks if not ok]
         total = sum(s["entropy"])
@@ -75,10 +80,16 @@ def range_problems(response, vocab, candidates):
 
 
 def main():
-    if len(sys.argv) not in (2, 3):
+    args = sys.argv[1:]
+    save = against = other_url = None
+    if len(args) == 3 and args[1] in ("--save", "--against"):
+        save, against = (args[2], None) if args[1] == "--save" else (None, args[2])
+    elif len(args) == 2 and not args[1].startswith("--"):
+        other_url = args[1].rstrip("/")
+    elif len(args) != 1:
         print(__doc__, file=sys.stderr)
         return 2
-    url = sys.argv[1].rstrip("/")
+    url = args[0].rstrip("/")
     # check.sh says which device the servers run on: on the CPU the checks are exact.
     cpu = os.environ.get("DEVICE", "cuda") == "cpu"
     info = call(url, "/info")
@@ -93,6 +104,9 @@ def main():
         "stats": {"top_k_candidates": candidates},
     }
     first = call(url, "/rollouts", sampled)
+    if save:
+        with open(save, "w") as f:
+            json.dump({"info": info, "response": first}, f)
     problems = range_problems(first, vocab, candidates)
     tokens = sum(s["length"] for s in samples(first))
     rows.append(("every statistic in range, sums and lengths agree",
@@ -124,10 +138,14 @@ def main():
                  f"{'' if cpu else '; reported'})",
                  f"{invariant}/{len(batched)} samples", invariant == len(batched) or not cpu))
 
-    if len(sys.argv) == 3:
-        other_url = sys.argv[2].rstrip("/")
-        other_info = call(other_url, "/info")
-        other = call(other_url, "/rollouts", sampled)
+    if other_url or against:
+        if against:
+            with open(against) as f:
+                saved = json.load(f)
+            other_info, other = saved["info"], saved["response"]
+        else:
+            other_info = call(other_url, "/info")
+            other = call(other_url, "/rollouts", sampled)
         assert len(samples(first)) == len(samples(other)) == 16, "16 samples from each server"
         pairs = list(zip(samples(first), samples(other)))
         # The two settings round differently (attention kernels, bf16 on a GPU), so a draw near

@@ -88,9 +88,15 @@ pub const WEIGHT_LOAD_DURATION: &str = "entroll_weight_load_seconds";
 pub const PREFILL_TOKENS: &str = "entroll_engine_prefill_tokens_total";
 /// Sequences in each decode forward (native engine).
 pub const DECODE_BATCH: &str = "entroll_engine_decode_batch";
+/// What decode steps cost the host, by `kind`: `upload` (host data copied to the device),
+/// `launch` (entroll's own kernels) and `sync` (waits for the whole device). Per step they are
+/// fixed by design (none grows with the layers); divided by the decode steps they show on a
+/// GPU run whether a step is what docs/benchmarks.md models.
+pub const DECODE_HOST_CALLS: &str = "entroll_engine_decode_host_calls_total";
 /// Time of each phase of a native-engine iteration, by `phase`: `prefill` (prompt forwards),
 /// `forward` (the decode forward), `copy` (logits to the host), `draw` (statistics and
-/// sampling of every row).
+/// sampling of every row). The engine never waits for a GPU between phases, so there `prefill`
+/// and `forward` are the times to queue the work and `draw` includes waiting for the device.
 pub const ENGINE_PHASE: &str = "entroll_engine_phase_seconds";
 
 /// HTTP connections open.
@@ -314,6 +320,11 @@ fn describe() {
         Unit::Count,
         "Prompt tokens computed by the engine (shared prompts once)."
     );
+    describe_counter!(
+        DECODE_HOST_CALLS,
+        Unit::Count,
+        "Uploads, kernel launches and device synchronisations of decode steps, by kind."
+    );
     describe_histogram!(
         DECODE_BATCH,
         Unit::Count,
@@ -354,6 +365,9 @@ fn export_counters_at_zero(error_types: &[&'static str]) {
         CONNECTIONS_REFUSED,
     ] {
         counter!(name).absolute(0);
+    }
+    for kind in ["upload", "launch", "sync"] {
+        counter!(DECODE_HOST_CALLS, "kind" => kind).absolute(0);
     }
     for deadline in ["header", "write"] {
         counter!(CONNECTION_TIMEOUTS, "deadline" => deadline).absolute(0);
@@ -476,6 +490,13 @@ pub fn decode_step(batch: usize, forward: Duration, copy: Duration, draw: Durati
     histogram!(ENGINE_PHASE, "phase" => "forward").record(forward.as_secs_f64());
     histogram!(ENGINE_PHASE, "phase" => "copy").record(copy.as_secs_f64());
     histogram!(ENGINE_PHASE, "phase" => "draw").record(draw.as_secs_f64());
+}
+
+/// The uploads, launches and synchronisations of one decode step.
+pub fn decode_host_calls(uploads: u64, launches: u64, syncs: u64) {
+    counter!(DECODE_HOST_CALLS, "kind" => "upload").increment(uploads);
+    counter!(DECODE_HOST_CALLS, "kind" => "launch").increment(launches);
+    counter!(DECODE_HOST_CALLS, "kind" => "sync").increment(syncs);
 }
 
 /// A sequence finished: its prompt and generated tokens and its mean step time.
@@ -651,6 +672,7 @@ pub const ALL: &[&str] = &[
     WEIGHT_LOAD_DURATION,
     PREFILL_TOKENS,
     DECODE_BATCH,
+    DECODE_HOST_CALLS,
     ENGINE_PHASE,
     CONNECTIONS_OPEN,
     CONNECTIONS_REFUSED,

@@ -81,3 +81,40 @@ async fn rollouts_with_the_device_kernels_are_consistent() {
     let server = harness::start(|c| c.device_kernels = DeviceKernels::On);
     common::check_rollout_consistency(&server).await;
 }
+
+/// A decode step with the device kernels costs the host a fixed number of calls, whatever the
+/// model's depth: six uploads (token ids, positions, the rows kept, the cache rows written,
+/// the queries' cache rows, the rows' sampling inputs), one attention launch and two cache
+/// writes per layer plus the statistics kernel, and one wait (reading the drawn tokens back).
+/// An index uploaded per layer, or a synchronisation between the forward and the draw, would
+/// show here before it costs a GPU step its launches' latency.
+#[tokio::test]
+async fn a_decode_step_costs_a_fixed_number_of_uploads_launches_and_syncs() {
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(harness::tiny_model().join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let layers = config["num_hidden_layers"].as_f64().unwrap();
+    let server = harness::start(|c| c.device_kernels = DeviceKernels::On);
+    common::rollout(&server, &request()).await;
+    let steps = server.metric("entroll_engine_decode_batch_count").await;
+    assert!(steps >= 20.0, "{steps} decode steps");
+    let per_step = |kind: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .metric(&format!(
+                    "entroll_engine_decode_host_calls_total{{kind=\"{kind}\"}}"
+                ))
+                .await
+                / steps
+        }
+    };
+    assert_eq!(per_step("upload").await, 6.0, "uploads per decode step");
+    assert_eq!(
+        per_step("launch").await,
+        3.0 * layers + 1.0,
+        "launches per decode step ({layers} layers)"
+    );
+    assert_eq!(per_step("sync").await, 1.0, "waits per decode step");
+}

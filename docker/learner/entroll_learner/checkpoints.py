@@ -99,6 +99,15 @@ SHAPES = {
     ),
 }
 
+# Shapes whose random checkpoint gets a trained model's peaked logits: the final norm's gain.
+# The embedding rows (tied with the output) are drawn from N(0, 0.02²) and the final norm leaves
+# each hidden vector with an RMS equal to its gain, so a logit has σ ≈ gain · 0.02 · √hidden
+# (0.78 · gain at hidden 1,536). Gain 5.5 gives σ ≈ 4.3: about 2–3 nats of entropy over 151,936
+# tokens and a nucleus of tens to hundreds of tokens; the default gain 1 leaves the rows nearly
+# flat (~ln V = 11.9 nats), the statistics kernel's worst case, which `entroll bench-kernels`
+# measures on its own.
+PEAKED_NORM_GAIN = {"qwen2-1.5b": 5.5}
+
 
 def random_model(family: str, tokenizer_dir: str, out: str, shape: str = "tiny", seed: int = 0) -> str:
     """A `family` (llama, qwen2 or qwen3) model of `shape` (see SHAPES) with random weights, saved at
@@ -124,6 +133,9 @@ def random_model(family: str, tokenizer_dir: str, out: str, shape: str = "tiny",
                     p.copy_(1.0 + 0.1 * torch.randn_like(p))
                 else:
                     p.normal_(0.0, 0.4 if name.endswith("bias") else 0.2)
+    if shape in PEAKED_NORM_GAIN:
+        with torch.no_grad():
+            model.model.norm.weight.fill_(PEAKED_NORM_GAIN[shape])
     return save(model, tokenizer, out)
 
 

@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use super::batch::Batch;
 use super::config::Architecture;
+use super::device_index::DeviceIndex;
 use super::kernel_attention::{self, AttShape, KernelAttention};
 use super::kv::{Access, KvCache};
 
@@ -29,8 +30,8 @@ use super::kv::{Access, KvCache};
 pub enum Attention {
     /// The CPU kernel: `(slot, position)` of each query token.
     Rowwise(Vec<(usize, usize)>),
-    /// The device kernel: `(slot, position)` of each query token.
-    Kernel(Vec<(usize, usize)>),
+    /// The device kernel: `(slot, position)` of each query token, and the same on the device.
+    Kernel(Vec<(usize, usize)>, DeviceIndex),
     /// Candle operations on other devices.
     Gathered(Gathered),
 }
@@ -49,7 +50,9 @@ impl Attention {
         if access == Access::Kernels
             && kernel_attention::supports(a.heads, a.kv_heads, a.head_dim, dtype)
         {
-            return Ok(Self::Kernel(batch.queries()));
+            let queries = batch.queries();
+            let index = DeviceIndex::upload(kernel_attention::flat_queries(&queries), device)?;
+            return Ok(Self::Kernel(queries, index));
         }
         if device.is_cpu() {
             return Ok(Self::Rowwise(batch.queries()));
@@ -78,10 +81,11 @@ impl Attention {
                 };
                 q.contiguous()?.apply_op3_no_bwd(k, v, &op)
             }
-            Self::Kernel(queries) => {
+            Self::Kernel(queries, index) => {
                 let (k, v) = cache.layer(layer);
                 let op = KernelAttention {
                     queries,
+                    index,
                     shape: AttShape {
                         queries: queries.len() as u32,
                         heads: a.heads as u32,
@@ -627,7 +631,7 @@ mod tests {
             &a,
         )
         .unwrap();
-        assert!(matches!(plan, Attention::Kernel(_)));
+        assert!(matches!(plan, Attention::Kernel(..)));
         assert!(plan.attend(0, &mine, &cache, &a).is_err());
     }
 

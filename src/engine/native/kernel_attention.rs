@@ -5,6 +5,9 @@
 
 use candle_core::{CpuStorage, CustomOp3, DType, InplaceOp2, Layout, Shape};
 
+use super::device_index::DeviceIndex;
+use super::step_counts;
+
 /// The problem every block of an attention launch shares (`AttShape` in the kernel source).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -89,26 +92,31 @@ pub fn supports(heads: usize, kv_heads: usize, head_dim: usize, dtype: DType) ->
 pub struct KernelAttention<'a> {
     /// `(slot, position)` of each query token.
     pub queries: &'a [(usize, usize)],
+    /// The same as the kernel reads them ([`flat_queries`]), uploaded once per forward.
+    pub index: &'a DeviceIndex,
     /// The problem's shape (its `queries` is `queries.len()`).
     pub shape: AttShape,
 }
 
-impl KernelAttention<'_> {
-    /// The queries as the kernel reads them: `[slot, position]` pairs.
-    fn flat_queries(&self) -> Vec<u32> {
-        self.queries
-            .iter()
-            .flat_map(|&(slot, position)| [slot as u32, position as u32])
-            .collect()
-    }
+/// The queries as the kernel reads them: `[slot, position]` pairs.
+pub fn flat_queries(queries: &[(usize, usize)]) -> Vec<u32> {
+    queries
+        .iter()
+        .flat_map(|&(slot, position)| [slot as u32, position as u32])
+        .collect()
+}
 
+impl KernelAttention<'_> {
     /// Checks the inputs: queries `[n, heads, head_dim]` and a cache holding every position
     /// read; the number of output elements.
     fn check(&self, lq: &Layout, lk: &Layout, lv: &Layout) -> candle_core::Result<usize> {
         let a = &self.shape;
         let width = (a.kv_heads * a.head_dim) as usize;
         let outputs = self.queries.len() * (a.heads * a.head_dim) as usize;
-        if lq.shape().elem_count() != outputs || a.queries as usize != self.queries.len() {
+        if lq.shape().elem_count() != outputs
+            || a.queries as usize != self.queries.len()
+            || self.index.host().len() != 2 * self.queries.len()
+        {
             candle_core::bail!("attention: queries of shape {:?}", lq.shape());
         }
         for l in [lq, lk, lv] {
@@ -144,7 +152,8 @@ impl CustomOp3 for KernelAttention<'_> {
         lv: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let outputs = self.check(lq, lk, lv)?;
-        let queries = self.flat_queries();
+        step_counts::launch();
+        let queries = self.index.host();
         let at = |l: &Layout| l.start_offset();
         let out = match (q, k, v) {
             (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
@@ -198,8 +207,8 @@ impl CustomOp3 for KernelAttention<'_> {
         use candle_core::cuda_backend::WrapErr;
 
         let outputs = self.check(lq, lk, lv)?;
+        step_counts::launch();
         let dev = q.device().clone();
-        let queries = dev.clone_htod(&self.flat_queries())?;
         let config = LaunchConfig {
             grid_dim: (self.shape.queries * self.shape.kv_heads, 1, 1),
             // SAFETY: returns a constant.
@@ -219,16 +228,20 @@ impl CustomOp3 for KernelAttention<'_> {
                     "entroll_attention",
                     super::kernels::ATTENTION_PTX,
                 )?;
-                let mut args = func.builder();
-                args.arg(&self.shape);
-                args.arg(&queries);
-                args.arg(&q);
-                args.arg(&k);
-                args.arg(&v);
-                args.arg(&out);
-                // SAFETY: the arguments match the kernel's in kernels/attention.cu; `check`
-                // bounds every read and `out` holds every output.
-                unsafe { args.launch(config) }.w()?;
+                self.index
+                    .with_cuda(0..self.index.host().len(), |queries| {
+                        let mut args = func.builder();
+                        args.arg(&self.shape);
+                        args.arg(queries);
+                        args.arg(&q);
+                        args.arg(&k);
+                        args.arg(&v);
+                        args.arg(&out);
+                        // SAFETY: the arguments match the kernel's in kernels/attention.cu; `check`
+                        // bounds every read and `out` holds every output.
+                        unsafe { args.launch(config) }.w()?;
+                        Ok(())
+                    })?;
                 candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone())
             }};
         }
@@ -254,13 +267,44 @@ impl KernelAttention<'_> {
 /// for every `i` at once (a layer's cache write: the new rows to their cache rows, a group's
 /// prompt rows to each copy slot). Rows are the last dimension; any 32- or 16-bit dtype.
 pub struct CopyRows {
-    /// Source rows.
-    pub from: Vec<u32>,
-    /// Destination rows, one per source row.
-    pub to: Vec<u32>,
+    /// `from` then `to`, uploaded once and read by every layer's copies.
+    index: DeviceIndex,
 }
 
 impl CopyRows {
+    /// Uploads the copy of source rows `from` to destination rows `to` (as many) to `device`.
+    pub fn new(
+        from: Vec<u32>,
+        to: Vec<u32>,
+        device: &candle_core::Device,
+    ) -> candle_core::Result<Self> {
+        if from.len() != to.len() {
+            candle_core::bail!(
+                "copy rows: {} sources for {} destinations",
+                from.len(),
+                to.len()
+            );
+        }
+        Ok(Self {
+            index: DeviceIndex::upload([from, to].concat(), device)?,
+        })
+    }
+
+    /// Source rows.
+    pub fn from(&self) -> &[u32] {
+        &self.index.host()[..self.rows()]
+    }
+
+    /// Destination rows, one per source row.
+    pub fn to(&self) -> &[u32] {
+        &self.index.host()[self.rows()..]
+    }
+
+    /// Rows copied.
+    fn rows(&self) -> usize {
+        self.index.host().len() / 2
+    }
+
     /// The row width, after checking that both tensors are contiguous rows of one width and
     /// dtype, and that every row named exists.
     fn check(&self, dst: &Layout, src: &Layout) -> candle_core::Result<usize> {
@@ -268,15 +312,15 @@ impl CopyRows {
         if width == 0 || src.dims().last() != Some(&width) {
             candle_core::bail!("copy rows: {:?} into {:?}", src.shape(), dst.shape());
         }
-        if !dst.is_contiguous() || !src.is_contiguous() || self.from.len() != self.to.len() {
-            candle_core::bail!("copy rows: contiguous rows and one destination per source");
+        if !dst.is_contiguous() || !src.is_contiguous() {
+            candle_core::bail!("copy rows: contiguous rows");
         }
         let (dst_rows, src_rows) = (
             dst.shape().elem_count() / width,
             src.shape().elem_count() / width,
         );
-        if self.from.iter().any(|&r| r as usize >= src_rows)
-            || self.to.iter().any(|&r| r as usize >= dst_rows)
+        if self.from().iter().any(|&r| r as usize >= src_rows)
+            || self.to().iter().any(|&r| r as usize >= dst_rows)
         {
             candle_core::bail!(
                 "copy rows: a row beyond {src_rows} source or {dst_rows} destination rows"
@@ -299,9 +343,10 @@ impl InplaceOp2 for CopyRows {
         ls: &Layout,
     ) -> candle_core::Result<()> {
         let width = self.check(ld, ls)?;
+        step_counts::launch();
         let (d0, s0) = (ld.start_offset(), ls.start_offset());
-        let (rows, width) = (self.from.len() as u64, width as u32);
-        let (from, to) = (self.from.as_ptr(), self.to.as_ptr());
+        let (rows, width) = (self.rows() as u64, width as u32);
+        let (from, to) = (self.from().as_ptr(), self.to().as_ptr());
         // SAFETY (both): `check` bounds every row read and written; the elements are 32 or 16
         // bits wide and copied as bits.
         let copy32 = |s: *const u32, d: *mut u32| unsafe {
@@ -339,11 +384,12 @@ impl InplaceOp2 for CopyRows {
 
         let width = self.check(ld, ls)?;
         let dev = dst.device().clone();
-        let elements = (self.from.len() * width) as u64;
+        let rows = self.rows();
+        let elements = (rows * width) as u64;
         if elements == 0 {
             return Ok(());
         }
-        let (from, to) = (dev.clone_htod(&self.from)?, dev.clone_htod(&self.to)?);
+        step_counts::launch();
         let config = LaunchConfig {
             grid_dim: (elements.div_ceil(256) as u32, 1, 1),
             block_dim: (256, 1, 1),
@@ -361,16 +407,21 @@ impl InplaceOp2 for CopyRows {
                     "entroll_attention",
                     super::kernels::ATTENTION_PTX,
                 )?;
-                let mut args = func.builder();
-                args.arg(&elements);
-                args.arg(&width);
-                args.arg(&from);
-                args.arg(&to);
-                args.arg(&s);
-                args.arg(&mut d);
-                // SAFETY: the arguments match the kernel's in kernels/attention.cu; `check`
-                // bounds every row read and written.
-                unsafe { args.launch(config) }.w()?;
+                self.index.with_cuda(0..rows, |from| {
+                    self.index.with_cuda(rows..2 * rows, |to| {
+                        let mut args = func.builder();
+                        args.arg(&elements);
+                        args.arg(&width);
+                        args.arg(from);
+                        args.arg(to);
+                        args.arg(&s);
+                        args.arg(&mut d);
+                        // SAFETY: the arguments match the kernel's in kernels/attention.cu;
+                        // `check` bounds every row read and written.
+                        unsafe { args.launch(config) }.w()?;
+                        Ok(())
+                    })
+                })?;
             }};
         }
         match src.dtype() {

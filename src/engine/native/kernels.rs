@@ -131,7 +131,9 @@ extern "C" {
     fn entroll_log(x: f64) -> f64;
 }
 
-/// Runs the kernel's CPU harness over `inputs.len()` rows of `vocab` logits each.
+/// Runs the kernel's CPU harness over `inputs.len()` rows of `vocab` logits each, blocks of
+/// rows on the CPU's threads at once (rows are independent, like the GPU's thread blocks, so
+/// the results do not depend on how they are split).
 pub fn token_stats_cpu(logits: &[f32], vocab: usize, inputs: &[RowIn]) -> Vec<RowOut> {
     assert_eq!(
         logits.len(),
@@ -142,18 +144,32 @@ pub fn token_stats_cpu(logits: &[f32], vocab: usize, inputs: &[RowIn]) -> Vec<Ro
         vocab > 0 && vocab <= u32::MAX as usize,
         "vocabulary of {vocab}"
     );
+    use rayon::prelude::*;
     let mut outputs = vec![RowOut::default(); inputs.len()];
-    // SAFETY: the pointers cover `inputs.len()` rows of `vocab` logits, `inputs.len()` inputs
-    // and as many outputs (checked above); the harness reads and writes nothing else.
-    unsafe {
-        entroll_token_stats_cpu(
-            logits.as_ptr(),
-            inputs.len(),
-            vocab as u32,
-            inputs.as_ptr(),
-            outputs.as_mut_ptr(),
-        );
-    }
+    // Blocks of rows small enough to spread over the threads, large enough to amortise a
+    // call's scratch.
+    let block = inputs
+        .len()
+        .div_ceil(4 * rayon::current_num_threads())
+        .max(1);
+    outputs
+        .par_chunks_mut(block)
+        .zip(inputs.par_chunks(block))
+        .zip(logits.par_chunks(block * vocab))
+        .for_each(|((outputs, inputs), logits)| {
+            // SAFETY: the pointers cover `inputs.len()` rows of `vocab` logits, `inputs.len()`
+            // inputs and as many outputs (the blocks split all three alike, checked above);
+            // the harness reads and writes nothing else.
+            unsafe {
+                entroll_token_stats_cpu(
+                    logits.as_ptr(),
+                    inputs.len(),
+                    vocab as u32,
+                    inputs.as_ptr(),
+                    outputs.as_mut_ptr(),
+                );
+            }
+        });
     outputs
 }
 

@@ -157,10 +157,11 @@ impl KvCache {
         }
         let to: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         Ok(match self.access {
-            Access::Kernels => Writes::Copy(CopyRows {
-                from: (0..rows.len()).map(|i| (i % n) as u32).collect(),
+            Access::Kernels => Writes::Copy(CopyRows::new(
+                (0..rows.len()).map(|i| (i % n) as u32).collect(),
                 to,
-            }),
+                &self.device,
+            )?),
             Access::Candle => {
                 let index = Tensor::from_vec(to, (rows.len(), 1), &self.device)?
                     .broadcast_as((rows.len(), self.width))?

@@ -17,7 +17,10 @@
 mod attention;
 mod batch;
 mod config;
+mod device_index;
+pub mod gpu;
 mod kernel_attention;
+pub mod kernel_bench;
 pub mod kernel_check;
 pub mod kernels;
 mod kv;
@@ -26,6 +29,7 @@ mod model;
 mod oracle;
 mod plan;
 mod scheduler;
+pub mod step_counts;
 mod text;
 mod token_stats;
 
@@ -64,11 +68,13 @@ pub fn architecture(path: &Path) -> Result<Architecture, ModelError> {
     }
 }
 
-/// The candle device of `kind`.
+/// The candle device of `kind`; a GPU the build cannot run on is refused here ([`gpu`]).
 pub fn device(kind: DeviceKind) -> anyhow::Result<Device> {
     Ok(match kind {
         DeviceKind::Cpu => Device::Cpu,
-        DeviceKind::Cuda if cfg!(feature = "cuda") => Device::new_cuda(0)?,
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => gpu::open(0)?,
+        #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda => anyhow::bail!("device = cuda needs a build with --features cuda"),
     })
 }

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use super::attention::Attention;
 use super::batch::Batch;
 use super::config::{Architecture, RopeStyle};
+use super::device_index::upload;
 use super::kv::KvCache;
 
 /// A linear layer: quantized or dense weight `[out, in]`, optional bias.
@@ -260,9 +261,9 @@ impl Transformer {
         let tokens = batch.tokens();
         let queries = batch.queries();
         let n = tokens.len();
-        let ids = Tensor::new(tokens.as_slice(), &self.device)?;
-        let pos = Tensor::new(
-            queries.iter().map(|&(_, p)| p as u32).collect::<Vec<_>>(),
+        let ids = upload(tokens.as_slice(), &self.device)?;
+        let pos = upload(
+            &queries.iter().map(|&(_, p)| p as u32).collect::<Vec<_>>(),
             &self.device,
         )?;
         let half = a.head_dim / 2;
@@ -288,8 +289,8 @@ impl Transformer {
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, a.rms_eps as f32)?;
             x = (x + layer.feed_forward(&h)?)?;
         }
-        let picked = Tensor::new(
-            rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+        let picked = upload(
+            &rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
             &self.device,
         )?;
         let x = x.index_select(&picked, 0)?;

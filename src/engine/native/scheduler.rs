@@ -22,6 +22,7 @@ use super::kernels::RowIn;
 use super::kv::{Access, KvCache};
 use super::model::Transformer;
 use super::plan::{Batcher, SeqId};
+use super::step_counts::{self, StepCounts};
 use super::text::TextCodec;
 use super::token_stats;
 use crate::engine::FinishReason;
@@ -266,8 +267,8 @@ impl Scheduler {
             let logits = self
                 .model
                 .forward(&work.batch, &mut self.cache, &[take - 1])?;
-            // The forward may run asynchronously: wait for it before timing.
-            self.model.device().synchronize()?;
+            // On a GPU this is the time to queue the chunk's work: nothing waits for the device
+            // before the draw reads its results.
             metrics::prefilled(take, started.elapsed());
             budget -= take;
             // When the prompt is complete, the leader and its followers all draw their first
@@ -290,8 +291,10 @@ impl Scheduler {
         }
         let rows: Vec<usize> = (0..ids.len()).collect();
         let started = Instant::now();
+        let calls = StepCounts::now();
         let logits = self.model.forward(&batch, &mut self.cache, &rows)?;
-        self.model.device().synchronize()?;
+        // No synchronisation: on a GPU the statistics kernel is queued behind the forward, and
+        // the wait for both lands in the draw's time (the forward's is the time to queue it).
         let forwarded = Instant::now();
         self.batcher.decoded(&ids);
         let drawn = self.draw(&ids, &logits)?;
@@ -301,6 +304,8 @@ impl Scheduler {
             drawn.copy,
             forwarded.elapsed() - drawn.copy,
         );
+        let calls = StepCounts::now().since(calls);
+        metrics::decode_host_calls(calls.uploads, calls.launches, calls.syncs);
         self.take_all(&ids, drawn.rows);
         Ok(())
     }
@@ -359,6 +364,7 @@ impl Scheduler {
                         // The kernel returns no token sets: a row whose mask is asked for is
                         // measured on the host, from its own logits.
                         let logits = logits.get(r)?.to_dtype(candle_core::DType::F32)?;
+                        step_counts::sync();
                         return row.measure(&logits.to_vec1::<f32>()?, &mut Workspace::default());
                     }
                     let record = out.record().map_err(|e| failed(row.index, e))?;
@@ -375,6 +381,7 @@ impl Scheduler {
             });
         }
         let started = Instant::now();
+        step_counts::sync();
         let logits = logits.to_vec2::<f32>()?;
         let copy = started.elapsed();
         // Each thread with its own workspace.

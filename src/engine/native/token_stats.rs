@@ -24,17 +24,25 @@ pub fn run(logits: &Tensor, inputs: Vec<RowIn>) -> candle_core::Result<Vec<RowOu
     if rows == 0 {
         return Ok(Vec::new());
     }
-    let logits = logits.to_dtype(DType::F32)?.contiguous()?;
-    let bytes = logits
-        .apply_op1_no_bwd(&TokenStatsOp { inputs })?
-        .flatten_all()?
-        .to_vec1::<u8>()?;
+    // Reading the results back waits for the device.
+    super::step_counts::sync();
+    let bytes = launch(logits, inputs)?.flatten_all()?.to_vec1::<u8>()?;
     Ok(bytes
         .chunks_exact(OUT_BYTES)
         // SAFETY: each chunk holds one `RowOut` as the kernel wrote it; every bit pattern of
         // its plain number fields is a value, and the read does not assume alignment.
         .map(|chunk| unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<RowOut>()) })
         .collect())
+}
+
+/// Queues the kernel over `logits` (`[B, V]`) with `inputs[b]` for row `b` (as many): the rows'
+/// results (`[B, 64]` bytes, [`RowOut`]s) stay on the logits' device.
+pub fn launch(logits: &Tensor, inputs: Vec<RowIn>) -> candle_core::Result<Tensor> {
+    let logits = logits.to_dtype(DType::F32)?.contiguous()?;
+    // The rows' inputs go up with the launch (on the CPU the harness reads them in place).
+    super::step_counts::upload();
+    super::step_counts::launch();
+    logits.apply_op1_no_bwd(&TokenStatsOp { inputs })
 }
 
 impl RowOut {
@@ -128,6 +136,8 @@ impl CustomOp1 for TokenStatsOp {
             .unwrap_or(1);
         // SAFETY: scratch the kernel writes before it reads.
         let keys = unsafe { dev.alloc::<u64>(rows * keys_per_row as usize)? };
+        // SAFETY: as `keys`.
+        let weights = unsafe { dev.alloc::<f64>(rows * keys_per_row as usize)? };
         let func = dev.get_or_load_custom_func(
             "entroll_token_stats",
             "entroll_token_stats",
@@ -145,9 +155,11 @@ impl CustomOp1 for TokenStatsOp {
         launch.arg(&inputs);
         launch.arg(&out);
         launch.arg(&keys);
+        launch.arg(&weights);
         launch.arg(&keys_per_row);
         // SAFETY: the arguments match `entroll_token_stats` in kernels/token_stats.cu: `rows`
-        // rows of `vocab` logits, as many inputs and outputs, `keys_per_row` keys a row.
+        // rows of `vocab` logits, as many inputs and outputs, `keys_per_row` keys and weights
+        // a row.
         unsafe { launch.launch(config) }.w()?;
         Ok((
             candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
