@@ -9,12 +9,12 @@
 #include "attention.cuh"
 #include "token_stats.cuh"
 
-// The scratch keys a row needs (and as many weights): the nucleus's candidates, and the
-// truncated draw's.
+// The scratch keys a row needs (and as many weights): the nucleus's candidates, and a top-k's
+// (a draw without top-k ranks nothing beyond the nucleus's candidates).
 static uint32_t scratch_for(const EntRowIn& in, uint32_t vocab) {
   uint32_t k = in.max_candidates < vocab ? in.max_candidates : vocab;
   uint32_t length = ent_sort_length(k < 1 ? 1 : k);
-  if (ent_truncated(in)) {
+  if (ent_truncated(in) && ent_draw_cap(in, vocab) < vocab) {
     uint32_t draw = ent_sort_length(ent_draw_cap(in, vocab));
     if (draw > length) length = draw;
   }
@@ -35,7 +35,7 @@ extern "C" void entroll_token_stats_cpu(const float* logits, size_t rows, uint32
       for (uint32_t t = 0; t < n; ++t) phase(t);
     };
     ent_row(each, n, logits + row * (size_t)vocab, vocab, in[row], *shared, keys.data(),
-            weights.data(), out[row]);
+            weights.data(), (uint32_t)keys.size(), out[row]);
   }
 }
 

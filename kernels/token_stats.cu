@@ -4,7 +4,7 @@
 #include "token_stats.cuh"
 
 // `keys` and `weights` hold, per row and `keys_per_row` apart, scratch for the larger of
-// ent_sort_length(min(K, V)) and, when the draw is truncated, ent_sort_length(min(top_k, V))
+// ent_sort_length(min(K, V)) and, when a top-k < V truncates the draw, ent_sort_length(top_k)
 // 64-bit keys, and as many weights.
 extern "C" __global__ void entroll_token_stats(const float* logits, uint32_t vocab,
                                                const EntRowIn* in, EntRowOut* out,
@@ -18,5 +18,6 @@ extern "C" __global__ void entroll_token_stats(const float* logits, uint32_t voc
     __syncthreads();
   };
   ent_row(each, ENT_THREADS, logits + (size_t)row * vocab, vocab, in[row], s,
-          keys + (size_t)row * keys_per_row, weights + (size_t)row * keys_per_row, out[row]);
+          keys + (size_t)row * keys_per_row, weights + (size_t)row * keys_per_row, keys_per_row,
+          out[row]);
 }

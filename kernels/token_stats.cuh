@@ -83,14 +83,31 @@ struct EntShared {
   double target;
   int32_t crossing_chunk;
   double before_chunk;
-  // The nucleus: per-thread bin counts of the radix select's current pass, and their totals.
-  uint32_t part_bins[ENT_BINS][ENT_THREADS];
+  // Per-thread bins of the current radix pass: token counts (the ranking's select) or weights
+  // (the draw's weighted select); one pass uses one of them.
+  union {
+    uint32_t part_bins[ENT_BINS][ENT_THREADS];
+    double part_weights[ENT_BINS][ENT_THREADS];
+  };
+  // The counts of the ranking's current pass, and those of its first pass, which are the same
+  // for every ranking of the row (no digit is fixed yet) and so are counted once, by the pass
+  // that finds the largest logit.
   uint32_t bin_total[ENT_BINS];
+  uint32_t first_bins[ENT_BINS];
   // The selected key's bits so far, which bits are fixed, and how many tokens equal to the
   // final key still belong to the candidates.
   uint32_t select_prefix;
   uint32_t select_mask;
   uint32_t select_remaining;
+  // The select stops before its last digit once the tokens above the selected range and those
+  // in it number at most `select_limit` (`select_done`): all of them are then ranked, and the
+  // first `candidates` of that ranking are the same top tokens. How many of the range's tokens
+  // are written (all of them, or after the last digit the ties still needed), and how many
+  // keys are ranked in all.
+  uint32_t select_limit;
+  int32_t select_done;
+  uint32_t range_taken;
+  uint32_t ranked;
   // The candidates: how many (min(K, V)), and per thread the tokens above the selected key and
   // equal to it, and where each thread's go.
   uint32_t candidates;
@@ -106,6 +123,33 @@ struct EntShared {
   uint32_t draw_cap;
   int32_t rerank;
   uint32_t rerank_cap;
+  // The weighted select (phases 20-26): the token where the cumulative weight in rank order
+  // crosses `wsel_target` (reaches it, or passes it when `wsel_strict`), among the kept tokens.
+  // Its key's bits so far and which are fixed, the weight of the kept tokens ranked above the
+  // current range of keys, and whether no range crossed (rounding): then the lowest-ranked kept
+  // token of positive weight is selected. The per-bin weights of the current pass' range.
+  double wsel_target;
+  int32_t wsel_strict;
+  int32_t wsel_unreached;
+  uint32_t wsel_prefix;
+  uint32_t wsel_mask;
+  double wsel_above;
+  double weight_total[ENT_BINS];
+  // The selected token: which of the tokens tied at the selected key (in id order, 1-based),
+  // the thread whose chunk holds it and how many tied tokens the chunks before hold, then its
+  // id, its weight, and the cumulative weight through it.
+  uint32_t wsel_tie;
+  uint32_t wsel_chunk;
+  uint32_t wsel_ties_before;
+  uint32_t wsel_id;
+  double wsel_weight;
+  double wsel_through;
+  // The kept tokens: every token (`kept_all`), or those ranked at or above (kept_key, kept_id),
+  // and their weight.
+  int32_t kept_all;
+  uint32_t kept_key;
+  uint32_t kept_id;
+  double kept_weight;
 };
 
 // Philox4x32-10, as src/stats/sampling.rs: 128 random bits from a counter and a 64-bit key.
@@ -154,20 +198,45 @@ ENT_HD uint32_t ent_chunk_begin(uint32_t t, uint32_t n, uint32_t vocab) {
   return b < vocab ? (uint32_t)b : vocab;
 }
 
+// A 32-bit key whose ascending order is the logits' ascending order.
+ENT_HD uint32_t ent_order_bits(float z) {
+  union {
+    float f;
+    uint32_t u;
+  } v;
+  v.f = z;
+  return (v.u & 0x80000000u) ? ~v.u : (v.u | 0x80000000u);
+}
+
+// The logit whose key is `key` (ent_order_bits's inverse).
+ENT_HD float ent_order_float(uint32_t key) {
+  union {
+    float f;
+    uint32_t u;
+  } v;
+  v.u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+  return v.f;
+}
+
 // --- The phases; a barrier separates each from the next ------------------------------------
 
 // 1. Each thread, over ids t, t + n, ... (neighbouring threads read neighbouring ids: one
-// coalesced load per warp): the largest logit it sees, and whether it sees NaN or +inf.
+// coalesced load per warp): the largest logit it sees, whether it sees NaN or +inf, and its
+// counts of the radix select's first digit (phase 7's first pass, which reads every token).
 ENT_HD void ent_phase_max(uint32_t t, uint32_t n, const float* z, uint32_t vocab, EntShared& s) {
   float m = -INFINITY;
   int bad = 0;
+  uint32_t bins[ENT_BINS];
+  for (int b = 0; b < ENT_BINS; ++b) bins[b] = 0;
   for (uint32_t i = t; i < vocab; i += n) {
     float x = z[i];
     if (x != x || x == INFINITY) bad = 1;
     if (x > m) m = x;
+    bins[ent_order_bits(x) >> (32 - ENT_DIGIT_BITS)] += 1;
   }
   s.part_max[t] = m;
   s.part_bad[t] = bad;
+  for (int b = 0; b < ENT_BINS; ++b) s.part_bins[b][t] = bins[b];
 }
 
 // 2. Thread 0: the row's largest logit and status, in thread order.
@@ -271,15 +340,6 @@ ENT_HD void ent_phase_draw(uint32_t t, uint32_t n, const float* z, uint32_t voca
 // power of two >= min(K, V) 64-bit rank keys), sorted there by a bitonic sort, and walked in rank
 // order by thread 0 with the same sums as the host.
 
-// A 32-bit key whose ascending order is the logits' ascending order.
-ENT_HD uint32_t ent_order_bits(float z) {
-  union {
-    float f;
-    uint32_t u;
-  } v;
-  v.f = z;
-  return (v.u & 0x80000000u) ? ~v.u : (v.u | 0x80000000u);
-}
 
 // A 64-bit key whose ascending order is the ranking: higher logit first, then lower id.
 ENT_HD uint64_t ent_rank_key(float z, uint32_t id) {
@@ -293,63 +353,101 @@ ENT_HD uint32_t ent_sort_length(uint32_t candidates) {
   return p;
 }
 
-// 6. Thread 0: start a select of the top `cap` tokens (at least 1, at most V).
-ENT_HD void ent_phase_select_begin(uint32_t t, uint32_t cap, uint32_t vocab, EntShared& s) {
+// 6. Thread 0: start a select of the top `cap` tokens (at least 1, at most V), with the first
+// pass's counts that phase 1 took. It may rank up to twice the keys it needs (a bitonic sort of
+// twice the length costs about twice as much, in L2) to skip the rest of its passes over the
+// row, within the `scratch` keys the row has.
+ENT_HD void ent_phase_select_begin(uint32_t t, uint32_t cap, uint32_t vocab, uint32_t scratch,
+                                   EntShared& s) {
   if (t != 0) return;
   uint32_t k = cap < vocab ? cap : vocab;
   s.candidates = k < 1 ? 1 : k;
   s.select_prefix = 0;
   s.select_mask = 0;
   s.select_remaining = s.candidates;
+  uint32_t limit = 2 * ent_sort_length(s.candidates);
+  s.select_limit = limit < scratch ? limit : scratch;
+  s.select_done = 0;
+  for (int b = 0; b < ENT_BINS; ++b) s.bin_total[b] = s.first_bins[b];
 }
 
-// 7. Each thread, pass `pass` (0 = the highest digit), over ids t, t + n, ... (coalesced; counts
-// do not depend on the order): its counts per digit among the tokens whose key matches the
-// digits fixed so far.
-ENT_HD void ent_phase_select_count(uint32_t t, uint32_t n, uint32_t pass, const float* z,
-                                   uint32_t vocab, EntShared& s) {
-  uint32_t bins[ENT_BINS];
+// One thread's part of a radix pass, over ids t, t + n, ... (coalesced; sums do not depend on
+// the order): per digit of pass `pass` (0 = the highest), the sum of `amount(key, id)` over the
+// tokens whose key matches `prefix` in the bits of `mask`, into `parts[digit][t]`.
+#ifdef __CUDACC__
+#pragma nv_exec_check_disable
+#endif
+template <class T, class Amount>
+ENT_HD void ent_digit_sums(uint32_t t, uint32_t n, uint32_t pass, const float* z, uint32_t vocab,
+                           int32_t status, uint32_t prefix, uint32_t mask, Amount amount,
+                           T (*parts)[ENT_THREADS]) {
+  T bins[ENT_BINS];
   for (int b = 0; b < ENT_BINS; ++b) bins[b] = 0;
-  if (s.status == 0) {
+  if (status == 0) {
     uint32_t shift = 32 - ENT_DIGIT_BITS * (pass + 1);
     for (uint32_t i = t; i < vocab; i += n) {
       uint32_t key = ent_order_bits(z[i]);
-      if ((key & s.select_mask) == s.select_prefix) bins[(key >> shift) & (ENT_BINS - 1)] += 1;
+      if ((key & mask) == prefix) bins[(key >> shift) & (ENT_BINS - 1)] += amount(key, i);
     }
   }
-  for (int b = 0; b < ENT_BINS; ++b) s.part_bins[b][t] = bins[b];
+  for (int b = 0; b < ENT_BINS; ++b) parts[b][t] = bins[b];
 }
 
-// 8. Thread b < ENT_BINS: bin b's count over all threads.
-ENT_HD void ent_phase_select_totals(uint32_t t, uint32_t n, EntShared& s) {
+// 7. Each thread, pass `pass` >= 1 (pass 0 is counted by phase 1): its counts per digit among
+// the tokens whose key matches the digits fixed so far.
+ENT_HD void ent_phase_select_count(uint32_t t, uint32_t n, uint32_t pass, const float* z,
+                                   uint32_t vocab, EntShared& s) {
+  ent_digit_sums(t, n, pass, z, vocab, s.status, s.select_prefix, s.select_mask,
+                 [](uint32_t, uint32_t) { return 1u; }, s.part_bins);
+}
+
+// 8. Thread b < ENT_BINS: bin b's count over all threads, into `totals`.
+ENT_HD void ent_phase_select_totals(uint32_t t, uint32_t n, EntShared& s, uint32_t* totals) {
   if (t >= ENT_BINS || s.status != 0) return;
   uint32_t count = 0;
   for (uint32_t i = 0; i < n; ++i) count += s.part_bins[t][i];
-  s.bin_total[t] = count;
+  totals[t] = count;
 }
 
-// 9. Thread 0: the digit of the selected key in this pass, from the highest bin down.
+// 9. Thread 0: the digit of the selected key in this pass, from the highest bin down; then
+// whether the select is done: after the last digit, or once the tokens above the selected range
+// and in it fit `select_limit`.
 ENT_HD void ent_phase_select_digit(uint32_t t, uint32_t pass, EntShared& s) {
-  if (t != 0 || s.status != 0) return;
+  if (t != 0) return;
+  if (s.status != 0) {
+    s.select_done = 1;
+    return;
+  }
   uint32_t shift = 32 - ENT_DIGIT_BITS * (pass + 1);
+  uint32_t in_range = 0;
   for (int b = ENT_BINS - 1; b >= 0; --b) {
     uint32_t count = s.bin_total[b];
     if (s.select_remaining <= count || b == 0) {
       s.select_prefix |= (uint32_t)b << shift;
       s.select_mask |= (uint32_t)(ENT_BINS - 1) << shift;
+      in_range = count;
       break;
     }
     s.select_remaining -= count;
   }
+  uint32_t above = s.candidates - s.select_remaining;
+  if (pass + 1 == 32 / ENT_DIGIT_BITS) {
+    s.select_done = 1;
+    s.range_taken = s.select_remaining;
+  } else if (above + in_range <= s.select_limit) {
+    s.select_done = 1;
+    s.range_taken = in_range;
+  }
 }
 
-// 10. Each thread: its chunk's tokens above the selected key, and equal to it.
+// 10. Each thread: its chunk's tokens above the selected range of keys, and in it (equal to the
+// selected key when every digit is fixed).
 ENT_HD void ent_phase_candidates_count(uint32_t t, uint32_t n, const float* z, uint32_t vocab,
                                        EntShared& s) {
   uint32_t above = 0, ties = 0;
   if (s.status == 0) {
     for (uint32_t i = ent_chunk_begin(t, n, vocab); i < ent_chunk_begin(t + 1, n, vocab); ++i) {
-      uint32_t key = ent_order_bits(z[i]);
+      uint32_t key = ent_order_bits(z[i]) & s.select_mask;
       above += key > s.select_prefix;
       ties += key == s.select_prefix;
     }
@@ -368,15 +466,18 @@ ENT_HD void ent_phase_candidates_offsets(uint32_t t, uint32_t n, EntShared& s) {
     above += s.part_above[i];
     ties += s.part_ties[i];
   }
-  // The select's invariant: exactly the candidates above the key, and enough tied to it. A
-  // row that breaks it is flagged (status 3) rather than written past its scratch.
-  if (s.status == 0 && (above != s.candidates - s.select_remaining || ties < s.select_remaining))
+  // The select's invariant: exactly the candidates above the range, and at least the tokens
+  // taken in it. A row that breaks it is flagged (status 3) rather than written past its
+  // scratch.
+  if (s.status == 0 && (above != s.candidates - s.select_remaining || ties < s.range_taken ||
+                        s.range_taken < s.select_remaining))
     s.status = 3;
+  s.ranked = above + s.range_taken;
 }
 
-// 12. Each thread writes its candidates' rank keys: every token above the selected key, then
-// the tied tokens in id order until the candidates are complete; the rest of the scratch holds
-// keys that sort last.
+// 12. Each thread writes its tokens' rank keys: every token above the selected range, then the
+// range's in id order until those taken are written; the rest of the scratch holds keys that
+// sort last.
 ENT_HD void ent_phase_candidates_write(uint32_t t, uint32_t n, const float* z, uint32_t vocab,
                                        EntShared& s, uint64_t* keys) {
   if (s.status != 0) return;
@@ -384,23 +485,23 @@ ENT_HD void ent_phase_candidates_write(uint32_t t, uint32_t n, const float* z, u
   uint32_t a = s.above_before[t];
   uint32_t tie = s.ties_before[t];
   for (uint32_t i = ent_chunk_begin(t, n, vocab); i < ent_chunk_begin(t + 1, n, vocab); ++i) {
-    uint32_t key = ent_order_bits(z[i]);
+    uint32_t key = ent_order_bits(z[i]) & s.select_mask;
     if (key > s.select_prefix) {
       keys[a++] = ent_rank_key(z[i], i);
     } else if (key == s.select_prefix) {
-      if (tie < s.select_remaining) keys[above_total + tie] = ent_rank_key(z[i], i);
+      if (tie < s.range_taken) keys[above_total + tie] = ent_rank_key(z[i], i);
       ++tie;
     }
   }
-  uint32_t length = ent_sort_length(s.candidates);
-  for (uint32_t i = s.candidates + t; i < length; i += n) keys[i] = ~(uint64_t)0;
+  uint32_t length = ent_sort_length(s.ranked);
+  for (uint32_t i = s.ranked + t; i < length; i += n) keys[i] = ~(uint64_t)0;
 }
 
 // 13. One step (k, j) of the bitonic sort of the scratch, ascending; pairs split over threads.
 ENT_HD void ent_phase_sort_step(uint32_t t, uint32_t n, uint32_t k, uint32_t j, EntShared& s,
                                 uint64_t* keys) {
   if (s.status != 0) return;
-  uint32_t length = ent_sort_length(s.candidates);
+  uint32_t length = ent_sort_length(s.ranked);
   for (uint32_t i = t; i < length; i += n) {
     uint32_t l = i ^ j;
     if (l > i) {
@@ -500,8 +601,10 @@ ENT_HD double ent_log_small(double x) {
 // 18. Thread 0: whether the truncated draw's candidates, the top min(top_k, V), are a prefix of
 // the ranked candidates at hand (the ranking is one total order, so its first k entries are the
 // top k): when they fit in it, or, for top-p without top-k, when the candidates at hand already
-// hold the top-p prefix (the walk of phase 19 stops there). Otherwise they are ranked anew, with
-// more candidates each time: the nucleus's K if that is more, else all the draw needs.
+// hold the top-p prefix (the walk of phase 19 stops there). Otherwise a top-k's candidates are
+// ranked anew (rerank 1), with more candidates each time: the nucleus's K if that is more, else
+// all the draw needs; without top-k the draw is made by weighted selects (rerank 2, phases
+// 20-30), which rank nothing.
 ENT_HD void ent_phase_draw_plan(uint32_t t, const EntRowIn& in, uint32_t vocab, EntShared& s,
                                 const double* weights) {
   if (t != 0) return;
@@ -515,6 +618,10 @@ ENT_HD void ent_phase_draw_plan(uint32_t t, const EntRowIn& in, uint32_t vocab, 
       weight += weights[j];
       if (weight >= target) return;
     }
+  }
+  if (s.draw_cap == vocab) {
+    s.rerank = 2;
+    return;
   }
   s.rerank = 1;
   uint32_t nucleus = in.max_candidates < vocab ? in.max_candidates : vocab;
@@ -569,6 +676,191 @@ ENT_HD void ent_phase_truncated_draw(uint32_t t, const EntRowIn& in, const float
   out.sampling_logprob = ent_log_small(token_weight / weight);
 }
 
+// --- The truncated draw without top-k, by weighted selects --------------------------------
+//
+// Top-p without top-k (or a top-k >= V) keeps a prefix of the whole ranking, which on a flat row
+// holds most of V: ranking it would sort the vocabulary. Instead the draw finds its two
+// boundaries by radix selects that sum weights instead of counting tokens: the top-p prefix's
+// last token (the first whose cumulative weight in rank order reaches top_p times the total),
+// then the drawn token (the first whose cumulative weight passes u times the kept weight). Each
+// select reads the row once per digit, as the ranking's does, and sorts nothing. The sums are
+// per thread, then per bin in thread order: a fixed order (the same bits on the GPU and in the
+// harness), though not the host's rank order, so a boundary within rounding of a cumulative
+// weight may fall one token apart from the host's, as the nucleus's may at p = 1.
+
+// Whether token `id` with key `key` is among the kept tokens.
+ENT_HD bool ent_kept(uint32_t key, uint32_t id, const EntShared& s) {
+  return s.kept_all || key > s.kept_key || (key == s.kept_key && id <= s.kept_id);
+}
+
+// Whether a cumulative weight `acc` crosses the select's target.
+ENT_HD bool ent_wsel_crosses(double acc, const EntShared& s) {
+  return s.wsel_strict ? acc > s.wsel_target : acc >= s.wsel_target;
+}
+
+// 20. Thread 0: start a weighted select for `target`.
+ENT_HD void ent_phase_wsel_begin(uint32_t t, double target, int32_t strict, EntShared& s) {
+  if (t != 0) return;
+  s.wsel_target = target;
+  s.wsel_strict = strict;
+  s.wsel_unreached = 0;
+  s.wsel_prefix = 0;
+  s.wsel_mask = 0;
+  s.wsel_above = 0.0;
+}
+
+// 21. Each thread: its weights per digit of the kept tokens whose key matches the digits fixed
+// so far (adding 0.0 for the others leaves a sum's bits as they are).
+ENT_HD void ent_phase_wsel_sum(uint32_t t, uint32_t n, uint32_t pass, const float* z,
+                               uint32_t vocab, EntShared& s) {
+  ent_digit_sums(
+      t, n, pass, z, vocab, s.status, s.wsel_prefix, s.wsel_mask,
+      [&](uint32_t key, uint32_t i) { return ent_kept(key, i, s) ? ent_weight(z, i, s) : 0.0; },
+      s.part_weights);
+}
+
+// 22. Thread b < ENT_BINS: bin b's weight, its threads' parts added in thread order.
+ENT_HD void ent_phase_wsel_totals(uint32_t t, uint32_t n, EntShared& s) {
+  if (t >= ENT_BINS || s.status != 0) return;
+  double weight = 0.0;
+  for (uint32_t i = 0; i < n; ++i) weight += s.part_weights[t][i];
+  s.weight_total[t] = weight;
+}
+
+// 23. Thread 0: this pass' digit, walking the bins from the highest down: the first of positive
+// weight whose weight crosses the target, the weight of the bins above it added. If none does,
+// the select is unreached from here on and takes the lowest bin of positive weight.
+ENT_HD void ent_phase_wsel_digit(uint32_t t, uint32_t pass, EntShared& s) {
+  if (t != 0 || s.status != 0) return;
+  uint32_t shift = 32 - ENT_DIGIT_BITS * (pass + 1);
+  int chosen = -1;
+  double above = s.wsel_above;
+  if (!s.wsel_unreached) {
+    for (int b = ENT_BINS - 1; b >= 0; --b) {
+      double w = s.weight_total[b];
+      if (w > 0.0 && ent_wsel_crosses(above + w, s)) {
+        chosen = b;
+        break;
+      }
+      above += w;
+    }
+  }
+  if (chosen < 0) {
+    s.wsel_unreached = 1;
+    above = s.wsel_above;
+    int lowest = -1;
+    for (int b = 0; b < ENT_BINS; ++b) {
+      if (s.weight_total[b] > 0.0) {
+        lowest = b;
+        break;
+      }
+    }
+    // No kept token of positive weight in range: the select broke its invariant.
+    if (lowest < 0) {
+      s.status = 3;
+      return;
+    }
+    for (int b = ENT_BINS - 1; b > lowest; --b) above += s.weight_total[b];
+    chosen = lowest;
+  }
+  s.wsel_above = above;
+  s.wsel_prefix |= (uint32_t)chosen << shift;
+  s.wsel_mask |= (uint32_t)(ENT_BINS - 1) << shift;
+}
+
+// 24. Each thread: its chunk's kept tokens tied at the selected key.
+ENT_HD void ent_phase_wsel_ties(uint32_t t, uint32_t n, const float* z, uint32_t vocab,
+                                EntShared& s) {
+  uint32_t ties = 0;
+  if (s.status == 0) {
+    for (uint32_t i = ent_chunk_begin(t, n, vocab); i < ent_chunk_begin(t + 1, n, vocab); ++i) {
+      uint32_t key = ent_order_bits(z[i]);
+      ties += key == s.wsel_prefix && ent_kept(key, i, s);
+    }
+  }
+  s.part_ties[t] = ties;
+}
+
+// 25. Thread 0: the tied tokens in id order, each adding the key's weight, until the target is
+// crossed (all of them if it is not, or if the select is unreached); then the chunk that holds
+// the last one taken.
+ENT_HD void ent_phase_wsel_walk(uint32_t t, uint32_t n, EntShared& s) {
+  if (t != 0 || s.status != 0) return;
+  uint32_t ties = 0;
+  for (uint32_t i = 0; i < n; ++i) ties += s.part_ties[i];
+  if (ties == 0) {
+    s.status = 3;
+    return;
+  }
+  double w = ent_exp(ent_gap(ent_order_float(s.wsel_prefix), s.max_logit, s.inv_t));
+  double acc = s.wsel_above;
+  uint32_t m = 0;
+  while (m < ties) {
+    acc += w;
+    m += 1;
+    if (!s.wsel_unreached && ent_wsel_crosses(acc, s)) break;
+  }
+  s.wsel_tie = m;
+  s.wsel_weight = w;
+  s.wsel_through = acc;
+  uint32_t before = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    if (before + s.part_ties[i] >= m) {
+      s.wsel_chunk = i;
+      break;
+    }
+    before += s.part_ties[i];
+  }
+  s.wsel_ties_before = before;
+}
+
+// 26. The thread whose chunk holds it: the id of the selected tied token.
+ENT_HD void ent_phase_wsel_find(uint32_t t, uint32_t n, const float* z, uint32_t vocab,
+                                EntShared& s) {
+  if (s.status != 0 || t != s.wsel_chunk) return;
+  uint32_t seen = s.wsel_ties_before;
+  for (uint32_t i = ent_chunk_begin(t, n, vocab); i < ent_chunk_begin(t + 1, n, vocab); ++i) {
+    uint32_t key = ent_order_bits(z[i]);
+    if (key == s.wsel_prefix && ent_kept(key, i, s) && ++seen == s.wsel_tie) {
+      s.wsel_id = i;
+      return;
+    }
+  }
+}
+
+// 27. Thread 0: keep every token, then, for top-p, start the select of the prefix's last token.
+ENT_HD void ent_phase_keep_begin(uint32_t t, const EntRowIn& in, EntShared& s) {
+  if (t != 0) return;
+  s.kept_all = 1;
+  s.kept_weight = s.sum;
+  if (in.top_p < 1.0) ent_phase_wsel_begin(t, in.top_p * s.sum, 0, s);
+}
+
+// 28. Thread 0: keep the tokens ranked at or above the prefix's last token.
+ENT_HD void ent_phase_keep_prefix(uint32_t t, EntShared& s) {
+  if (t != 0 || s.status != 0) return;
+  s.kept_all = 0;
+  s.kept_key = s.wsel_prefix;
+  s.kept_id = s.wsel_id;
+  s.kept_weight = s.wsel_through;
+}
+
+// 29. Thread 0: start the select of the drawn token.
+ENT_HD void ent_phase_draw_begin(uint32_t t, const EntRowIn& in, EntShared& s) {
+  if (t != 0) return;
+  ent_phase_wsel_begin(t, ent_uniform(in) * s.kept_weight, 1, s);
+}
+
+// 30. Thread 0: the drawn token's results.
+ENT_HD void ent_phase_selected_draw(uint32_t t, const float* z, EntShared& s, EntRowOut& out) {
+  if (t != 0) return;
+  out.status = s.status;
+  if (s.status != 0) return;
+  out.token = s.wsel_id;
+  out.logprob = ent_gap(z[s.wsel_id], s.max_logit, s.inv_t) - s.ln_sum;
+  out.sampling_logprob = ent_log_small(s.wsel_weight / s.kept_weight);
+}
+
 // --- The row: every phase in order ---------------------------------------------------------
 
 // Runs every phase of one row through `each`, which runs a phase for every thread id and
@@ -580,18 +872,21 @@ ENT_HD void ent_phase_truncated_draw(uint32_t t, const EntRowIn& in, const float
 #endif
 template <class Each>
 ENT_HD void ent_ranked(Each each, uint32_t n, uint32_t cap, const float* z, uint32_t vocab,
-                       EntShared& s, uint64_t* keys) {
+                       EntShared& s, uint64_t* keys, uint32_t scratch) {
   // Leaves the top min(cap, V) rank keys sorted at the start of `keys`.
-  each([&](uint32_t t) { ent_phase_select_begin(t, cap, vocab, s); });
-  for (uint32_t pass = 0; pass < 32 / ENT_DIGIT_BITS; ++pass) {
-    each([&](uint32_t t) { ent_phase_select_count(t, n, pass, z, vocab, s); });
-    each([&](uint32_t t) { ent_phase_select_totals(t, n, s); });
+  each([&](uint32_t t) { ent_phase_select_begin(t, cap, vocab, scratch, s); });
+  // s.select_done is read after the barrier: the same branch in every thread.
+  for (uint32_t pass = 0; !s.select_done; ++pass) {
+    if (pass > 0) {
+      each([&](uint32_t t) { ent_phase_select_count(t, n, pass, z, vocab, s); });
+      each([&](uint32_t t) { ent_phase_select_totals(t, n, s, s.bin_total); });
+    }
     each([&](uint32_t t) { ent_phase_select_digit(t, pass, s); });
   }
   each([&](uint32_t t) { ent_phase_candidates_count(t, n, z, vocab, s); });
   each([&](uint32_t t) { ent_phase_candidates_offsets(t, n, s); });
   each([&](uint32_t t) { ent_phase_candidates_write(t, n, z, vocab, s, keys); });
-  const uint32_t length = ent_sort_length(s.candidates);
+  const uint32_t length = ent_sort_length(s.ranked);
   for (uint32_t k = 2; k <= length; k <<= 1) {
     for (uint32_t j = k >> 1; j > 0; j >>= 1) {
       each([&](uint32_t t) { ent_phase_sort_step(t, n, k, j, s, keys); });
@@ -603,20 +898,39 @@ ENT_HD void ent_ranked(Each each, uint32_t n, uint32_t cap, const float* z, uint
 #pragma nv_exec_check_disable
 #endif
 template <class Each>
+ENT_HD void ent_weighted_select(Each each, uint32_t n, const float* z, uint32_t vocab,
+                                EntShared& s) {
+  // From a started select (phase 20), leaves the selected token in s.wsel_id.
+  for (uint32_t pass = 0; pass < 32 / ENT_DIGIT_BITS; ++pass) {
+    each([&](uint32_t t) { ent_phase_wsel_sum(t, n, pass, z, vocab, s); });
+    each([&](uint32_t t) { ent_phase_wsel_totals(t, n, s); });
+    each([&](uint32_t t) { ent_phase_wsel_digit(t, pass, s); });
+  }
+  each([&](uint32_t t) { ent_phase_wsel_ties(t, n, z, vocab, s); });
+  each([&](uint32_t t) { ent_phase_wsel_walk(t, n, s); });
+  each([&](uint32_t t) { ent_phase_wsel_find(t, n, z, vocab, s); });
+}
+
+#ifdef __CUDACC__
+#pragma nv_exec_check_disable
+#endif
+template <class Each>
 ENT_HD void ent_row(Each each, uint32_t n, const float* z, uint32_t vocab, const EntRowIn& in,
-                    EntShared& s, uint64_t* keys, double* weights, EntRowOut& out) {
+                    EntShared& s, uint64_t* keys, double* weights, uint32_t scratch,
+                    EntRowOut& out) {
   each([&](uint32_t t) { ent_phase_max(t, n, z, vocab, s); });
   each([&](uint32_t t) { ent_phase_max_combine(t, n, in, s); });
+  each([&](uint32_t t) { ent_phase_select_totals(t, n, s, s.first_bins); });
   each([&](uint32_t t) { ent_phase_sums(t, n, z, vocab, s); });
   each([&](uint32_t t) { ent_phase_totals(t, n, in, s, out); });
   each([&](uint32_t t) { ent_phase_draw(t, n, z, vocab, s, out); });
   uint32_t first = in.max_candidates < ENT_FIRST_RANKING ? in.max_candidates : ENT_FIRST_RANKING;
-  ent_ranked(each, n, first, z, vocab, s, keys);
+  ent_ranked(each, n, first, z, vocab, s, keys, scratch);
   each([&](uint32_t t) { ent_phase_weights(t, n, z, s, keys, weights); });
   each([&](uint32_t t) { ent_phase_nucleus_size(t, in, vocab, s, weights, out); });
   // s.nucleus_final is read after the barrier: the same branch in every thread.
   if (!s.nucleus_final) {
-    ent_ranked(each, n, in.max_candidates, z, vocab, s, keys);
+    ent_ranked(each, n, in.max_candidates, z, vocab, s, keys, scratch);
     each([&](uint32_t t) { ent_phase_weights(t, n, z, s, keys, weights); });
     each([&](uint32_t t) { ent_phase_nucleus_size(t, in, vocab, s, weights, out); });
   }
@@ -626,11 +940,22 @@ ENT_HD void ent_row(Each each, uint32_t n, const float* z, uint32_t vocab, const
     each([&](uint32_t t) { ent_phase_draw_plan(t, in, vocab, s, weights); });
     // s.rerank is read after the barrier: the same branch in every thread. Each ranking holds
     // more candidates than the one before, so this runs at most twice.
-    while (s.rerank) {
-      ent_ranked(each, n, s.rerank_cap, z, vocab, s, keys);
+    while (s.rerank == 1) {
+      ent_ranked(each, n, s.rerank_cap, z, vocab, s, keys, scratch);
       each([&](uint32_t t) { ent_phase_weights(t, n, z, s, keys, weights); });
       each([&](uint32_t t) { ent_phase_draw_plan(t, in, vocab, s, weights); });
     }
-    each([&](uint32_t t) { ent_phase_truncated_draw(t, in, z, vocab, s, keys, weights, out); });
+    if (s.rerank == 2) {
+      each([&](uint32_t t) { ent_phase_keep_begin(t, in, s); });
+      if (in.top_p < 1.0) {
+        ent_weighted_select(each, n, z, vocab, s);
+        each([&](uint32_t t) { ent_phase_keep_prefix(t, s); });
+      }
+      each([&](uint32_t t) { ent_phase_draw_begin(t, in, s); });
+      ent_weighted_select(each, n, z, vocab, s);
+      each([&](uint32_t t) { ent_phase_selected_draw(t, z, s, out); });
+    } else {
+      each([&](uint32_t t) { ent_phase_truncated_draw(t, in, z, vocab, s, keys, weights, out); });
+    }
   }
 }

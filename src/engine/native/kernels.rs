@@ -431,4 +431,54 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn draws_without_top_k_by_weighted_selects_are_the_host_s() {
+        // Rows whose top-p prefix outgrows the nucleus's candidates, so that the kernel draws by
+        // weighted selects rather than from a ranking: flat rows, bf16-rounded rows (ties at
+        // both boundaries), and small vocabularies (boundaries at chunk edges).
+        let mut rng = Rng(7);
+        let v = 49_152;
+        let mut rows = gaussian_rows(&mut rng, 24, v, 0.5);
+        rows.extend((0..8).map(|_| {
+            (0..v)
+                .map(|_| bf16_round((rng.normal() * 0.7) as f32))
+                .collect::<Vec<f32>>()
+        }));
+        let nucleus = NucleusParams {
+            max_candidates: 1_000,
+            ..SIREN
+        };
+        let mut ws = Workspace::default();
+        let kept = Distribution::new(&rows[0], 1.0, &mut ws)
+            .unwrap()
+            .draw(
+                &Truncation {
+                    top_k: None,
+                    top_p: 0.95,
+                },
+                0.5,
+            )
+            .kept
+            .unwrap()
+            .0;
+        assert!(kept > 10 * nucleus.max_candidates, "kept {kept}");
+        for (top_k, top_p) in [(None, 0.95), (None, 0.5), (None, 0.999), (Some(v + 1), 1.0)] {
+            let truncation = Truncation { top_k, top_p };
+            for t in [1.0, 0.6] {
+                check_with(&rows, v, t, &nucleus, &truncation);
+            }
+        }
+        for vocab in [1, 2, 255, 256, 257, 1_000] {
+            let rows = gaussian_rows(&mut rng, 48, vocab, 0.3);
+            let nucleus = NucleusParams {
+                max_candidates: 1,
+                ..SIREN
+            };
+            for top_p in [0.9, 1.0] {
+                let top_k = (top_p == 1.0).then_some(vocab);
+                check_with(&rows, vocab, 1.0, &nucleus, &Truncation { top_k, top_p });
+            }
+        }
+    }
 }
