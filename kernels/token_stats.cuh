@@ -69,6 +69,10 @@ struct EntRowOut {
 // a row whose nucleus is not reached there is ranked again with all K candidates.
 #define ENT_FIRST_RANKING 1024
 
+// A ranking of at most this many keys is sorted in shared memory (in the space the radix
+// passes' bins use, free by then), not in the row's scratch.
+#define ENT_SHARED_SORT 4096
+
 // Per-row scratch shared by the threads of a block.
 struct EntShared {
   float part_max[ENT_THREADS];
@@ -88,6 +92,7 @@ struct EntShared {
   union {
     uint32_t part_bins[ENT_BINS][ENT_THREADS];
     double part_weights[ENT_BINS][ENT_THREADS];
+    uint64_t sort_keys[ENT_SHARED_SORT];
   };
   // The counts of the ranking's current pass, and those of its first pass, which are the same
   // for every ranking of the row (no digit is fixed yet) and so are counted once, by the pass
@@ -108,6 +113,12 @@ struct EntShared {
   int32_t select_done;
   uint32_t range_taken;
   uint32_t ranked;
+  // The digit this pass selected, and whether every token of the final range is taken: then
+  // the per-thread counts the passes kept (ids t, t + n, ...) place the tokens, in no
+  // particular order since they are sorted next; otherwise ties are taken in id order, which
+  // needs counts over contiguous chunks of ids, one more pass.
+  uint32_t select_digit;
+  int32_t select_whole_range;
   // The candidates: how many (min(K, V)), and per thread the tokens above the selected key and
   // equal to it, and where each thread's go.
   uint32_t candidates;
@@ -353,12 +364,14 @@ ENT_HD uint32_t ent_sort_length(uint32_t candidates) {
   return p;
 }
 
-// 6. Thread 0: start a select of the top `cap` tokens (at least 1, at most V), with the first
-// pass's counts that phase 1 took. It may rank up to twice the keys it needs (a bitonic sort of
-// twice the length costs about twice as much, in L2) to skip the rest of its passes over the
-// row, within the `scratch` keys the row has.
+// 6. Start a select of the top `cap` tokens (at least 1, at most V), with the first pass's
+// counts that phase 1 took: each thread clears its count of tokens above the selected range,
+// and thread 0 the rest. To skip the rest of its passes over the row the select may rank more
+// keys than it needs, within the `scratch` keys the row has: up to what shared memory sorts,
+// or twice the keys needed (a bitonic sort of twice the length costs about twice as much).
 ENT_HD void ent_phase_select_begin(uint32_t t, uint32_t cap, uint32_t vocab, uint32_t scratch,
                                    EntShared& s) {
+  s.part_above[t] = 0;
   if (t != 0) return;
   uint32_t k = cap < vocab ? cap : vocab;
   s.candidates = k < 1 ? 1 : k;
@@ -366,6 +379,7 @@ ENT_HD void ent_phase_select_begin(uint32_t t, uint32_t cap, uint32_t vocab, uin
   s.select_mask = 0;
   s.select_remaining = s.candidates;
   uint32_t limit = 2 * ent_sort_length(s.candidates);
+  if (limit < ENT_SHARED_SORT) limit = ENT_SHARED_SORT;
   s.select_limit = limit < scratch ? limit : scratch;
   s.select_done = 0;
   for (int b = 0; b < ENT_BINS; ++b) s.bin_total[b] = s.first_bins[b];
@@ -393,8 +407,8 @@ ENT_HD void ent_digit_sums(uint32_t t, uint32_t n, uint32_t pass, const float* z
   for (int b = 0; b < ENT_BINS; ++b) parts[b][t] = bins[b];
 }
 
-// 7. Each thread, pass `pass` >= 1 (pass 0 is counted by phase 1): its counts per digit among
-// the tokens whose key matches the digits fixed so far.
+// 7. Each thread, pass `pass` (the row's first ranking takes pass 0's counts from phase 1): its
+// counts per digit among the tokens whose key matches the digits fixed so far.
 ENT_HD void ent_phase_select_count(uint32_t t, uint32_t n, uint32_t pass, const float* z,
                                    uint32_t vocab, EntShared& s) {
   ent_digit_sums(t, n, pass, z, vocab, s.status, s.select_prefix, s.select_mask,
@@ -416,6 +430,7 @@ ENT_HD void ent_phase_select_digit(uint32_t t, uint32_t pass, EntShared& s) {
   if (t != 0) return;
   if (s.status != 0) {
     s.select_done = 1;
+    s.select_whole_range = 1;
     return;
   }
   uint32_t shift = 32 - ENT_DIGIT_BITS * (pass + 1);
@@ -425,6 +440,7 @@ ENT_HD void ent_phase_select_digit(uint32_t t, uint32_t pass, EntShared& s) {
     if (s.select_remaining <= count || b == 0) {
       s.select_prefix |= (uint32_t)b << shift;
       s.select_mask |= (uint32_t)(ENT_BINS - 1) << shift;
+      s.select_digit = (uint32_t)b;
       in_range = count;
       break;
     }
@@ -438,10 +454,21 @@ ENT_HD void ent_phase_select_digit(uint32_t t, uint32_t pass, EntShared& s) {
     s.select_done = 1;
     s.range_taken = in_range;
   }
+  s.select_whole_range = s.range_taken == in_range;
 }
 
-// 10. Each thread: its chunk's tokens above the selected range of keys, and in it (equal to the
-// selected key when every digit is fixed).
+// 9b. Each thread: its tokens above the selected range (those of the bins above the selected
+// digit added), and in it, from its counts of this pass.
+ENT_HD void ent_phase_select_keep(uint32_t t, EntShared& s) {
+  if (s.status != 0) return;
+  uint32_t above = s.part_above[t];
+  for (uint32_t b = s.select_digit + 1; b < ENT_BINS; ++b) above += s.part_bins[b][t];
+  s.part_above[t] = above;
+  s.part_ties[t] = s.part_bins[s.select_digit][t];
+}
+
+// 10. When ties at the selected key are taken in id order: each thread, its chunk's tokens above
+// the selected key, and equal to it.
 ENT_HD void ent_phase_candidates_count(uint32_t t, uint32_t n, const float* z, uint32_t vocab,
                                        EntShared& s) {
   uint32_t above = 0, ties = 0;
@@ -475,16 +502,26 @@ ENT_HD void ent_phase_candidates_offsets(uint32_t t, uint32_t n, EntShared& s) {
   s.ranked = above + s.range_taken;
 }
 
-// 12. Each thread writes its tokens' rank keys: every token above the selected range, then the
-// range's in id order until those taken are written; the rest of the scratch holds keys that
-// sort last.
+// Where the ranking's keys are sorted: in shared memory when they fit, else the row's scratch.
+ENT_HD uint64_t* ent_sort_space(EntShared& s, uint64_t* keys) {
+  return ent_sort_length(s.ranked) <= ENT_SHARED_SORT ? s.sort_keys : keys;
+}
+
+// 12. Each thread writes its tokens' rank keys, over the ids its counts were taken over (ids t,
+// t + n, ... when the whole range is taken, else its chunk): every token above the selected
+// range, then the range's in id order until those taken are written; the rest of the scratch
+// holds keys that sort last.
 ENT_HD void ent_phase_candidates_write(uint32_t t, uint32_t n, const float* z, uint32_t vocab,
-                                       EntShared& s, uint64_t* keys) {
+                                       EntShared& s, uint64_t* scratch) {
   if (s.status != 0) return;
+  uint64_t* keys = ent_sort_space(s, scratch);
   uint32_t above_total = s.candidates - s.select_remaining;
   uint32_t a = s.above_before[t];
   uint32_t tie = s.ties_before[t];
-  for (uint32_t i = ent_chunk_begin(t, n, vocab); i < ent_chunk_begin(t + 1, n, vocab); ++i) {
+  const bool strided = s.select_whole_range;
+  const uint32_t step = strided ? n : 1;
+  const uint32_t end = strided ? vocab : ent_chunk_begin(t + 1, n, vocab);
+  for (uint32_t i = strided ? t : ent_chunk_begin(t, n, vocab); i < end; i += step) {
     uint32_t key = ent_order_bits(z[i]) & s.select_mask;
     if (key > s.select_prefix) {
       keys[a++] = ent_rank_key(z[i], i);
@@ -499,8 +536,9 @@ ENT_HD void ent_phase_candidates_write(uint32_t t, uint32_t n, const float* z, u
 
 // 13. One step (k, j) of the bitonic sort of the scratch, ascending; pairs split over threads.
 ENT_HD void ent_phase_sort_step(uint32_t t, uint32_t n, uint32_t k, uint32_t j, EntShared& s,
-                                uint64_t* keys) {
+                                uint64_t* scratch) {
   if (s.status != 0) return;
+  uint64_t* keys = ent_sort_space(s, scratch);
   uint32_t length = ent_sort_length(s.ranked);
   for (uint32_t i = t; i < length; i += n) {
     uint32_t l = i ^ j;
@@ -513,6 +551,13 @@ ENT_HD void ent_phase_sort_step(uint32_t t, uint32_t n, uint32_t k, uint32_t j, 
       }
     }
   }
+}
+
+// 13b. Each thread, after a sort in shared memory: the ranked candidates into the row's scratch,
+// where the phases below read them.
+ENT_HD void ent_phase_sorted_out(uint32_t t, uint32_t n, const EntShared& s, uint64_t* keys) {
+  if (s.status != 0) return;
+  for (uint32_t j = t; j < s.candidates; j += n) keys[j] = s.sort_keys[j];
 }
 
 // 14. Each thread: the weights exp(gap) of the ranked candidates j = t, t + n, ..., in rank
@@ -872,18 +917,21 @@ ENT_HD void ent_phase_selected_draw(uint32_t t, const float* z, EntShared& s, En
 #endif
 template <class Each>
 ENT_HD void ent_ranked(Each each, uint32_t n, uint32_t cap, const float* z, uint32_t vocab,
-                       EntShared& s, uint64_t* keys, uint32_t scratch) {
-  // Leaves the top min(cap, V) rank keys sorted at the start of `keys`.
+                       EntShared& s, uint64_t* keys, uint32_t scratch, bool first) {
+  // Leaves the top min(cap, V) rank keys sorted at the start of `keys`. The row's first ranking
+  // finds the first pass's per-thread counts where phase 1 left them; a later one counts again.
   each([&](uint32_t t) { ent_phase_select_begin(t, cap, vocab, scratch, s); });
   // s.select_done is read after the barrier: the same branch in every thread.
   for (uint32_t pass = 0; !s.select_done; ++pass) {
-    if (pass > 0) {
+    if (pass > 0 || !first) {
       each([&](uint32_t t) { ent_phase_select_count(t, n, pass, z, vocab, s); });
       each([&](uint32_t t) { ent_phase_select_totals(t, n, s, s.bin_total); });
     }
     each([&](uint32_t t) { ent_phase_select_digit(t, pass, s); });
+    each([&](uint32_t t) { ent_phase_select_keep(t, s); });
   }
-  each([&](uint32_t t) { ent_phase_candidates_count(t, n, z, vocab, s); });
+  // s.select_whole_range is read after the barrier: the same branch in every thread.
+  if (!s.select_whole_range) each([&](uint32_t t) { ent_phase_candidates_count(t, n, z, vocab, s); });
   each([&](uint32_t t) { ent_phase_candidates_offsets(t, n, s); });
   each([&](uint32_t t) { ent_phase_candidates_write(t, n, z, vocab, s, keys); });
   const uint32_t length = ent_sort_length(s.ranked);
@@ -892,6 +940,7 @@ ENT_HD void ent_ranked(Each each, uint32_t n, uint32_t cap, const float* z, uint
       each([&](uint32_t t) { ent_phase_sort_step(t, n, k, j, s, keys); });
     }
   }
+  if (length <= ENT_SHARED_SORT) each([&](uint32_t t) { ent_phase_sorted_out(t, n, s, keys); });
 }
 
 #ifdef __CUDACC__
@@ -925,12 +974,12 @@ ENT_HD void ent_row(Each each, uint32_t n, const float* z, uint32_t vocab, const
   each([&](uint32_t t) { ent_phase_totals(t, n, in, s, out); });
   each([&](uint32_t t) { ent_phase_draw(t, n, z, vocab, s, out); });
   uint32_t first = in.max_candidates < ENT_FIRST_RANKING ? in.max_candidates : ENT_FIRST_RANKING;
-  ent_ranked(each, n, first, z, vocab, s, keys, scratch);
+  ent_ranked(each, n, first, z, vocab, s, keys, scratch, true);
   each([&](uint32_t t) { ent_phase_weights(t, n, z, s, keys, weights); });
   each([&](uint32_t t) { ent_phase_nucleus_size(t, in, vocab, s, weights, out); });
   // s.nucleus_final is read after the barrier: the same branch in every thread.
   if (!s.nucleus_final) {
-    ent_ranked(each, n, in.max_candidates, z, vocab, s, keys, scratch);
+    ent_ranked(each, n, in.max_candidates, z, vocab, s, keys, scratch, false);
     each([&](uint32_t t) { ent_phase_weights(t, n, z, s, keys, weights); });
     each([&](uint32_t t) { ent_phase_nucleus_size(t, in, vocab, s, weights, out); });
   }
@@ -941,7 +990,7 @@ ENT_HD void ent_row(Each each, uint32_t n, const float* z, uint32_t vocab, const
     // s.rerank is read after the barrier: the same branch in every thread. Each ranking holds
     // more candidates than the one before, so this runs at most twice.
     while (s.rerank == 1) {
-      ent_ranked(each, n, s.rerank_cap, z, vocab, s, keys, scratch);
+      ent_ranked(each, n, s.rerank_cap, z, vocab, s, keys, scratch, false);
       each([&](uint32_t t) { ent_phase_weights(t, n, z, s, keys, weights); });
       each([&](uint32_t t) { ent_phase_draw_plan(t, in, vocab, s, weights); });
     }

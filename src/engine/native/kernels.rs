@@ -433,6 +433,39 @@ mod tests {
     }
 
     #[test]
+    fn ties_beyond_what_a_ranking_sorts_are_taken_in_id_order() {
+        // 100 distinct top logits, then 20,000 tokens tied at one logit, at random ids: a
+        // top-k of 500 or 3,000 (and the nucleus's 1,000 candidates) ends inside the tie, which
+        // is too large to rank whole, so the kernel must take the tied tokens of lowest id, as
+        // the host does, for the draw to land on the host's token.
+        let mut rng = Rng(8);
+        let v = 49_152;
+        let rows: Vec<Vec<f32>> = (0..12)
+            .map(|_| {
+                let mut row: Vec<f32> = (0..v).map(|_| (rng.normal() - 4.0) as f32).collect();
+                for _ in 0..20_000 {
+                    row[(rng.next_u64() % v as u64) as usize] = 1.0;
+                }
+                for _ in 0..100 {
+                    row[(rng.next_u64() % v as u64) as usize] = (3.0 + rng.uniform()) as f32;
+                }
+                row
+            })
+            .collect();
+        let nucleus = NucleusParams {
+            max_candidates: 1_000,
+            ..SIREN
+        };
+        for top_k in [500, 3_000] {
+            let truncation = Truncation {
+                top_k: Some(top_k),
+                top_p: 1.0,
+            };
+            check_with(&rows, v, 1.0, &nucleus, &truncation);
+        }
+    }
+
+    #[test]
     fn draws_without_top_k_by_weighted_selects_are_the_host_s() {
         // Rows whose top-p prefix outgrows the nucleus's candidates, so that the kernel draws by
         // weighted selects rather than from a ranking: flat rows, bf16-rounded rows (ties at
