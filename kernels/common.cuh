@@ -13,6 +13,17 @@ using std::fma;
 using std::rint;
 #endif
 
+// Returns *counter and adds 1 to it: an atomic add on the GPU, where a block's threads run
+// together; a plain one in the harness, which runs one thread at a time. What it hands out is
+// in no fixed order on the GPU, so it only places items that are sorted afterwards.
+ENT_HD uint32_t ent_fetch_add(uint32_t* counter) {
+#ifdef __CUDA_ARCH__
+  return atomicAdd(counter, 1u);
+#else
+  return (*counter)++;
+#endif
+}
+
 // --- Arithmetic that is the same on both platforms ---------------------------------------
 
 ENT_HD double ent_bits_to_double(uint64_t bits) {

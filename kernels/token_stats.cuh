@@ -94,11 +94,13 @@ struct EntShared {
     double part_weights[ENT_BINS][ENT_THREADS];
     uint64_t sort_keys[ENT_SHARED_SORT];
   };
-  // The counts of the ranking's current pass, and those of its first pass, which are the same
-  // for every ranking of the row (no digit is fixed yet) and so are counted once, by the pass
-  // that finds the largest logit.
+  // The counts of the ranking's current pass; those of its first pass, which are the same for
+  // every ranking of the row (no digit is fixed yet) and so are counted once, by the pass that
+  // finds the largest logit; and those of the first ranking's second pass, counted by the pass
+  // that sums the weights.
   uint32_t bin_total[ENT_BINS];
   uint32_t first_bins[ENT_BINS];
+  uint32_t second_bins[ENT_BINS];
   // The selected key's bits so far, which bits are fixed, and how many tokens equal to the
   // final key still belong to the candidates.
   uint32_t select_prefix;
@@ -113,12 +115,13 @@ struct EntShared {
   int32_t select_done;
   uint32_t range_taken;
   uint32_t ranked;
-  // The digit this pass selected, and whether every token of the final range is taken: then
-  // the per-thread counts the passes kept (ids t, t + n, ...) place the tokens, in no
-  // particular order since they are sorted next; otherwise ties are taken in id order, which
-  // needs counts over contiguous chunks of ids, one more pass.
-  uint32_t select_digit;
+  // How many tokens the final range holds, and whether all of them are taken: then each token
+  // is placed by a shared counter, in no particular order since the keys are sorted next, and
+  // `written` counts them; otherwise ties are taken in id order, which needs counts over
+  // contiguous chunks of ids, one more pass.
+  uint32_t range_total;
   int32_t select_whole_range;
+  uint32_t written;
   // The candidates: how many (min(K, V)), and per thread the tokens above the selected key and
   // equal to it, and where each thread's go.
   uint32_t candidates;
@@ -264,19 +267,28 @@ ENT_HD void ent_phase_max_combine(uint32_t t, uint32_t n, const EntRowIn& in, En
   s.inv_t = 1.0 / in.temperature;
 }
 
-// 3. Each thread: sum of exp(gap) over its chunk, and of exp(gap) * gap.
+// 3. Each thread: sum of exp(gap) over its chunk, and of exp(gap) * gap; and its counts of the
+// first ranking's second digit among the tokens whose first digit is the one selected (the
+// select's pass 1, phase 7, taken here to save a pass over the row).
 ENT_HD void ent_phase_sums(uint32_t t, uint32_t n, const float* z, uint32_t vocab, EntShared& s) {
   double sum = 0.0, weighted = 0.0;
+  uint32_t bins[ENT_BINS];
+  for (int b = 0; b < ENT_BINS; ++b) bins[b] = 0;
   if (s.status == 0) {
+    const uint32_t shift = 32 - 2 * ENT_DIGIT_BITS;
     for (uint32_t i = ent_chunk_begin(t, n, vocab); i < ent_chunk_begin(t + 1, n, vocab); ++i) {
-      double d = ent_gap(z[i], s.max_logit, s.inv_t);
+      float x = z[i];
+      double d = ent_gap(x, s.max_logit, s.inv_t);
       double e = ent_exp(d);
       sum += e;
       if (e > 0.0) weighted += e * d;
+      uint32_t key = ent_order_bits(x);
+      if ((key & s.select_mask) == s.select_prefix) bins[(key >> shift) & (ENT_BINS - 1)] += 1;
     }
   }
   s.part_sum[t] = sum;
   s.part_weighted[t] = weighted;
+  for (int b = 0; b < ENT_BINS; ++b) s.part_bins[b][t] = bins[b];
 }
 
 // 4. Thread 0: the totals in thread order, the entropy, and the chunk where the draw's
@@ -364,14 +376,11 @@ ENT_HD uint32_t ent_sort_length(uint32_t candidates) {
   return p;
 }
 
-// 6. Start a select of the top `cap` tokens (at least 1, at most V), with the first pass's
-// counts that phase 1 took: each thread clears its count of tokens above the selected range,
-// and thread 0 the rest. To skip the rest of its passes over the row the select may rank more
+// 6. Thread 0: start a select of the top `cap` tokens (at least 1, at most V). To skip the rest of its passes over the row the select may rank more
 // keys than it needs, within the `scratch` keys the row has: up to what shared memory sorts,
 // or twice the keys needed (a bitonic sort of twice the length costs about twice as much).
 ENT_HD void ent_phase_select_begin(uint32_t t, uint32_t cap, uint32_t vocab, uint32_t scratch,
                                    EntShared& s) {
-  s.part_above[t] = 0;
   if (t != 0) return;
   uint32_t k = cap < vocab ? cap : vocab;
   s.candidates = k < 1 ? 1 : k;
@@ -382,7 +391,6 @@ ENT_HD void ent_phase_select_begin(uint32_t t, uint32_t cap, uint32_t vocab, uin
   if (limit < ENT_SHARED_SORT) limit = ENT_SHARED_SORT;
   s.select_limit = limit < scratch ? limit : scratch;
   s.select_done = 0;
-  for (int b = 0; b < ENT_BINS; ++b) s.bin_total[b] = s.first_bins[b];
 }
 
 // One thread's part of a radix pass, over ids t, t + n, ... (coalesced; sums do not depend on
@@ -407,8 +415,9 @@ ENT_HD void ent_digit_sums(uint32_t t, uint32_t n, uint32_t pass, const float* z
   for (int b = 0; b < ENT_BINS; ++b) parts[b][t] = bins[b];
 }
 
-// 7. Each thread, pass `pass` (the row's first ranking takes pass 0's counts from phase 1): its
-// counts per digit among the tokens whose key matches the digits fixed so far.
+// 7. Each thread, pass `pass` >= 1 (pass 0's counts are phase 1's, and the first ranking's
+// pass 1's phase 3's): its counts per digit among the tokens whose key matches the digits fixed
+// so far.
 ENT_HD void ent_phase_select_count(uint32_t t, uint32_t n, uint32_t pass, const float* z,
                                    uint32_t vocab, EntShared& s) {
   ent_digit_sums(t, n, pass, z, vocab, s.status, s.select_prefix, s.select_mask,
@@ -423,24 +432,25 @@ ENT_HD void ent_phase_select_totals(uint32_t t, uint32_t n, EntShared& s, uint32
   totals[t] = count;
 }
 
-// 9. Thread 0: the digit of the selected key in this pass, from the highest bin down; then
-// whether the select is done: after the last digit, or once the tokens above the selected range
-// and in it fit `select_limit`.
-ENT_HD void ent_phase_select_digit(uint32_t t, uint32_t pass, EntShared& s) {
+// 9. Thread 0: the digit of the selected key in this pass, from the highest bin down, by the
+// pass's counts `totals`; then whether the select is done: after the last digit, or once the
+// tokens above the selected range and in it fit `select_limit`.
+ENT_HD void ent_phase_select_digit(uint32_t t, uint32_t pass, EntShared& s,
+                                   const uint32_t* totals) {
   if (t != 0) return;
   if (s.status != 0) {
     s.select_done = 1;
     s.select_whole_range = 1;
+    s.ranked = 0;
     return;
   }
   uint32_t shift = 32 - ENT_DIGIT_BITS * (pass + 1);
   uint32_t in_range = 0;
   for (int b = ENT_BINS - 1; b >= 0; --b) {
-    uint32_t count = s.bin_total[b];
+    uint32_t count = totals[b];
     if (s.select_remaining <= count || b == 0) {
       s.select_prefix |= (uint32_t)b << shift;
       s.select_mask |= (uint32_t)(ENT_BINS - 1) << shift;
-      s.select_digit = (uint32_t)b;
       in_range = count;
       break;
     }
@@ -454,17 +464,10 @@ ENT_HD void ent_phase_select_digit(uint32_t t, uint32_t pass, EntShared& s) {
     s.select_done = 1;
     s.range_taken = in_range;
   }
+  s.range_total = in_range;
   s.select_whole_range = s.range_taken == in_range;
-}
-
-// 9b. Each thread: its tokens above the selected range (those of the bins above the selected
-// digit added), and in it, from its counts of this pass.
-ENT_HD void ent_phase_select_keep(uint32_t t, EntShared& s) {
-  if (s.status != 0) return;
-  uint32_t above = s.part_above[t];
-  for (uint32_t b = s.select_digit + 1; b < ENT_BINS; ++b) above += s.part_bins[b][t];
-  s.part_above[t] = above;
-  s.part_ties[t] = s.part_bins[s.select_digit][t];
+  s.ranked = above + s.range_taken;
+  s.written = 0;
 }
 
 // 10. When ties at the selected key are taken in id order: each thread, its chunk's tokens above
@@ -474,7 +477,7 @@ ENT_HD void ent_phase_candidates_count(uint32_t t, uint32_t n, const float* z, u
   uint32_t above = 0, ties = 0;
   if (s.status == 0) {
     for (uint32_t i = ent_chunk_begin(t, n, vocab); i < ent_chunk_begin(t + 1, n, vocab); ++i) {
-      uint32_t key = ent_order_bits(z[i]) & s.select_mask;
+      uint32_t key = ent_order_bits(z[i]);
       above += key > s.select_prefix;
       ties += key == s.select_prefix;
     }
@@ -499,7 +502,6 @@ ENT_HD void ent_phase_candidates_offsets(uint32_t t, uint32_t n, EntShared& s) {
   if (s.status == 0 && (above != s.candidates - s.select_remaining || ties < s.range_taken ||
                         s.range_taken < s.select_remaining))
     s.status = 3;
-  s.ranked = above + s.range_taken;
 }
 
 // Where the ranking's keys are sorted: in shared memory when they fit, else the row's scratch.
@@ -507,10 +509,37 @@ ENT_HD uint64_t* ent_sort_space(EntShared& s, uint64_t* keys) {
   return ent_sort_length(s.ranked) <= ENT_SHARED_SORT ? s.sort_keys : keys;
 }
 
-// 12. Each thread writes its tokens' rank keys, over the ids its counts were taken over (ids t,
-// t + n, ... when the whole range is taken, else its chunk): every token above the selected
-// range, then the range's in id order until those taken are written; the rest of the scratch
-// holds keys that sort last.
+// The rest of the sorted space, from `ranked` keys on, holds keys that sort last.
+ENT_HD void ent_pad_ranking(uint32_t t, uint32_t n, const EntShared& s, uint64_t* keys) {
+  uint32_t length = ent_sort_length(s.ranked);
+  for (uint32_t i = s.ranked + t; i < length; i += n) keys[i] = ~(uint64_t)0;
+}
+
+// 12. When the whole final range is taken: each thread, over ids t, t + n, ... (coalesced),
+// places the rank key of every token above the selected range or in it at the next free place
+// (at most `ranked` of them).
+ENT_HD void ent_phase_candidates_place(uint32_t t, uint32_t n, const float* z, uint32_t vocab,
+                                       EntShared& s, uint64_t* scratch) {
+  if (s.status != 0) return;
+  uint64_t* keys = ent_sort_space(s, scratch);
+  for (uint32_t i = t; i < vocab; i += n) {
+    if ((ent_order_bits(z[i]) & s.select_mask) >= s.select_prefix) {
+      uint32_t at = ent_fetch_add(&s.written);
+      if (at < s.ranked) keys[at] = ent_rank_key(z[i], i);
+    }
+  }
+  ent_pad_ranking(t, n, s, keys);
+}
+
+// 12b. Thread 0: the select's invariant, that exactly `ranked` tokens were placed and that they
+// hold the candidates; a row that breaks it is flagged (status 3) rather than read past its
+// ranking.
+ENT_HD void ent_phase_candidates_placed(uint32_t t, EntShared& s) {
+  if (t == 0 && s.status == 0 && (s.written != s.ranked || s.ranked < s.candidates)) s.status = 3;
+}
+
+// 12c. Otherwise: each thread writes its chunk's rank keys, every token above the selected key,
+// then the tied tokens in id order until those taken are written.
 ENT_HD void ent_phase_candidates_write(uint32_t t, uint32_t n, const float* z, uint32_t vocab,
                                        EntShared& s, uint64_t* scratch) {
   if (s.status != 0) return;
@@ -518,11 +547,8 @@ ENT_HD void ent_phase_candidates_write(uint32_t t, uint32_t n, const float* z, u
   uint32_t above_total = s.candidates - s.select_remaining;
   uint32_t a = s.above_before[t];
   uint32_t tie = s.ties_before[t];
-  const bool strided = s.select_whole_range;
-  const uint32_t step = strided ? n : 1;
-  const uint32_t end = strided ? vocab : ent_chunk_begin(t + 1, n, vocab);
-  for (uint32_t i = strided ? t : ent_chunk_begin(t, n, vocab); i < end; i += step) {
-    uint32_t key = ent_order_bits(z[i]) & s.select_mask;
+  for (uint32_t i = ent_chunk_begin(t, n, vocab); i < ent_chunk_begin(t + 1, n, vocab); ++i) {
+    uint32_t key = ent_order_bits(z[i]);
     if (key > s.select_prefix) {
       keys[a++] = ent_rank_key(z[i], i);
     } else if (key == s.select_prefix) {
@@ -530,8 +556,7 @@ ENT_HD void ent_phase_candidates_write(uint32_t t, uint32_t n, const float* z, u
       ++tie;
     }
   }
-  uint32_t length = ent_sort_length(s.ranked);
-  for (uint32_t i = s.ranked + t; i < length; i += n) keys[i] = ~(uint64_t)0;
+  ent_pad_ranking(t, n, s, keys);
 }
 
 // 13. One step (k, j) of the bitonic sort of the scratch, ascending; pairs split over threads.
@@ -918,22 +943,32 @@ ENT_HD void ent_phase_selected_draw(uint32_t t, const float* z, EntShared& s, En
 template <class Each>
 ENT_HD void ent_ranked(Each each, uint32_t n, uint32_t cap, const float* z, uint32_t vocab,
                        EntShared& s, uint64_t* keys, uint32_t scratch, bool first) {
-  // Leaves the top min(cap, V) rank keys sorted at the start of `keys`. The row's first ranking
-  // finds the first pass's per-thread counts where phase 1 left them; a later one counts again.
-  each([&](uint32_t t) { ent_phase_select_begin(t, cap, vocab, scratch, s); });
+  // Leaves the top min(cap, V) rank keys sorted at the start of `keys`. Every ranking takes its
+  // first digit from phase 1's counts; the row's first ranking was begun before phase 3, which
+  // counted its second digit.
+  if (!first) {
+    each([&](uint32_t t) { ent_phase_select_begin(t, cap, vocab, scratch, s); });
+    each([&](uint32_t t) { ent_phase_select_digit(t, 0, s, s.first_bins); });
+  }
   // s.select_done is read after the barrier: the same branch in every thread.
-  for (uint32_t pass = 0; !s.select_done; ++pass) {
-    if (pass > 0 || !first) {
-      each([&](uint32_t t) { ent_phase_select_count(t, n, pass, z, vocab, s); });
-      each([&](uint32_t t) { ent_phase_select_totals(t, n, s, s.bin_total); });
+  for (uint32_t pass = 1; !s.select_done; ++pass) {
+    if (first && pass == 1) {
+      each([&](uint32_t t) { ent_phase_select_digit(t, pass, s, s.second_bins); });
+      continue;
     }
-    each([&](uint32_t t) { ent_phase_select_digit(t, pass, s); });
-    each([&](uint32_t t) { ent_phase_select_keep(t, s); });
+    each([&](uint32_t t) { ent_phase_select_count(t, n, pass, z, vocab, s); });
+    each([&](uint32_t t) { ent_phase_select_totals(t, n, s, s.bin_total); });
+    each([&](uint32_t t) { ent_phase_select_digit(t, pass, s, s.bin_total); });
   }
   // s.select_whole_range is read after the barrier: the same branch in every thread.
-  if (!s.select_whole_range) each([&](uint32_t t) { ent_phase_candidates_count(t, n, z, vocab, s); });
-  each([&](uint32_t t) { ent_phase_candidates_offsets(t, n, s); });
-  each([&](uint32_t t) { ent_phase_candidates_write(t, n, z, vocab, s, keys); });
+  if (s.select_whole_range) {
+    each([&](uint32_t t) { ent_phase_candidates_place(t, n, z, vocab, s, keys); });
+    each([&](uint32_t t) { ent_phase_candidates_placed(t, s); });
+  } else {
+    each([&](uint32_t t) { ent_phase_candidates_count(t, n, z, vocab, s); });
+    each([&](uint32_t t) { ent_phase_candidates_offsets(t, n, s); });
+    each([&](uint32_t t) { ent_phase_candidates_write(t, n, z, vocab, s, keys); });
+  }
   const uint32_t length = ent_sort_length(s.ranked);
   for (uint32_t k = 2; k <= length; k <<= 1) {
     for (uint32_t j = k >> 1; j > 0; j >>= 1) {
@@ -970,10 +1005,13 @@ ENT_HD void ent_row(Each each, uint32_t n, const float* z, uint32_t vocab, const
   each([&](uint32_t t) { ent_phase_max(t, n, z, vocab, s); });
   each([&](uint32_t t) { ent_phase_max_combine(t, n, in, s); });
   each([&](uint32_t t) { ent_phase_select_totals(t, n, s, s.first_bins); });
+  uint32_t first = in.max_candidates < ENT_FIRST_RANKING ? in.max_candidates : ENT_FIRST_RANKING;
+  each([&](uint32_t t) { ent_phase_select_begin(t, first, vocab, scratch, s); });
+  each([&](uint32_t t) { ent_phase_select_digit(t, 0, s, s.first_bins); });
   each([&](uint32_t t) { ent_phase_sums(t, n, z, vocab, s); });
   each([&](uint32_t t) { ent_phase_totals(t, n, in, s, out); });
+  each([&](uint32_t t) { ent_phase_select_totals(t, n, s, s.second_bins); });
   each([&](uint32_t t) { ent_phase_draw(t, n, z, vocab, s, out); });
-  uint32_t first = in.max_candidates < ENT_FIRST_RANKING ? in.max_candidates : ENT_FIRST_RANKING;
   ent_ranked(each, n, first, z, vocab, s, keys, scratch, true);
   each([&](uint32_t t) { ent_phase_weights(t, n, z, s, keys, weights); });
   each([&](uint32_t t) { ent_phase_nucleus_size(t, in, vocab, s, weights, out); });
