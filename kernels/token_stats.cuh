@@ -115,11 +115,10 @@ struct EntShared {
   int32_t select_done;
   uint32_t range_taken;
   uint32_t ranked;
-  // How many tokens the final range holds, and whether all of them are taken: then each token
-  // is placed by a shared counter, in no particular order since the keys are sorted next, and
-  // `written` counts them; otherwise ties are taken in id order, which needs counts over
-  // contiguous chunks of ids, one more pass.
-  uint32_t range_total;
+  // Whether every token of the final range is taken: then each token is placed by a shared
+  // counter, in no particular order since the keys are sorted next, and `written` counts them;
+  // otherwise ties are taken in id order, which needs counts over contiguous chunks of ids, one
+  // more pass.
   int32_t select_whole_range;
   uint32_t written;
   // The candidates: how many (min(K, V)), and per thread the tokens above the selected key and
@@ -464,7 +463,6 @@ ENT_HD void ent_phase_select_digit(uint32_t t, uint32_t pass, EntShared& s,
     s.select_done = 1;
     s.range_taken = in_range;
   }
-  s.range_total = in_range;
   s.select_whole_range = s.range_taken == in_range;
   s.ranked = above + s.range_taken;
   s.written = 0;
