@@ -46,23 +46,12 @@ struct AttShared {
 };
 
 // bfloat16 as raw bits, converted by hand (the same on both compilers).
-ENT_HD float att_bf16_to_float(uint16_t b) {
-  union {
-    uint32_t u;
-    float f;
-  } v;
-  v.u = (uint32_t)b << 16;
-  return v.f;
-}
+ENT_HD float att_bf16_to_float(uint16_t b) { return ent_bit_cast<float>((uint32_t)b << 16); }
 
 ENT_HD uint16_t att_float_to_bf16(float f) {
-  union {
-    uint32_t u;
-    float f;
-  } v;
-  v.f = f;
-  if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40);  // NaN stays NaN
-  return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+  uint32_t u = ent_bit_cast<uint32_t>(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // NaN stays NaN
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
 ENT_HD float att_load(const float* p, uint64_t i) { return p[i]; }

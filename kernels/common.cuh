@@ -26,26 +26,20 @@ ENT_HD uint32_t ent_fetch_add(uint32_t* counter) {
 
 // --- Arithmetic that is the same on both platforms ---------------------------------------
 
-ENT_HD double ent_bits_to_double(uint64_t bits) {
+// The value whose bits are `from`'s, as another type of the same size (C++20's bit_cast).
+template <class To, class From>
+ENT_HD To ent_bit_cast(From from) {
+  static_assert(sizeof(To) == sizeof(From), "a bit cast keeps the size");
   union {
-    uint64_t u;
-    double d;
+    From from;
+    To to;
   } v;
-  v.u = bits;
-  return v.d;
-}
-
-ENT_HD uint64_t ent_double_to_bits(double d) {
-  union {
-    uint64_t u;
-    double d;
-  } v;
-  v.d = d;
-  return v.u;
+  v.from = from;
+  return v.to;
 }
 
 // 2^n for -1022 <= n <= 1023, exactly.
-ENT_HD double ent_pow2(int n) { return ent_bits_to_double((uint64_t)(n + 1023) << 52); }
+ENT_HD double ent_pow2(int n) { return ent_bit_cast<double>((uint64_t)(n + 1023) << 52); }
 
 // e^x for x <= 0 (the tempered gaps below the largest logit), within ~1 ulp: x = k ln 2 + r
 // with |r| <= ln 2 / 2, e^r by its Taylor series to r^13 (the next term is below 2^-57), then
@@ -76,9 +70,9 @@ ENT_HD double ent_exp(double x) {
 // ln x for finite x > 0 (normal), within ~1 ulp: x = m 2^e with m in [sqrt(1/2), sqrt(2)),
 // ln m = 2 atanh(s), s = (m - 1) / (m + 1), by its series to s^27.
 ENT_HD double ent_log(double x) {
-  uint64_t bits = ent_double_to_bits(x);
+  uint64_t bits = ent_bit_cast<uint64_t>(x);
   int e = (int)((bits >> 52) & 0x7ff) - 1023;
-  double m = ent_bits_to_double((bits & 0x000fffffffffffffULL) | 0x3ff0000000000000ULL);
+  double m = ent_bit_cast<double>((bits & 0x000fffffffffffffULL) | 0x3ff0000000000000ULL);
   if (m > 1.4142135623730951) {
     m = m * 0.5;
     e += 1;

@@ -213,22 +213,13 @@ ENT_HD uint32_t ent_chunk_begin(uint32_t t, uint32_t n, uint32_t vocab) {
 
 // A 32-bit key whose ascending order is the logits' ascending order.
 ENT_HD uint32_t ent_order_bits(float z) {
-  union {
-    float f;
-    uint32_t u;
-  } v;
-  v.f = z;
-  return (v.u & 0x80000000u) ? ~v.u : (v.u | 0x80000000u);
+  uint32_t u = ent_bit_cast<uint32_t>(z);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
 // The logit whose key is `key` (ent_order_bits's inverse).
 ENT_HD float ent_order_float(uint32_t key) {
-  union {
-    float f;
-    uint32_t u;
-  } v;
-  v.u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
-  return v.f;
+  return ent_bit_cast<float>((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
 }
 
 // --- The phases; a barrier separates each from the next ------------------------------------
