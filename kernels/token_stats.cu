@@ -5,7 +5,9 @@
 
 // `keys` and `weights` hold, per row and `keys_per_row` apart, scratch for the larger of
 // ent_sort_length(min(K, V)) and, when a top-k < V truncates the draw, ent_sort_length(top_k)
-// 64-bit keys, and as many weights.
+// 64-bit keys, and as many weights. `keys_per_row` is the batch's largest, so a row may rank
+// more keys here than in the harness (which gives each row its own); the first `candidates` of
+// a ranking, all that is read, are the same top tokens either way.
 extern "C" __global__ void entroll_token_stats(const float* logits, uint32_t vocab,
                                                const EntRowIn* in, EntRowOut* out,
                                                uint64_t* keys, double* weights,
