@@ -136,11 +136,12 @@ struct EntShared {
   uint32_t draw_cap;
   int32_t rerank;
   uint32_t rerank_cap;
-  // The weighted select (phases 20-26, driven by 27-30): the token where the cumulative weight in rank order
-  // crosses `wsel_target` (reaches it, or passes it when `wsel_strict`), among the kept tokens.
-  // Its key's bits so far and which are fixed, the weight of the kept tokens ranked above the
-  // current range of keys, and whether no range crossed (rounding): then the lowest-ranked kept
-  // token of positive weight is selected. The per-bin weights of the current pass' range.
+  // The weighted select (phases 20-26, driven by 27-30): the token where the cumulative weight
+  // in rank order crosses `wsel_target` (reaches it, or passes it when `wsel_strict`), among the
+  // kept tokens. Its key's bits so far and which are fixed, the weight of the kept tokens ranked
+  // above the current range of keys, and whether no range crossed (rounding): then the
+  // lowest-ranked kept token of positive weight is selected. The per-bin weights of the current
+  // pass' range.
   double wsel_target;
   int32_t wsel_strict;
   int32_t wsel_unreached;
