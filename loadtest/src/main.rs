@@ -44,6 +44,9 @@ struct Args {
     /// JSON-lines dataset; each line has `problem` or `question` (and optionally `answer`).
     #[arg(long)]
     dataset: PathBuf,
+    /// The route the load goes to (`chat` takes one prompt a request).
+    #[arg(long, value_enum, default_value = "rollouts")]
+    api: workload::Api,
     /// Prompts per request.
     #[arg(long, default_value_t = 4)]
     prompts_per_request: usize,
@@ -183,24 +186,48 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 fn request_body(args: &Args, prompts: &[(String, Option<String>)], n: usize) -> Value {
-    let batch: Vec<Value> = (0..args.prompts_per_request)
+    let batch: Vec<(Value, Option<&String>)> = (0..args.prompts_per_request)
         .map(|j| {
             let (problem, answer) = &prompts[(n * args.prompts_per_request + j) % prompts.len()];
             let content = format!(
                 "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
             );
-            let mut p = json!({"messages": [{"role": "user", "content": content}]});
-            if let Some(a) = answer {
-                p["answer"] = json!(a);
-            }
-            p
+            (json!([{"role": "user", "content": content}]), answer.as_ref())
         })
         .collect();
-    json!({
-        "prompts": batch,
-        "group_size": args.group_size,
-        "sampling": {"temperature": args.temperature, "max_tokens": args.max_tokens, "seed": n},
-    })
+    match args.api {
+        workload::Api::Rollouts => {
+            let prompts: Vec<Value> = batch
+                .into_iter()
+                .map(|(messages, answer)| {
+                    let mut p = json!({ "messages": messages });
+                    if let Some(a) = answer {
+                        p["answer"] = json!(a);
+                    }
+                    p
+                })
+                .collect();
+            json!({
+                "prompts": prompts,
+                "group_size": args.group_size,
+                "sampling": {"temperature": args.temperature, "max_tokens": args.max_tokens, "seed": n},
+            })
+        }
+        workload::Api::Chat => {
+            let (messages, answer) = batch.into_iter().next().expect("one prompt a request");
+            let mut body = json!({
+                "messages": messages,
+                "n": args.group_size,
+                "temperature": args.temperature,
+                "max_tokens": args.max_tokens,
+                "seed": n,
+            });
+            if let Some(a) = answer {
+                body["answer"] = json!(a);
+            }
+            body
+        }
+    }
 }
 
 /// The server's body limit, from `GET /info`.
@@ -237,6 +264,10 @@ fn memory(scrapes: &[scrape::Snapshot], wall: f64) -> Memory {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    anyhow::ensure!(
+        args.api != workload::Api::Chat || args.prompts_per_request == 1,
+        "--api chat sends one conversation a request: --prompts-per-request 1"
+    );
     anyhow::ensure!(
         args.requests > 0 || args.duration > 0.0,
         "give --requests or --duration"
@@ -299,7 +330,8 @@ async fn main() -> anyhow::Result<()> {
                 let kind = args.mix.kind(n);
                 let planned = workload::plan(kind, n, request_body(&args, &prompts, n), body_limit);
                 let sent = Instant::now();
-                let mut outcome = workload::send(&client, &args.url, planned.clone()).await;
+                let mut outcome =
+                    workload::send(&client, &args.url, args.api, planned.clone()).await;
                 let mut retries = 0;
                 while kind == workload::Kind::Normal
                     && outcome.is_retryable()
@@ -307,7 +339,7 @@ async fn main() -> anyhow::Result<()> {
                 {
                     retries += 1;
                     tokio::time::sleep(Duration::from_millis(args.backoff_ms)).await;
-                    outcome = workload::send(&client, &args.url, planned.clone()).await;
+                    outcome = workload::send(&client, &args.url, args.api, planned.clone()).await;
                 }
                 let latency = sent.elapsed().as_secs_f64();
                 let overloaded = outcome.is_overloaded();

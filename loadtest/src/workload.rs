@@ -114,7 +114,11 @@ pub fn plan(kind: Kind, n: usize, mut base: Value, max_body_bytes: usize) -> Pla
     match kind {
         Kind::Normal => {}
         Kind::Oversized => {
-            base["prompts"][0]["messages"][0]["content"] = json!("x".repeat(max_body_bytes + 1024));
+            let messages = match base.get_mut("prompts") {
+                Some(prompts) => &mut prompts[0]["messages"],
+                None => &mut base["messages"],
+            };
+            messages[0]["content"] = json!("x".repeat(max_body_bytes + 1024));
         }
         Kind::Disconnect => {
             client_timeout = Some(Duration::from_secs_f64(uniform(n, 1, 0.3, 8.0)));
@@ -195,10 +199,78 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// Sends one planned request and classifies the answer.
-pub async fn send(client: &reqwest::Client, url: &str, p: Planned) -> Outcome {
+/// The route a load is sent to, and how its answer is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// `POST /rollouts`.
+    Rollouts,
+    /// `POST /v1/chat/completions`, one conversation a request (the same draws as a
+    /// one-prompt `/rollouts` request with the same seed).
+    Chat,
+}
+
+impl Api {
+    /// The route's path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Api::Rollouts => "/rollouts",
+            Api::Chat => "/v1/chat/completions",
+        }
+    }
+
+    /// A complete answer's samples, each with its weights version, and its generated tokens.
+    fn read(self, body: &Value) -> (Vec<Option<u64>>, Option<u64>, u64) {
+        let versions = |samples: Vec<&Value>, at: &str| -> Vec<Option<u64>> {
+            samples
+                .iter()
+                .map(|s| s.pointer(at).and_then(Value::as_u64))
+                .collect()
+        };
+        match self {
+            Api::Rollouts => {
+                let samples = body["groups"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|g| g["samples"].as_array())
+                    .flatten()
+                    .collect();
+                (
+                    versions(samples, "/weights_version"),
+                    body["weights_version"].as_u64(),
+                    body["summary"]["tokens"].as_u64().unwrap_or(0),
+                )
+            }
+            Api::Chat => (
+                versions(
+                    body["choices"].as_array().into_iter().flatten().collect(),
+                    "/entroll/weights_version",
+                ),
+                body["entroll"]["weights_version"].as_u64(),
+                body["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+            ),
+        }
+    }
+
+    /// An error answer's kind and message: `{error, error_type}`, or OpenAI's
+    /// `{"error": {message, code}}`.
+    fn error(self, body: &Value) -> (String, String) {
+        let (kind, error) = match self {
+            Api::Rollouts => (&body["error_type"], &body["error"]),
+            Api::Chat => (&body["error"]["code"], &body["error"]["message"]),
+        };
+        (
+            kind.as_str().unwrap_or("(no error kind)").to_string(),
+            error.as_str().unwrap_or("(no error)").to_string(),
+        )
+    }
+}
+
+/// Sends one planned request to `api` and classifies the answer.
+pub async fn send(client: &reqwest::Client, url: &str, api: Api, p: Planned) -> Outcome {
     let mut req = client
-        .post(format!("{url}/rollouts"))
+        .post(format!("{url}{}", api.path()))
         .header("content-type", "application/json")
         .body(p.body);
     if let Some(t) = p.client_timeout {
@@ -216,28 +288,15 @@ pub async fn send(client: &reqwest::Client, url: &str, p: Planned) -> Outcome {
         Err(e) => return Outcome::Cut(format!("reading the {status} body: {e}")),
     };
     if status != 200 {
-        let kind = body["error_type"].as_str().unwrap_or("(no error_type)");
-        let error = body["error"].as_str().unwrap_or("(no error)");
-        return Outcome::Status(status, kind.to_string(), error.to_string());
+        let (kind, error) = api.error(&body);
+        return Outcome::Status(status, kind, error);
     }
-    let samples = body["groups"].as_array().map_or(0, |g| {
-        g.iter()
-            .map(|g| g["samples"].as_array().map_or(0, |s| s.len() as u64))
-            .sum()
-    });
-    let version = body["weights_version"].as_u64();
-    let mixed = body["groups"].as_array().is_some_and(|groups| {
-        groups
-            .iter()
-            .filter_map(|g| g["samples"].as_array())
-            .flatten()
-            .any(|s| s["weights_version"].as_u64() != version)
-    });
+    let (versions, version, tokens) = api.read(&body);
     Outcome::Complete {
-        tokens: body["summary"]["tokens"].as_u64().unwrap_or(0),
-        samples,
+        tokens,
+        samples: versions.len() as u64,
         version,
-        mixed,
+        mixed: versions.iter().any(|&v| v != version),
     }
 }
 

@@ -24,6 +24,9 @@ pub enum ApiError {
     /// A valid key that does not open this route: the API key on a control route (403).
     #[error("{0}")]
     Forbidden(String),
+    /// The request names something the server does not serve: another model (404).
+    #[error("{0}")]
+    NotFound(String),
     /// The server is at capacity (429).
     #[error("server is at capacity ({0} requests admitted); retry later")]
     Overloaded(usize),
@@ -73,10 +76,11 @@ pub enum ApiError {
 
 impl ApiError {
     /// Every `error_type` an answer can carry.
-    pub const ERROR_TYPES: [&'static str; 9] = [
+    pub const ERROR_TYPES: [&'static str; 10] = [
         "validation",
         "unauthorized",
         "forbidden",
+        "not_found",
         "overloaded",
         "timeout",
         "engine",
@@ -91,6 +95,7 @@ impl ApiError {
             ApiError::Malformed(_) | ApiError::Invalid(_) | ApiError::TooLarge(_) => "validation",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
             ApiError::Overloaded(_) | ApiError::EnginesBusy { .. } => "overloaded",
             ApiError::Timeout(_) | ApiError::SlowBody(_) => "timeout",
             ApiError::Engine(_) => "engine",
@@ -130,7 +135,8 @@ impl ApiError {
 pub struct ErrorBody {
     /// What is wrong, in words.
     pub error: String,
-    /// One of `validation`, `unauthorized`, `forbidden`, `overloaded`, `timeout`, `engine`,
+    /// One of `validation`, `unauthorized`, `forbidden`, `not_found`, `overloaded`, `timeout`,
+    /// `engine`,
     /// `shutting_down`, `internal`,
     /// `weights_changed`.
     pub error_type: String,
@@ -179,6 +185,7 @@ mod tests {
             ApiError::Malformed(String::new()),
             ApiError::Invalid(String::new()),
             ApiError::TooLarge(1),
+            ApiError::NotFound(String::new()),
             ApiError::Overloaded(1),
             ApiError::Timeout(1),
             ApiError::Engine(String::new()),

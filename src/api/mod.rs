@@ -4,7 +4,9 @@
 //!
 //! [`rollouts`] is `POST /rollouts` (request, effective parameters, answer, stream lines),
 //! [`weights`] is `POST /weights` (and the in-flight policy an update applies), [`info`] is
-//! `GET /info`, [`error`] is every error answer. The types are plain data: the rollout layer
+//! `GET /info`, [`error`] is every error answer; [`openai`] is OpenAI's dialect with vLLM's
+//! extensions (`/v1/completions`, `/v1/chat/completions`, `/v1/models`, `/tokenize`,
+//! `/detokenize`). The types are plain data: the rollout layer
 //! fills them, the HTTP layer reads and writes them.
 //!
 //! It may import `engine` (chat messages, finish reasons, engine errors) and `stats` (the
@@ -12,5 +14,6 @@
 
 pub mod error;
 pub mod info;
+pub mod openai;
 pub mod rollouts;
 pub mod weights;

@@ -332,7 +332,7 @@ impl MistralRsEngine {
     /// The text of `tokens`, special tokens left out, as mistral.rs words a completion
     /// (leading whitespace trimmed). Like tokenization, it runs in a task of its own that
     /// always waits for the answer.
-    async fn detokenize(&self, tokens: Vec<u32>) -> Result<String, EngineError> {
+    async fn completion_text(&self, tokens: Vec<u32>) -> Result<String, EngineError> {
         let model = self.model.clone();
         let text = tokio::spawn(async move { model.detokenize(tokens, true).await })
             .await
@@ -354,13 +354,13 @@ impl MistralRsEngine {
             drawn.iter().copied().chain(new).collect()
         };
         let first_stop = |text: &str| stop.iter().filter_map(|s| text.find(s.as_str())).min();
-        let mut text = self.detokenize(ids(output.tokens.len())).await?;
+        let mut text = self.completion_text(ids(output.tokens.len())).await?;
         if let Some(at) = first_stop(&text) {
             // The fewest tokens whose text holds a stop string (it only grows with them).
             let (mut lo, mut hi) = (0, output.tokens.len());
             while lo < hi {
                 let mid = (lo + hi) / 2;
-                if first_stop(&self.detokenize(ids(mid)).await?).is_some() {
+                if first_stop(&self.completion_text(ids(mid)).await?).is_some() {
                     hi = mid;
                 } else {
                     lo = mid + 1;
@@ -383,6 +383,14 @@ impl MistralRsEngine {
 impl Engine for MistralRsEngine {
     fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    async fn detokenize(&self, ids: &[u32], skip_special: bool) -> Result<String, EngineError> {
+        let (model, ids) = (self.model.clone(), ids.to_vec());
+        tokio::spawn(async move { model.detokenize(ids, skip_special).await })
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("detokenization task failed: {e}")))?
+            .map_err(|e| EngineError::InvalidPrompt(format!("cannot detokenize: {e}")))
     }
 
     async fn tokenize(&self, prompt: &PromptInput) -> Result<Vec<u32>, EngineError> {

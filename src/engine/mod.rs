@@ -249,6 +249,20 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Generates one sequence. Concurrent calls are batched by the engine.
     async fn generate(&self, request: SequenceRequest) -> Result<SequenceOutput, EngineError>;
+
+    /// The text of `ids`, with or without the special tokens' own text: what `/detokenize`
+    /// answers and a generation's text is made of.
+    async fn detokenize(&self, ids: &[u32], skip_special: bool) -> Result<String, EngineError>;
+
+    /// Each token's own text (special tokens spelled out), as a log-prob listing names its
+    /// tokens. An engine may decode them in one call; the default asks one token at a time.
+    async fn token_texts(&self, ids: &[u32]) -> Result<Vec<String>, EngineError> {
+        let mut texts = Vec::with_capacity(ids.len());
+        for &id in ids {
+            texts.push(self.detokenize(&[id], false).await?);
+        }
+        Ok(texts)
+    }
 }
 
 /// Checks that `path` holds a model (a GGUF file or a complete safetensors directory) and

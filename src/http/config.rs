@@ -15,6 +15,7 @@ use std::time::Duration;
 use super::auth::{Keys, Secret};
 use super::body::BodyLimits;
 use super::listen::ConnectionLimits;
+use crate::api::openai::LogprobsMode;
 use crate::api::weights::InFlight;
 use crate::engine::settings::{
     DeviceKernels, DeviceKind, EngineKind, EngineSettings, SamplerKind, WeightsDType,
@@ -92,6 +93,11 @@ settings! {
     engine: EngineKind = EngineKind::Auto, env "ENTROLL_ENGINE";
     /// Who draws tokens: `entroll` (statistics) or `engine` (baseline without statistics).
     sampler: SamplerKind = SamplerKind::Entroll, env "ENTROLL_SAMPLER";
+    /// Which log-probs the OpenAI routes list under `logprobs` (vLLM's `logprobs_mode`):
+    /// `processed`, under the distribution sampled from (after temperature, top-k and top-p),
+    /// or `full`, under the untruncated distribution at the temperature. Each choice's
+    /// `entroll` object holds both.
+    openai_logprobs: LogprobsMode = LogprobsMode::Processed, env "ENTROLL_OPENAI_LOGPROBS";
     /// entroll's device kernels in the native engine (token statistics and draw, attention,
     /// cache writes): `auto` (on for CUDA, off on the CPU), `on` (on the CPU: the GPU's code
     /// through the kernels' harness, for tests), `off`.

@@ -16,6 +16,7 @@ pub fn status(error: &ApiError) -> StatusCode {
         ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+        ApiError::NotFound(_) => StatusCode::NOT_FOUND,
         ApiError::Overloaded(_) | ApiError::EnginesBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
         ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         ApiError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
@@ -28,21 +29,26 @@ pub fn status(error: &ApiError) -> StatusCode {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (status(&self), Json(self.body())).into_response();
-        match self {
-            ApiError::Overloaded(_) | ApiError::EnginesBusy { .. } => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            }
-            ApiError::Unauthorized(_) => {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Bearer"),
-                );
-            }
-            _ => {}
-        }
-        response
+        with_headers(&self, (status(&self), Json(self.body())).into_response())
     }
+}
+
+/// `response`, answering `error` in whichever dialect, with the headers that error calls for:
+/// when to retry an overloaded server, which scheme a missing key takes.
+pub fn with_headers(error: &ApiError, mut response: Response) -> Response {
+    match error {
+        ApiError::Overloaded(_) | ApiError::EnginesBusy { .. } => {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        ApiError::Unauthorized(_) => {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        _ => {}
+    }
+    response
 }

@@ -1,12 +1,13 @@
 //! HTTP routes: thin axum handlers over [`RolloutService`] and [`WeightUpdater`], the state
-//! they share ([`AppState`]), and [`serve`], which runs them until shutdown.
+//! they share ([`AppState`]), and [`serve`], which runs them until shutdown. The OpenAI
+//! dialect's handlers are in [`super::openai`].
 
 use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRef, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -15,11 +16,13 @@ use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use super::auth::{self, Access};
-use super::body::{self, BodyLimits, RequestBody};
-use super::config::Config;
+use super::body::{self, RequestBody};
 use super::deadline::Deadline;
 use super::listen::serve_connections;
-use super::shutdown::{Phase, Shutdown};
+use super::openai;
+use super::shutdown::Phase;
+/// The state every handler shares (its own module, so that the OpenAI routes share it too).
+pub use super::state::AppState;
 use super::stream;
 use super::validation::{
     parse_json, validate, DEFAULT_ADVANTAGE, DEFAULT_STATS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
@@ -27,57 +30,11 @@ use super::validation::{
 use crate::api::error::ApiError;
 use crate::api::info::{Defaults, InfoResponse, Limits, SamplingDefaults};
 use crate::api::weights::{WeightsRequest, WeightsResponse};
-use crate::engine::loader::EngineLoader;
-use crate::engine::Engine;
-use crate::rollout::service::RolloutService;
 use crate::telemetry::metrics::{
-    request_failed, request_received, weights_rejected, Exporter, RunningRequest,
+    request_failed, request_received, weights_rejected, RunningRequest,
 };
 use crate::telemetry::panic::panic_message;
-use crate::weights::swap::WeightUpdater;
 use crate::weights::watch::Watcher;
-
-/// Shared state of every handler.
-pub struct AppState {
-    /// The rollout service.
-    pub service: Arc<RolloutService>,
-    /// The resolved settings.
-    pub config: Config,
-    /// Renders the Prometheus metrics.
-    pub metrics: Exporter,
-    /// Shutdown phase, watched by every request.
-    pub shutdown: Arc<Shutdown>,
-    /// Loads and swaps in new weights.
-    pub weights: Arc<WeightUpdater>,
-}
-
-impl AppState {
-    /// A server's state: `engine` serves weights version 0; `loader` loads the next weights.
-    pub fn new(
-        engine: Arc<dyn Engine>,
-        loader: Arc<dyn EngineLoader>,
-        config: Config,
-        metrics: Exporter,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            service: Arc::new(RolloutService::new(engine, &config.rollout())),
-            weights: Arc::new(WeightUpdater::new(
-                loader,
-                config.weights_in_flight,
-                config.max_engines,
-            )),
-            config,
-            metrics,
-            shutdown: Arc::new(Shutdown::default()),
-        })
-    }
-}
-
-impl FromRef<Arc<AppState>> for BodyLimits {
-    fn from_ref(state: &Arc<AppState>) -> Self {
-        state.config.body()
-    }
-}
 
 /// Serves `state` on `listener` until `signal` resolves, then shuts down the way
 /// [`Shutdown`] says: the listener closes, admitted requests finish within
@@ -130,6 +87,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     let generate = Router::new()
         .route("/rollouts", post(rollouts))
         .route("/info", get(info))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
+        .route("/tokenize", post(openai::tokenize))
+        .route("/detokenize", post(openai::detokenize))
         .route_layer(guard(Access::Generate));
     let control = Router::new()
         .route("/weights", post(weights))
@@ -158,21 +120,13 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     error.into_response()
 }
 
-/// Refuses new work once shutdown has begun.
-fn accepting(state: &AppState) -> Result<(), ApiError> {
-    match state.shutdown.phase() {
-        Phase::Serving | Phase::Announcing => Ok(()),
-        Phase::Draining | Phase::Cancelling => Err(ApiError::ShuttingDown),
-    }
-}
-
 async fn rollouts(
     State(state): State<Arc<AppState>>,
     body: Result<RequestBody, ApiError>,
 ) -> Response {
     request_received();
     let result: Result<Response, ApiError> = async {
-        accepting(&state)?;
+        state.accepting()?;
         // A body that could not be read (too large) is refused before admission: it is the
         // request's fault, whatever the load.
         let RequestBody(body) = body?;
@@ -210,7 +164,8 @@ async fn weights(
     State(state): State<Arc<AppState>>,
     body: Result<RequestBody, ApiError>,
 ) -> Result<Json<WeightsResponse>, ApiError> {
-    let request = accepting(&state)
+    let request = state
+        .accepting()
         .and(body)
         .and_then(|RequestBody(body)| parse_json::<WeightsRequest>(&body))
         .and_then(|mut request| {

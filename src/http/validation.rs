@@ -73,7 +73,9 @@ fn check_group_size(name: &str, g: usize, config: &Config) -> Result<usize, ApiE
     Ok(g)
 }
 
-fn random_seed() -> u64 {
+/// A fresh random 64-bit value (std's per-instance hash keys over the clock): a request's seed
+/// when it gives none, an answer's id.
+pub fn random_seed() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
         std::time::SystemTime::now()

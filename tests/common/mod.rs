@@ -180,8 +180,13 @@ pub async fn post_raw(server: &impl Base, body: impl Into<reqwest::Body>) -> (u1
 
 /// POSTs a raw body to `{base}/rollouts`, returning the status and parsed JSON body.
 pub async fn post_to(base: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    post_path(base, "/rollouts", body).await
+}
+
+/// POSTs a raw body to `{base}{path}`, returning the status and parsed JSON body.
+pub async fn post_path(base: &str, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
     let resp = client()
-        .post(format!("{base}/rollouts"))
+        .post(format!("{base}{path}"))
         .header("content-type", "application/json")
         .body(body)
         .send()

@@ -86,6 +86,30 @@ async fn keyed_routes_admit_only_the_right_key() {
     for (method, path, body) in [
         ("POST", "/rollouts", Some(small_rollout())),
         ("GET", "/info", None),
+        (
+            "POST",
+            "/v1/completions",
+            Some(json!({"prompt": "hi", "max_tokens": 2}).to_string()),
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            Some(
+                json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+                    .to_string(),
+            ),
+        ),
+        ("GET", "/v1/models", None),
+        (
+            "POST",
+            "/tokenize",
+            Some(json!({"prompt": "hi"}).to_string()),
+        ),
+        (
+            "POST",
+            "/detokenize",
+            Some(json!({"tokens": [1, 2]}).to_string()),
+        ),
     ] {
         for key in [None, Some("api-0123456789abcdeX"), Some("Bearer")] {
             let answer = call(base, method, path, key, body.clone()).await;
@@ -122,12 +146,12 @@ async fn keyed_routes_admit_only_the_right_key() {
     for path in ["/health", "/metrics"] {
         assert_eq!(call(base, "GET", path, None, None).await.0, 200, "{path}");
     }
-    // Every refusal above was counted by its type: 3 keys x 2 routes + 1 control = 7.
+    // Every refusal above was counted by its type: 3 keys x 7 routes + 1 control = 22.
     assert_eq!(
         server
             .metric("entroll_requests_failed_total{error_type=\"unauthorized\"}")
             .await,
-        7.0
+        22.0
     );
     assert_eq!(
         server

@@ -38,6 +38,10 @@ impl Engine for FaultInjector {
         self.inner.info()
     }
 
+    async fn detokenize(&self, ids: &[u32], skip_special: bool) -> Result<String, EngineError> {
+        self.inner.detokenize(ids, skip_special).await
+    }
+
     async fn tokenize(&self, prompt: &PromptInput) -> Result<Vec<u32>, EngineError> {
         let text = match prompt {
             PromptInput::Text(t) => t.clone(),

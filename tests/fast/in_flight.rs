@@ -94,6 +94,10 @@ impl Engine for ShortFor {
         self.inner.info()
     }
 
+    async fn detokenize(&self, ids: &[u32], skip_special: bool) -> Result<String, EngineError> {
+        self.inner.detokenize(ids, skip_special).await
+    }
+
     async fn tokenize(&self, prompt: &PromptInput) -> Result<Vec<u32>, EngineError> {
         self.inner.tokenize(prompt).await
     }

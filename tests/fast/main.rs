@@ -19,6 +19,7 @@ mod device_kernels;
 mod faults;
 mod in_flight;
 mod leaks;
+mod openai;
 mod overload;
 mod rewards;
 mod sampling_mask;

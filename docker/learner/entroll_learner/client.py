@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -93,3 +95,22 @@ class Entroll:
     def load_weights(self, path: str, version: int) -> dict[str, Any]:
         """POST /weights: serve the checkpoint at `path` (on the server's filesystem) as `version`."""
         return self._call("POST", "/weights", {"path": path, "version": version})
+
+
+@contextlib.contextmanager
+def served(binary: str, *args: str) -> Iterator[str]:
+    """Runs `binary serve --port 0 *args` (an `entroll` binary) and yields its base URL once it
+    listens; stops it on the way out. For tests that run the real server beside them."""
+    proc = subprocess.Popen([binary, "serve", "--port", "0", *args], stdout=subprocess.PIPE, text=True)
+    try:
+        url = None
+        for line in proc.stdout:
+            if line.startswith("entroll listening on "):
+                url = line.split()[-1]
+                break
+        if url is None:
+            raise RuntimeError(f"{binary} did not start (exit status {proc.wait()})")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -6,7 +6,6 @@ scripts/learner-env makes."""
 
 import base64
 import os
-import subprocess
 import sys
 
 import pytest
@@ -15,7 +14,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from entroll_learner import losses, replay  # noqa: E402
-from entroll_learner.client import Entroll  # noqa: E402
+from entroll_learner.client import Entroll, served  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 
@@ -36,20 +35,10 @@ def server():
     model = os.path.join(home, "models", "tiny-random-llama")
     assert os.path.exists(binary), f"{binary} is missing: build entroll first (scripts/test does)"
     assert os.path.exists(model), f"{model} is missing: run scripts/learner-env"
-    proc = subprocess.Popen([binary, "serve", "--port", "0", "--model", model], stdout=subprocess.PIPE, text=True)
-    try:
-        url = None
-        for line in proc.stdout:
-            if line.startswith("entroll listening on "):
-                url = line.split()[-1]
-                break
-        assert url, "entroll did not start"
+    with served(binary, "--model", model) as url:
         client = Entroll(url)
         client.wait_ready()
         yield client, model
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
 
 
 def test_replayed_masks_reproduce_entroll_s_sampling_logprobs(server):

@@ -195,4 +195,22 @@ impl Engine for NativeEngine {
             .await
             .map_err(|_| EngineError::Unavailable("the engine loop dropped the sequence".into()))?
     }
+
+    async fn detokenize(&self, ids: &[u32], skip_special: bool) -> Result<String, EngineError> {
+        let (text, ids) = (self.text.clone(), ids.to_vec());
+        tokio::task::spawn_blocking(move || text.decode_with(&ids, skip_special))
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("detokenization task failed: {e}")))?
+    }
+
+    async fn token_texts(&self, ids: &[u32]) -> Result<Vec<String>, EngineError> {
+        let (text, ids) = (self.text.clone(), ids.to_vec());
+        tokio::task::spawn_blocking(move || {
+            ids.iter()
+                .map(|&id| text.decode_with(&[id], false))
+                .collect()
+        })
+        .await
+        .map_err(|e| EngineError::Unavailable(format!("detokenization task failed: {e}")))?
+    }
 }

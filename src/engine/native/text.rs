@@ -283,4 +283,11 @@ impl TextCodec {
     pub fn decode(&self, ids: &[u32]) -> String {
         self.tokenizer.decode(ids, true).unwrap_or_default()
     }
+
+    /// The text of `ids`, the special tokens' own text left out or spelled out.
+    pub fn decode_with(&self, ids: &[u32], skip_special: bool) -> Result<String, EngineError> {
+        self.tokenizer
+            .decode(ids, skip_special)
+            .map_err(|e| EngineError::InvalidPrompt(format!("cannot detokenize: {e}")))
+    }
 }
