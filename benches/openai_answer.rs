@@ -113,6 +113,7 @@ fn bench(c: &mut Criterion) {
             token_ids: true,
             stream: false,
             include_usage: false,
+            greedy: false,
         };
         let engine: Arc<dyn Engine> = model.clone();
         Answerer::new(asked, LogprobsMode::Processed, engine, "m".into())

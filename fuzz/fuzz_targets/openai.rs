@@ -20,7 +20,7 @@ fuzz_target!(|body: &[u8]| {
     let config = Config::default();
     for route in [Route::Completions, Route::Chat] {
         let outcome = parse(body)
-            .and_then(|request| rollout_request(route, request, "fuzz"))
+            .and_then(|request| rollout_request(route, request, "fuzz", &[2]))
             .and_then(|(request, asked)| {
                 validate(request, &config)
                     .map(|valid| (valid, asked))

@@ -33,6 +33,7 @@ fuzz_target!(|body: &[u8]| {
         max_context: Some(1 + body.len() % 8_192),
         max_token_bytes: Some(1 + body.len() % 64),
         max_batch: 1,
+        eos_ids: vec![2],
         source: Default::default(),
         shape: None,
     };

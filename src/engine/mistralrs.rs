@@ -258,6 +258,7 @@ impl MistralRsEngine {
                 max_context,
                 max_token_bytes: None,
                 max_batch,
+                eos_ids: Vec::new(),
                 source: path.to_path_buf(),
                 shape,
             },

@@ -73,6 +73,8 @@ pub struct ModelInfo {
     pub max_token_bytes: Option<usize>,
     /// Most sequences the engine runs in one forward.
     pub max_batch: usize,
+    /// The token ids that end a sequence (empty where the engine does not say).
+    pub eos_ids: Vec<u32>,
     /// Where the weights came from.
     pub source: PathBuf,
     /// The architecture its `config.json` declares (safetensors directories only).

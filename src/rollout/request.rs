@@ -137,6 +137,7 @@ mod tests {
             max_context: Some(50),
             max_token_bytes: Some(4),
             max_batch: 1,
+            eos_ids: vec![2],
             source: Default::default(),
             shape: None,
         };

@@ -297,15 +297,21 @@ async fn streamed_choices_are_the_whole_answer_s() {
         b["summary"]["elapsed_ms"] = Value::Null;
         assert_eq!(a, b, "{path}");
     }
+    // Without include_usage no chunk comes without choices (a client may read choices[0]).
+    let plain = openai_request(json!({"prompt": PROMPTS, "n": 2, "stream": true}));
+    let chunks = events(&server, "/v1/completions", &plain).await;
+    assert_eq!(chunks.len(), 2, "one chunk a prompt");
+    assert!(chunks
+        .iter()
+        .all(|c| !c["choices"].as_array().unwrap().is_empty() && c.get("usage").is_none()));
 }
-
 #[tokio::test]
 async fn temperature_0_draws_the_most_likely_token() {
     let server = harness::start(|_| {});
     let answer = ok(
         &server,
         "/v1/completions",
-        &json!({"prompt": PROMPTS[1], "n": 2, "temperature": 0, "max_tokens": 16, "seed": 3}),
+        &json!({"prompt": PROMPTS[1], "n": 2, "temperature": 0, "max_tokens": 16, "seed": 3, "logprobs": 0}),
     )
     .await;
     let choices = answer["choices"].as_array().unwrap();
@@ -327,6 +333,82 @@ async fn temperature_0_draws_the_most_likely_token() {
     assert!(crate::common::floats(sample, "sampling_logprobs")
         .iter()
         .all(|&v| v == 0.0));
+    // The listing gives the untruncated log-probs, as vLLM's greedy path does, not top-k 1's
+    // zeros.
+    let listed: Vec<f64> = choices[0]["logprobs"]["token_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(listed, full);
+}
+
+#[tokio::test]
+async fn an_areal_shaped_request_is_served() {
+    // AReaL's vLLM backend (areal/engine/vllm_remote.py) sends exactly these fields.
+    let server = harness::start(|_| {});
+    let eos = ok(&server, "/tokenize", &json!({"prompt": "<|im_end|>"})).await["tokens"].clone();
+    assert_eq!(
+        eos.as_array().unwrap().len(),
+        1,
+        "<|im_end|> is one token: {eos}"
+    );
+    let prompt = ok(&server, "/tokenize", &json!({"prompt": PROMPTS[0]})).await["tokens"].clone();
+    let body = json!({
+        "top_p": 1.0, "top_k": -1, "max_tokens": 12, "temperature": 1.0, "seed": 5,
+        "stop_token_ids": eos, "return_tokens_as_token_ids": true, "logprobs": 0,
+        "stream": false, "prompt": prompt
+    });
+    let answer = ok(&server, "/v1/completions", &body).await;
+    let choice = &answer["choices"][0];
+    // AReaL reads the ids back from the names.
+    let ids: Vec<u64> = choice["logprobs"]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            t.as_str()
+                .unwrap()
+                .split(':')
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let drawn: Vec<u64> = choice["entroll"]["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(!ids.is_empty());
+    assert_eq!(ids, drawn);
+    // Switches at the values entroll serves are accepted; other values are refused by name.
+    let mut neutral = body.clone();
+    for (k, v) in [
+        ("ignore_eos", json!(false)),
+        ("use_beam_search", json!(false)),
+        ("include_stop_str_in_output", json!(false)),
+        ("min_tokens", json!(0)),
+        ("best_of", json!(1)),
+        ("skip_special_tokens", json!(true)),
+        ("stop_token_ids", json!([])),
+        ("stream", Value::Null),
+    ] {
+        neutral[k] = v;
+    }
+    ok(&server, "/v1/completions", &neutral).await;
+    let chat = json!({
+        "messages": [
+            {"role": "user", "content": "hi", "name": "ann"},
+            {"role": "assistant", "content": null},
+            {"role": "user", "content": "again"}
+        ],
+        "max_tokens": 4, "chat_template_kwargs": {}
+    });
+    ok(&server, "/v1/chat/completions", &chat).await;
 }
 
 #[tokio::test]
@@ -374,6 +456,42 @@ async fn what_cannot_be_served_is_refused_naming_the_field() {
         body
     };
     let cases = [
+        (
+            "/v1/completions",
+            completion(json!({"stop_token_ids": [5]})),
+            400,
+            "stop_token_ids",
+        ),
+        (
+            "/v1/completions",
+            completion(json!({"ignore_eos": true})),
+            400,
+            "ignore_eos",
+        ),
+        (
+            "/v1/completions",
+            completion(json!({"min_tokens": 3})),
+            400,
+            "min_tokens",
+        ),
+        (
+            "/v1/completions",
+            completion(json!({"skip_special_tokens": false})),
+            400,
+            "skip_special_tokens",
+        ),
+        (
+            "/v1/completions",
+            completion(json!({"top_k": -2})),
+            400,
+            "top_k",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"chat_template_kwargs": {"enable_thinking": true}})),
+            400,
+            "chat_template_kwargs",
+        ),
         (
             "/v1/completions",
             completion(json!({"min_p": 0.1})),

@@ -49,14 +49,20 @@ pub enum Prompt {
     TokenIdBatch(Vec<Vec<u32>>),
 }
 
-/// One chat message. `content` is a string or a list of text parts.
+/// One chat message. `content` is a string, a list of text parts, or null (an assistant turn
+/// without text).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Message {
     /// `system`, `user`, `assistant` or another role the chat template knows.
     pub role: String,
-    /// The text, whole or in parts.
-    pub content: Content,
+    /// The text, whole or in parts; null is empty.
+    #[serde(default)]
+    pub content: Option<Content>,
+    /// A participant's name: accepted, and passed to no template (entroll's chat templates
+    /// render roles and content).
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// A message's content.
@@ -143,7 +149,7 @@ pub struct GenerateRequest {
     pub stop: Option<OneOrMany<String>>,
     /// Answer as server-sent events.
     #[serde(default)]
-    pub stream: bool,
+    pub stream: Option<bool>,
     /// Streaming options.
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
@@ -175,9 +181,34 @@ pub struct GenerateRequest {
     /// Accepted, changes nothing: vLLM's scheduling priority (entroll serves in arrival order).
     #[serde(default)]
     pub priority: Option<i64>,
-    /// Accepted: the text leaves special tokens out either way.
+    /// The text leaves special tokens out: `true` is accepted, `false` refused.
     #[serde(default)]
     pub skip_special_tokens: Option<bool>,
+    /// Accepted, changes nothing: special tokens never reach the text.
+    #[serde(default)]
+    pub spaces_between_special_tokens: Option<bool>,
+    /// vLLM: token ids that end a choice; served when they are the model's own end-of-sequence
+    /// ids (on which every choice ends anyway), refused otherwise.
+    #[serde(default)]
+    pub stop_token_ids: Option<Vec<u32>>,
+    /// vLLM: served only `false`.
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
+    /// vLLM: served only `false`.
+    #[serde(default)]
+    pub use_beam_search: Option<bool>,
+    /// vLLM: served only `false` (the text is cut before a stop string).
+    #[serde(default)]
+    pub include_stop_str_in_output: Option<bool>,
+    /// vLLM: would change the distribution (the end of sequence masked): served only 0.
+    #[serde(default)]
+    pub min_tokens: Option<usize>,
+    /// vLLM: extra variables of the chat template: served only empty.
+    #[serde(default)]
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// OpenAI: candidates per choice; served only equal to `n` (no candidate is dropped).
+    #[serde(default)]
+    pub best_of: Option<usize>,
     /// Would change the distribution: served only at its neutral value, 0.
     #[serde(default)]
     pub min_p: Option<f64>,
@@ -205,7 +236,7 @@ pub struct GenerateRequest {
     pub advantage: Option<AdvantageSpec>,
     /// entroll: return each choice's sampling masks (as `/rollouts`).
     #[serde(default)]
-    pub return_sampling_mask: bool,
+    pub return_sampling_mask: Option<bool>,
     /// entroll: the request's deadline in milliseconds (as `/rollouts`).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
@@ -293,6 +324,7 @@ pub struct ErrorDetail {
     pub kind: String,
     /// The request field at fault, where one is.
     pub param: Option<String>,
-    /// entroll's `error_type` (`validation`, `overloaded`, ...), or `model_not_found`.
+    /// entroll's `error_type` (`validation`, `overloaded`, ...), or OpenAI's
+    /// `model_not_found`.
     pub code: Option<String>,
 }

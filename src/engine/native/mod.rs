@@ -161,6 +161,7 @@ impl NativeEngine {
                 max_context: Some(arch.max_context),
                 max_token_bytes: Some(text.max_token_bytes()),
                 max_batch: slots,
+                eos_ids: text.eos_ids.clone(),
                 source: path.to_path_buf(),
                 shape,
             },

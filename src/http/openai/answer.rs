@@ -90,7 +90,11 @@ impl Answerer {
             return Ok(None);
         }
         let listing = Listing {
-            mode: self.mode,
+            mode: if self.asked.greedy {
+                LogprobsMode::Full
+            } else {
+                self.mode
+            },
             as_ids: self.asked.as_ids,
         };
         let texts = if listing.as_ids {
@@ -187,19 +191,19 @@ impl Answerer {
         Ok(envelope)
     }
 
-    /// A stream's last chunk: no choices, the request's `entroll` object, and `usage` when
-    /// asked for.
-    pub fn last_chunk(&self, summary: Summary, served: Served) -> Envelope<Choice> {
+    /// A stream's last chunk, sent when `stream_options.include_usage` asks for it (as OpenAI
+    /// sends it): no choices, `usage`, and the request's `entroll` object.
+    pub fn last_chunk(&self, summary: Summary, served: Served) -> Option<Envelope<Choice>> {
+        if !self.asked.include_usage {
+            return None;
+        }
         let prompt_tokens = self.prompt_tokens.load(Ordering::Relaxed);
         let mut groups = std::mem::take(&mut *self.groups.lock().expect("group statistics"));
         groups.sort_by_key(|g| g.prompt_index);
         let mut envelope = self.envelope(true, Vec::new());
-        envelope.usage = self
-            .asked
-            .include_usage
-            .then(|| usage(prompt_tokens, summary.tokens));
+        envelope.usage = Some(usage(prompt_tokens, summary.tokens));
         envelope.entroll = Some(self.extension(served, summary, groups));
-        envelope
+        Some(envelope)
     }
 }
 

@@ -51,7 +51,10 @@ impl OpenAiError {
                 message: self.error.to_string(),
                 kind: kind.to_string(),
                 param: self.param.clone(),
-                code: Some(self.error.error_type().to_string()),
+                code: Some(match self.error {
+                    ApiError::NotFound(_) => "model_not_found".to_string(),
+                    _ => self.error.error_type().to_string(),
+                }),
             },
         }
     }

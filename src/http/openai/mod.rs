@@ -64,7 +64,9 @@ async fn generate(
         let running = RunningRequest::start();
         let live = state.service.live();
         let model = live.engine.info().id.clone();
-        let (rollout, asked) = rollout_request(route, parse::<GenerateRequest>(&body)?, &model)?;
+        let request = parse::<GenerateRequest>(&body)?;
+        let eos_ids = &live.engine.info().eos_ids;
+        let (rollout, asked) = rollout_request(route, request, &model, eos_ids)?;
         let valid = validate(rollout, &state.config).map_err(|e| in_openai_words(e, route))?;
         let deadline = Deadline::after(valid.timeout);
         let answerer = Answerer::new(asked, state.config.openai_logprobs, live.engine, model);
@@ -89,8 +91,9 @@ async fn generate(
     })
 }
 
-/// A streamed answer: one `data:` event per group's chunk, the last chunk, then
-/// `data: [DONE]`; a failure is an `error` event before `[DONE]`.
+/// A streamed answer: one `data:` event per group's chunk, the last chunk (with
+/// `include_usage`), then `data: [DONE]`; a failure is an `error` event, the last before
+/// `[DONE]`.
 fn server_sent_events(
     answerer: Arc<Answerer>,
     events: impl futures_util::Stream<Item = Event> + Send + 'static,
@@ -99,17 +102,26 @@ fn server_sent_events(
         .then(move |event| {
             let answerer = answerer.clone();
             async move {
-                let chunk = match event {
-                    Event::Group(group) => answerer.chunk(group).await,
+                match event {
+                    Event::Group(group) => answerer.chunk(group).await.map(Some),
                     Event::Finished(summary, served) => Ok(answerer.last_chunk(summary, served)),
                     Event::Failed(e) => Err(e),
-                };
-                match chunk {
-                    Ok(chunk) => data(&chunk),
-                    Err(e) => data(&OpenAiError::from(e).body()),
                 }
             }
         })
+        // Nothing follows an error: its event is the last before `[DONE]`.
+        .scan(false, |failed, chunk| {
+            let event = match (*failed, chunk) {
+                (true, _) => return futures_util::future::ready(None),
+                (false, Ok(chunk)) => chunk.map(|c| data(&c)),
+                (false, Err(e)) => {
+                    *failed = true;
+                    Some(data(&OpenAiError::from(e).body()))
+                }
+            };
+            futures_util::future::ready(Some(event))
+        })
+        .filter_map(futures_util::future::ready)
         .chain(futures_util::stream::once(async {
             Ok(Bytes::from_static(b"data: [DONE]\n\n"))
         }));
@@ -160,6 +172,10 @@ pub async fn tokenize(
     let request: TokenizeRequest = parse(&body)?;
     let engine = state.service.live().engine;
     check_model(request.model.as_deref(), &engine.info().id)?;
+    let route = match request.messages {
+        Some(_) => Route::Chat,
+        None => Route::Completions,
+    };
     let input = match (request.prompt, request.messages) {
         (Some(text), None) => PromptInput::Text(text),
         (None, Some(messages)) => conversation(messages, request.add_generation_prompt)?,
@@ -171,7 +187,7 @@ pub async fn tokenize(
         }
     };
     crate::rollout::request::check_prompt_bytes(0, &input, engine.info())
-        .map_err(|e| in_openai_words(e, Route::Completions))?;
+        .map_err(|e| in_openai_words(e, route))?;
     let tokens = engine.tokenize(&input).await.map_err(ApiError::from)?;
     let token_strs = if request.return_token_strs {
         Some(engine.token_texts(&tokens).await.map_err(ApiError::from)?)

@@ -41,6 +41,9 @@ pub struct Asked {
     pub stream: bool,
     /// A stream's last chunk carries `usage`.
     pub include_usage: bool,
+    /// Temperature 0: the listing gives the full distribution's log-probs (vLLM's greedy path
+    /// lists the untruncated ones; the truncated top-k 1 would list 0 everywhere).
+    pub greedy: bool,
 }
 
 /// Parses a body as `T`, naming the field at fault: malformed JSON is a 400 without one, a
@@ -109,8 +112,9 @@ fn neutral(param: &str, value: Option<f64>, neutral: f64) -> Result<(), OpenAiEr
 
 fn chat_message(i: usize, m: Message) -> Result<ChatMessage, OpenAiError> {
     let content = match m.content {
-        Content::Text(text) => text,
-        Content::Parts(parts) => {
+        None => String::new(),
+        Some(Content::Text(text)) => text,
+        Some(Content::Parts(parts)) => {
             let mut texts = Vec::with_capacity(parts.len());
             for (j, part) in parts.into_iter().enumerate() {
                 match (part.kind.as_str(), part.text) {
@@ -156,6 +160,37 @@ pub fn conversation(
     Ok(PromptInput::Messages(messages))
 }
 
+/// Refuses a switch that would change what is drawn or returned unless it is at the value
+/// entroll serves.
+fn only(param: &str, value: Option<bool>, served: bool, why: &str) -> Result<(), OpenAiError> {
+    match value {
+        Some(v) if v != served => Err(refuse(
+            param,
+            format!("{param} {v} is not served: {why} (only {served} is accepted)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Checks vLLM's `stop_token_ids`: served when each is one of the model's end-of-sequence ids
+/// `eos_ids`, on which every choice ends anyway.
+fn check_stop_token_ids(ids: Option<&[u32]>, eos_ids: &[u32]) -> Result<(), OpenAiError> {
+    match ids
+        .unwrap_or_default()
+        .iter()
+        .find(|id| !eos_ids.contains(id))
+    {
+        Some(id) => Err(refuse(
+            "stop_token_ids",
+            format!(
+                "stop_token_ids holds {id}, which is not an end-of-sequence id of the model \
+                 ({eos_ids:?}): entroll stops on those and on stop strings only"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Checks that a request names the served model, if it names one.
 pub fn check_model(asked: Option<&str>, served: &str) -> Result<(), OpenAiError> {
     match asked {
@@ -187,11 +222,12 @@ fn prompt_specs(prompt: Prompt) -> Vec<PromptSpec> {
 }
 
 /// The `/rollouts` request `req` stands for on `route`, and what its answer should hold
-/// besides. `served` is the served model's id.
+/// besides. `served` is the served model's id, `eos_ids` the ids that end its sequences.
 pub fn rollout_request(
     route: Route,
     req: GenerateRequest,
     served: &str,
+    eos_ids: &[u32],
 ) -> Result<(RolloutRequest, Asked), OpenAiError> {
     check_model(req.model.as_deref(), served)?;
     let chat = route == Route::Chat;
@@ -220,6 +256,61 @@ pub fn rollout_request(
     neutral("repetition_penalty", req.repetition_penalty, 1.0)?;
     neutral("presence_penalty", req.presence_penalty, 0.0)?;
     neutral("frequency_penalty", req.frequency_penalty, 0.0)?;
+    only(
+        "skip_special_tokens",
+        req.skip_special_tokens,
+        true,
+        "the text always leaves special tokens out (return_token_ids gives every id)",
+    )?;
+    only(
+        "ignore_eos",
+        req.ignore_eos,
+        false,
+        "every choice ends at the model's end of sequence",
+    )?;
+    only(
+        "use_beam_search",
+        req.use_beam_search,
+        false,
+        "entroll samples; it does not search",
+    )?;
+    only(
+        "include_stop_str_in_output",
+        req.include_stop_str_in_output,
+        false,
+        "the text is cut before a stop string",
+    )?;
+    check_stop_token_ids(req.stop_token_ids.as_deref(), eos_ids)?;
+    if req.min_tokens.is_some_and(|m| m > 0) {
+        return Err(refuse(
+            "min_tokens",
+            "min_tokens above 0 is not served: masking the end of sequence would change the \
+             distribution entroll samples from and reports on",
+        ));
+    }
+    if req
+        .chat_template_kwargs
+        .as_ref()
+        .is_some_and(|k| !k.is_empty())
+    {
+        return Err(refuse(
+            "chat_template_kwargs",
+            "chat_template_kwargs is not served: the chat template renders roles and content only",
+        ));
+    }
+    let n = req.n.unwrap_or(1);
+    if req.best_of.is_some_and(|b| b != n) {
+        return Err(refuse(
+            "best_of",
+            "best_of other than n is not served: entroll returns every candidate it draws",
+        ));
+    }
+    if req.top_k.is_some_and(|k| k < -1) {
+        return Err(refuse(
+            "top_k",
+            "top_k must be at least 1, or 0 or -1 for none",
+        ));
+    }
     if req.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
         return Err(refuse(
             "logit_bias",
@@ -262,7 +353,8 @@ pub fn rollout_request(
         }
         _ => {}
     }
-    if req.stream_options.is_some() && !req.stream {
+    let stream = req.stream.unwrap_or(false);
+    if req.stream_options.is_some() && !stream {
         return Err(refuse(
             "stream_options",
             "stream_options is only for stream: true",
@@ -327,7 +419,6 @@ pub fn rollout_request(
     } else {
         req.top_k.filter(|&k| k > 0).map(|k| k as usize)
     };
-    let n = req.n.unwrap_or(1);
     let rollout = RolloutRequest {
         prompts,
         group_size: Some(n),
@@ -342,8 +433,8 @@ pub fn rollout_request(
         stats: req.stats.unwrap_or_default(),
         advantage: req.advantage,
         timeout_ms: req.timeout_ms,
-        stream: req.stream,
-        return_sampling_mask: req.return_sampling_mask,
+        stream,
+        return_sampling_mask: req.return_sampling_mask.unwrap_or(false),
     };
     let asked = Asked {
         route,
@@ -351,8 +442,9 @@ pub fn rollout_request(
         logprobs,
         as_ids: req.return_tokens_as_token_ids.unwrap_or(false),
         token_ids: req.return_token_ids.unwrap_or(false),
-        stream: req.stream,
+        stream,
         include_usage,
+        greedy,
     };
     Ok((rollout, asked))
 }
@@ -380,14 +472,15 @@ pub fn in_openai_words(error: ApiError, route: Route) -> OpenAiError {
     let ApiError::Invalid(message) = error else {
         return error.into();
     };
-    let prompt = match route {
-        Route::Completions => "prompt",
-        Route::Chat => "messages",
+    let (prompt, one_prompt) = match route {
+        Route::Completions => ("prompt", "prompts"),
+        // A chat has one prompt, its conversation: `prompts[0]` is the whole of `messages`.
+        Route::Chat => ("messages", "prompts[0]"),
     };
     let (message, param) = match FIELDS.iter().find(|(ours, _, _)| message.contains(ours)) {
         Some(&(ours, theirs, true)) => (message.replacen(ours, theirs, 1), theirs),
         Some(&(_, theirs, false)) => (message, theirs),
-        None if message.contains("prompts[") => (message.replacen("prompts", prompt, 1), prompt),
+        None if message.contains("prompts[") => (message.replacen(one_prompt, prompt, 1), prompt),
         None => (message, prompt),
     };
     OpenAiError::new(ApiError::Invalid(message), Some(param.to_string()))
@@ -398,7 +491,7 @@ mod tests {
     use super::*;
 
     fn made(route: Route, json: &str) -> Result<(RolloutRequest, Asked), OpenAiError> {
-        rollout_request(route, parse(json.as_bytes())?, "m")
+        rollout_request(route, parse(json.as_bytes())?, "m", &[2])
     }
 
     #[test]
