@@ -723,6 +723,22 @@ async fn models_and_the_tokenizer_routes_agree_with_the_generation_routes() {
         .map(|s| s.as_str().unwrap())
         .collect();
     assert!(strs.contains("6 times 7"), "{strs}");
+    // SkyRL's form: the generation routes' tokenization, asked for by name.
+    let skyrl = ok(
+        &server,
+        "/tokenize",
+        &json!({"prompt": PROMPTS[0], "add_special_tokens": true}),
+    )
+    .await;
+    assert_eq!(skyrl["tokens"], text["tokens"]);
+    let (status, answer) = post(
+        &server,
+        "/tokenize",
+        &json!({"prompt": "a", "add_special_tokens": false}),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["param"], "add_special_tokens");
     let chat = ok(
         &server,
         "/tokenize",

@@ -52,6 +52,10 @@ pub struct TokenizeRequest {
     /// Also return each token's text.
     #[serde(default)]
     pub return_token_strs: bool,
+    /// Tokenize as the generation routes do, with the tokenizer's special tokens: `true` is
+    /// served (SkyRL sends it), `false` refused.
+    #[serde(default)]
+    pub add_special_tokens: Option<bool>,
 }
 
 /// `POST /tokenize`'s answer.

@@ -172,6 +172,12 @@ pub async fn tokenize(
     let request: TokenizeRequest = parse(&body)?;
     let engine = state.service.live().engine;
     check_model(request.model.as_deref(), &engine.info().id)?;
+    request::only(
+        "add_special_tokens",
+        request.add_special_tokens,
+        true,
+        "prompts are tokenized as the generation routes tokenize them",
+    )?;
     let route = match request.messages {
         Some(_) => Route::Chat,
         None => Route::Completions,

@@ -162,7 +162,12 @@ pub fn conversation(
 
 /// Refuses a switch that would change what is drawn or returned unless it is at the value
 /// entroll serves.
-fn only(param: &str, value: Option<bool>, served: bool, why: &str) -> Result<(), OpenAiError> {
+pub(super) fn only(
+    param: &str,
+    value: Option<bool>,
+    served: bool,
+    why: &str,
+) -> Result<(), OpenAiError> {
     match value {
         Some(v) if v != served => Err(refuse(
             param,
