@@ -119,7 +119,9 @@ def test_temperature_0_is_greedy_and_repeatable(server):
 def test_the_model_list_names_the_served_model_and_its_context(server):
     models = client(server).models.list().data
     assert [m.id for m in models] == [server.model]
-    assert models[0].model_extra["max_model_len"] == 8192
+    info = requests.get(f"{server.url}/info", timeout=30).json()
+    assert info["max_context"] > 0
+    assert models[0].model_extra["max_model_len"] == info["max_context"]
 
 
 def test_errors_reach_the_sdk_as_its_own_exceptions(server):
