@@ -3,8 +3,8 @@
 //! serialized, against the `/rollouts` answer serialized alone. The answer is one prompt's 8
 //! samples of 128 tokens (the load `loadtest/routes.sh` measures); the listing of
 //! `/v1/completions` names every token by its text, which the default model's tokenizer gives
-//! (`entroll fetch-model` first). docs/benchmarks.md sets the difference against the request's
-//! generation time.
+//! (`entroll fetch-model` first), and once more with 5 alternatives per token listed.
+//! docs/benchmarks.md sets the difference against the request's generation time.
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use entroll::api::openai::LogprobsMode;
 use entroll::api::rollouts::{
     AdvantageSpec, FinishReason, Group, RolloutResponse, Sample, SamplingParams, Served, Summary,
+    TopLogprob,
 };
 use entroll::engine::loader::{ConfiguredLoader, EngineLoader};
 use entroll::engine::Engine;
@@ -22,6 +23,8 @@ use entroll::http::validation::DEFAULT_STATS;
 
 const SAMPLES: usize = 8;
 const TOKENS: usize = 128;
+/// Alternatives per token in the listing that asks for them.
+const TOP: usize = 5;
 
 fn sample(index: usize) -> Sample {
     let floats = |base: f32| {
@@ -39,6 +42,7 @@ fn sample(index: usize) -> Sample {
         sampling_logprobs: floats(-1.0),
         sampling_mask: None,
         sampling_mass: None,
+        top_logprobs: None,
         entropy: floats(2.5),
         top_p_size: (0..TOKENS as u32).map(|t| 1 + t % 50).collect(),
         top_p_mass: floats(0.8),
@@ -59,6 +63,21 @@ fn sample(index: usize) -> Sample {
         weights_version: 0,
         weights_versions: None,
     }
+}
+
+/// Each token's `TOP` alternatives, the last cut by the truncation.
+fn alternatives(index: usize) -> Vec<Vec<TopLogprob>> {
+    (0..TOKENS)
+        .map(|t| {
+            (0..TOP)
+                .map(|j| TopLogprob {
+                    id: (900 + 53 * t + 7 * j + index) as u32,
+                    logprob: -0.5 - j as f32,
+                    sampling_logprob: (j + 1 < TOP).then_some(-0.25 - j as f32),
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn response() -> RolloutResponse {
@@ -123,14 +142,30 @@ fn bench(c: &mut Criterion) {
     group.bench_function("rollouts", |b| {
         b.iter(|| serde_json::to_vec(&black_box(whole.clone())).unwrap())
     });
-    for (name, route, logprobs) in [
-        ("chat", Route::Chat, false),
-        ("completions, logprobs by text", Route::Completions, true),
+    // The same samples with their alternatives, as a request for them returns them.
+    let mut with_top = whole.clone();
+    for (i, sample) in with_top.groups[0].samples.iter_mut().enumerate() {
+        sample.top_logprobs = Some(alternatives(i));
+    }
+    for (name, route, logprobs, answer) in [
+        ("chat", Route::Chat, false, &whole),
+        (
+            "completions, logprobs by text",
+            Route::Completions,
+            true,
+            &whole,
+        ),
+        (
+            "completions, logprobs 5 by text",
+            Route::Completions,
+            true,
+            &with_top,
+        ),
     ] {
         let answerer = answerer(route, logprobs);
         group.bench_function(name, |b| {
             b.iter(|| {
-                let answer = runtime.block_on(answerer.whole(black_box(whole.clone())));
+                let answer = runtime.block_on(answerer.whole(black_box(answer.clone())));
                 serde_json::to_vec(&answer.unwrap()).unwrap()
             })
         });

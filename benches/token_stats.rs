@@ -43,6 +43,7 @@ fn bench(c: &mut Criterion) {
             sample: 0,
         },
         mask: false,
+        alternatives: 0,
     };
     let mut group = c.benchmark_group("per_token");
     for v in [49_152usize, 151_936] {

@@ -9,8 +9,8 @@
 #include "attention.cuh"
 #include "token_stats.cuh"
 
-// The scratch keys a row needs (and as many weights): the nucleus's candidates, and a top-k's
-// (a draw without top-k ranks nothing beyond the nucleus's candidates).
+// The scratch keys a row needs (and as many weights): the nucleus's candidates, a top-k's (a
+// draw without top-k ranks nothing beyond the nucleus's candidates), and the alternatives'.
 static uint32_t scratch_for(const EntRowIn& in, uint32_t vocab) {
   uint32_t k = in.max_candidates < vocab ? in.max_candidates : vocab;
   uint32_t length = ent_sort_length(k < 1 ? 1 : k);
@@ -18,24 +18,30 @@ static uint32_t scratch_for(const EntRowIn& in, uint32_t vocab) {
     uint32_t draw = ent_sort_length(ent_draw_cap(in, vocab));
     if (draw > length) length = draw;
   }
-  return length;
+  uint32_t top = in.top_n < ENT_MAX_TOP ? in.top_n : ENT_MAX_TOP;
+  top = ent_sort_length(top < vocab ? top : vocab);
+  return top > length ? top : length;
 }
 
+// `tops`: one per row, or null when no row asks for alternatives (then none is written).
 extern "C" void entroll_token_stats_cpu(const float* logits, size_t rows, uint32_t vocab,
-                                        const EntRowIn* in, EntRowOut* out) {
+                                        const EntRowIn* in, EntRowOut* out, EntTopOut* tops) {
   const uint32_t n = ENT_THREADS;
   std::unique_ptr<EntShared> shared(new EntShared());
   std::vector<uint64_t> keys;
   std::vector<double> weights;
+  EntTopOut unused{};
   for (size_t row = 0; row < rows; ++row) {
     keys.assign(scratch_for(in[row], vocab), 0);
     weights.assign(keys.size(), 0.0);
     out[row] = EntRowOut{};
+    EntTopOut& top = tops ? tops[row] : unused;
+    top = EntTopOut{};
     auto each = [&](auto phase) {
       for (uint32_t t = 0; t < n; ++t) phase(t);
     };
     ent_row(each, n, logits + row * (size_t)vocab, vocab, in[row], *shared, keys.data(),
-            weights.data(), (uint32_t)keys.size(), out[row]);
+            weights.data(), (uint32_t)keys.size(), out[row], top);
   }
 }
 
@@ -94,6 +100,7 @@ extern "C" uint32_t entroll_attention_max_outputs() { return ATT_MAX_OUTPUTS; }
 extern "C" double entroll_exp(double x) { return ent_exp(x); }
 extern "C" double entroll_log(double x) { return ent_log(x); }
 
-static_assert(sizeof(EntRowIn) == 56, "EntRowIn layout is shared with Rust");
+static_assert(sizeof(EntRowIn) == 64, "EntRowIn layout is shared with Rust");
+static_assert(sizeof(EntTopOut) == 408, "EntTopOut layout is shared with Rust");
 static_assert(sizeof(EntRowOut) == 64, "EntRowOut layout is shared with Rust");
 static_assert(sizeof(AttShape) == 24, "AttShape layout is shared with Rust");

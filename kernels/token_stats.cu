@@ -3,13 +3,16 @@
 // cuda feature (nvcc -ptx --fmad=false); cpu_harness.cpp runs the same ent_row on the CPU.
 #include "token_stats.cuh"
 
-// `keys` and `weights` hold, per row and `keys_per_row` apart, scratch for the larger of
-// ent_sort_length(min(K, V)) and, when a top-k < V truncates the draw, ent_sort_length(top_k)
-// 64-bit keys, and as many weights. `keys_per_row` is the batch's largest, so a row may rank
+// `keys` and `weights` hold, per row and `keys_per_row` apart, scratch for the largest of
+// ent_sort_length(min(K, V)), when a top-k < V truncates the draw ent_sort_length(top_k), and
+// ent_sort_length(min(top_n, ENT_MAX_TOP, V)) 64-bit keys, and as many weights. `tops` holds a
+// row's alternatives `tops_stride` apart: 1, or 0 when no row asks for them (then no row writes
+// the one it is given). `keys_per_row` is the batch's largest, so a row may rank
 // more keys here than in the harness (which gives each row its own); the first `candidates` of
 // a ranking, all that is read, are the same top tokens either way.
 extern "C" __global__ void entroll_token_stats(const float* logits, uint32_t vocab,
                                                const EntRowIn* in, EntRowOut* out,
+                                               EntTopOut* tops, uint32_t tops_stride,
                                                uint64_t* keys, double* weights,
                                                uint32_t keys_per_row) {
   __shared__ EntShared s;
@@ -21,5 +24,5 @@ extern "C" __global__ void entroll_token_stats(const float* logits, uint32_t voc
   };
   ent_row(each, ENT_THREADS, logits + (size_t)row * vocab, vocab, in[row], s,
           keys + (size_t)row * keys_per_row, weights + (size_t)row * keys_per_row, keys_per_row,
-          out[row]);
+          out[row], tops[(size_t)row * tops_stride]);
 }

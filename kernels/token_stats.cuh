@@ -33,6 +33,26 @@ struct EntRowIn {
   // none), renormalised.
   uint32_t top_k;
   double top_p;
+  // The most probable tokens to return (OpenAI's top log-probs; 0: none, at most
+  // ENT_MAX_TOP), and padding to 8 bytes.
+  uint32_t top_n;
+  uint32_t top_pad;
+};
+
+// The most alternatives a row returns.
+#define ENT_MAX_TOP 20
+
+// A row's most probable tokens, for a row whose top_n is above 0.
+struct EntTopOut {
+  // How many are listed (top_n, fewer if fewer tokens have a finite logit), and how many of
+  // them, a prefix of the ranking, the truncated draw could pick.
+  uint32_t count;
+  uint32_t kept;
+  // In rank order (logit descending, id ascending): the ids, ln pi at temperature T, and, for
+  // the first `kept`, ln of the probability under the truncated distribution drawn from.
+  uint32_t id[ENT_MAX_TOP];
+  double logprob[ENT_MAX_TOP];
+  double sampling_logprob[ENT_MAX_TOP];
 };
 
 // What leaves the device for one row.
@@ -164,6 +184,12 @@ struct EntShared {
   uint32_t kept_key;
   uint32_t kept_id;
   double kept_weight;
+  // The draw over ranked candidates (phase 19): how many it kept and their weight. The
+  // alternatives' count, and whether they need a ranking of their own.
+  uint32_t draw_len;
+  double draw_weight;
+  uint32_t top_count;
+  int32_t top_rank;
 };
 
 // Philox4x32-10, as src/stats/sampling.rs: 128 random bits from a counter and a 64-bit key.
@@ -734,6 +760,8 @@ ENT_HD void ent_phase_truncated_draw(uint32_t t, const EntRowIn& in, const float
   out.token = token;
   out.logprob = ent_gap(z[token], s.max_logit, s.inv_t) - s.ln_sum;
   out.sampling_logprob = ent_log_small(token_weight / weight);
+  s.draw_len = len;
+  s.draw_weight = weight;
 }
 
 // --- The truncated draw without top-k, by weighted selects --------------------------------
@@ -921,6 +949,52 @@ ENT_HD void ent_phase_selected_draw(uint32_t t, const float* z, EntShared& s, En
   out.sampling_logprob = ent_log_small(s.wsel_weight / s.kept_weight);
 }
 
+// --- The alternatives ------------------------------------------------------------------------
+//
+// The top min(top_n, V) tokens are the first of any ranking of at least that many candidates:
+// those at hand after the nucleus and the draw, or a ranking of their own when fewer are.
+
+// 31. Thread 0: how many alternatives, and whether the candidates at hand hold them.
+ENT_HD void ent_phase_top_plan(uint32_t t, const EntRowIn& in, uint32_t vocab, EntShared& s) {
+  if (t != 0) return;
+  uint32_t count = in.top_n < ENT_MAX_TOP ? in.top_n : ENT_MAX_TOP;
+  s.top_count = count < vocab ? count : vocab;
+  s.top_rank = s.status == 0 && s.candidates < s.top_count;
+}
+
+// 32. Thread 0: the alternatives in rank order, up to the first masked (-inf) token, with the
+// log-probs the draw's own token got: under the kept weight the draw divided by (the ranked
+// candidates' prefix, the weighted selects' kept tokens, or all of them).
+ENT_HD void ent_phase_top(uint32_t t, const EntRowIn& in, const float* z, EntShared& s,
+                          const uint64_t* keys, EntTopOut& top) {
+  if (t != 0) return;
+  top.count = 0;
+  top.kept = 0;
+  if (s.status != 0) return;
+  const bool truncated = ent_truncated(in);
+  const bool selected = truncated && s.rerank == 2;
+  const double weight = !truncated ? s.sum : (selected ? s.kept_weight : s.draw_weight);
+  for (uint32_t j = 0; j < s.top_count; ++j) {
+    uint32_t id = (uint32_t)keys[j];
+    float x = z[id];
+    if (x == -INFINITY) break;
+    double lp = ent_gap(x, s.max_logit, s.inv_t) - s.ln_sum;
+    bool kept = !truncated || (selected ? ent_kept(ent_order_bits(x), id, s) : j < s.draw_len);
+    top.id[j] = id;
+    top.logprob[j] = lp;
+    top.sampling_logprob[j] = 0.0;
+    if (kept) {
+      double w = ent_weight(z, id, s);
+      // Untruncated, the token's own log-prob; a weight that underflowed, its share in logs.
+      top.sampling_logprob[j] = !truncated ? lp
+                                : w > 0.0  ? ent_log_small(w / weight)
+                                           : lp - ent_log_small(weight / s.sum);
+      top.kept = j + 1;
+    }
+    top.count = j + 1;
+  }
+}
+
 // --- The row: every phase in order ---------------------------------------------------------
 
 // Runs every phase of one row through `each`, which runs a phase for every thread id and
@@ -991,7 +1065,7 @@ ENT_HD void ent_weighted_select(Each each, uint32_t n, const float* z, uint32_t 
 template <class Each>
 ENT_HD void ent_row(Each each, uint32_t n, const float* z, uint32_t vocab, const EntRowIn& in,
                     EntShared& s, uint64_t* keys, double* weights, uint32_t scratch,
-                    EntRowOut& out) {
+                    EntRowOut& out, EntTopOut& top) {
   each([&](uint32_t t) { ent_phase_max(t, n, z, vocab, s); });
   each([&](uint32_t t) { ent_phase_max_combine(t, n, in, s); });
   each([&](uint32_t t) { ent_phase_select_totals(t, n, s, s.first_bins); });
@@ -1034,5 +1108,11 @@ ENT_HD void ent_row(Each each, uint32_t n, const float* z, uint32_t vocab, const
     } else {
       each([&](uint32_t t) { ent_phase_truncated_draw(t, in, z, vocab, s, keys, weights, out); });
     }
+  }
+  // in.top_n and then s.top_rank are read after a barrier: the same branch in every thread.
+  if (in.top_n > 0) {
+    each([&](uint32_t t) { ent_phase_top_plan(t, in, vocab, s); });
+    if (s.top_rank) ent_ranked(each, n, s.top_count, z, vocab, s, keys, scratch, false);
+    each([&](uint32_t t) { ent_phase_top(t, in, z, s, keys, top); });
   }
 }

@@ -61,11 +61,13 @@ fuzz_target!(|input: Input| {
         },
         key: DrawKey { seed: input.seed, prompt: 0, sample: 0 },
         mask: false,
+        alternatives: (input.seed % 24) as usize,
     };
     let mut ws = Workspace::default();
-    let Ok(r) = sampler.step(&row, input.index, &mut ws) else {
+    let Ok(step) = sampler.step_with_extras(&row, input.index, &mut ws) else {
         return;
     };
+    let r = step.record;
     let v = row.len();
     let ln_v = (v as f64).ln();
     assert!((r.token as usize) < v);
@@ -77,6 +79,21 @@ fuzz_target!(|input: Input| {
     assert!(r.top_p_mass >= 0.0 && r.top_p_mass <= 1.0 + 1e-5, "{r:?}");
     let ln_size = f64::from(r.top_p_size.max(1)).ln();
     assert!(r.top_p_entropy >= 0.0 && f64::from(r.top_p_entropy) <= ln_size + 1e-3, "{r:?}");
+    // The alternatives: at most as many as asked, highest first, none masked, a prefix of them
+    // kept; the drawn token among them with its own log-probs.
+    let alternatives = &step.alternatives;
+    assert!(alternatives.len() <= sampler.alternatives.min(v));
+    for pair in alternatives.windows(2) {
+        assert!(pair[0].logprob >= pair[1].logprob, "{alternatives:?}");
+        assert!(pair[0].sampling_logprob.is_some() || pair[1].sampling_logprob.is_none());
+    }
+    for a in alternatives.iter() {
+        assert!(row[a.token as usize] > f32::NEG_INFINITY, "a masked alternative");
+        if a.token == r.token {
+            assert_eq!(a.logprob as f32, r.logprob);
+            assert_eq!(a.sampling_logprob.map(|lp| lp as f32), Some(r.sampling_logprob));
+        }
+    }
     // Peak flags over a response made of these values.
     let values = [r.entropy, r.top_p_entropy, r.logprob.abs()];
     let threshold = peak_threshold(&values, unit(input.peak_quantile));

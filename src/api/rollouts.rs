@@ -40,7 +40,14 @@ pub struct RolloutRequest {
     /// sampling distribution.
     #[serde(default)]
     pub return_sampling_mask: bool,
+    /// Return each token's `top_logprobs` most probable alternatives (at most
+    /// [`MAX_TOP_LOGPROBS`]; 0: none).
+    #[serde(default)]
+    pub top_logprobs: usize,
 }
+
+/// The most alternatives a token's listing may hold (vLLM's default `max_logprobs`).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 /// One prompt: exactly one of `messages`, `text`, `token_ids`.
 #[derive(Debug, Clone, Deserialize)]
@@ -232,6 +239,18 @@ pub enum StreamLine {
     },
 }
 
+/// One of a token's most probable alternatives.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TopLogprob {
+    /// Its token id.
+    pub id: u32,
+    /// `ln pi(id)`, full distribution at the temperature (as `logprobs`).
+    pub logprob: f32,
+    /// `ln` of its probability under the truncated distribution the token was drawn from (as
+    /// `sampling_logprobs`); null where the truncation cut it.
+    pub sampling_logprob: Option<f32>,
+}
+
 /// The samples of one prompt.
 #[derive(Debug, Clone, Serialize)]
 pub struct Group {
@@ -273,6 +292,10 @@ pub struct Sample {
     /// `logprob - sampling_logprob = ln sampling_mass`. With `sampling_mask` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sampling_mass: Option<Vec<f32>>,
+    /// Per token, its distribution's most probable tokens, highest first (ties by lower id).
+    /// Only with `top_logprobs` above 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<Vec<Vec<TopLogprob>>>,
     /// Full-vocabulary entropy per token.
     pub entropy: Vec<f32>,
     /// SIREN nucleus size per token.

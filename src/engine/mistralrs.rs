@@ -34,7 +34,7 @@ use super::{
     SequenceRequest,
 };
 use crate::engine::FinishReason;
-use crate::stats::distribution::Workspace;
+use crate::stats::distribution::{Alternative, Workspace};
 use crate::stats::sampling::{SamplingMask, TokenRecord, TokenSampler};
 use crate::telemetry::metrics;
 use crate::telemetry::panic::panic_message;
@@ -74,6 +74,7 @@ struct TapState {
     workspace: Workspace,
     records: Vec<TokenRecord>,
     masks: Vec<Option<SamplingMask>>,
+    alternatives: Vec<Box<[Alternative]>>,
     first_token_at: Option<std::time::Instant>,
     error: Option<EngineError>,
     /// The tap refused a step because the sequence was interrupted.
@@ -123,7 +124,7 @@ impl CustomLogitsProcessor for DrawTap {
         // This runs on mistral.rs's engine thread: a panic here must fail this sequence only.
         let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
             self.sampler
-                .step_with_mask(&row, index, &mut state.workspace)
+                .step_with_extras(&row, index, &mut state.workspace)
         }));
         let step = match step {
             Ok(measured) => measured.map_err(|e| e.to_string()),
@@ -136,18 +137,19 @@ impl CustomLogitsProcessor for DrawTap {
             }
         }
         .map_err(|e| EngineError::Generation(format!("token {index}: {e}")))
-        .and_then(|(record, mask)| match &mask {
-            Some(m) => self.mask_budget.spend(m.ids.len()).map(|()| (record, mask)),
-            None => Ok((record, mask)),
+        .and_then(|step| match &step.mask {
+            Some(m) => self.mask_budget.spend(m.ids.len()).map(|()| step),
+            None => Ok(step),
         });
         match step {
-            Ok((record, mask)) => {
+            Ok(step) => {
                 state
                     .first_token_at
                     .get_or_insert_with(std::time::Instant::now);
-                state.records.push(record);
-                state.masks.push(mask);
-                forcing_row(record.token, row.len(), logits)
+                state.records.push(step.record);
+                state.masks.push(step.mask);
+                state.alternatives.push(step.alternatives);
+                forcing_row(step.record.token, row.len(), logits)
             }
             Err(e) => {
                 let message = e.to_string();
@@ -367,10 +369,7 @@ impl MistralRsEngine {
                     lo = mid + 1;
                 }
             }
-            output.tokens.truncate(hi);
-            if let Some(masks) = &mut output.masks {
-                masks.truncate(hi);
-            }
+            output.truncate_tokens(hi);
             output.length = hi;
             output.finish_reason = FinishReason::Stop;
             text.truncate(at);
@@ -436,6 +435,7 @@ impl Engine for MistralRsEngine {
                 let cancelled = Arc::new(AtomicBool::new(false));
                 let _cancel_on_drop = CancelOnDrop(cancelled.clone());
                 let masking = sampler.mask;
+                let alternatives = sampler.alternatives > 0;
                 let interrupt = request.interrupt.clone();
                 let tap = Arc::new(DrawTap::new(
                     sampler,
@@ -459,6 +459,7 @@ impl Engine for MistralRsEngine {
                     length: state.records.len(),
                     tokens: state.records,
                     masks: masking.then_some(state.masks),
+                    alternatives: alternatives.then_some(state.alternatives),
                     text: String::new(),
                     finish_reason: choice
                         .as_ref()
@@ -491,6 +492,7 @@ impl Engine for MistralRsEngine {
                 Ok(SequenceOutput {
                     tokens: Vec::new(),
                     masks: None,
+                    alternatives: None,
                     length,
                     text: choice.text,
                     finish_reason: finish_reason(&choice.finish_reason),

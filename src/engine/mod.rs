@@ -20,6 +20,7 @@ use async_trait::async_trait;
 
 use serde::{Deserialize, Serialize};
 
+use crate::stats::distribution::Alternative;
 use crate::stats::sampling::{SamplingMask, TokenRecord, TokenSampler};
 use checkpoint::ModelShape;
 
@@ -210,6 +211,9 @@ pub struct SequenceOutput {
     /// Each token's sampling mask (`None` where its draw kept every token), when the sampler
     /// was asked for them ([`TokenSampler::mask`]).
     pub masks: Option<Vec<Option<SamplingMask>>>,
+    /// Each token's most probable alternatives, when the sampler was asked for them
+    /// ([`TokenSampler::alternatives`]).
+    pub alternatives: Option<Vec<Box<[Alternative]>>>,
     /// Number of generated tokens.
     pub length: usize,
     /// Decoded text (cut before a stop string).
@@ -218,6 +222,20 @@ pub struct SequenceOutput {
     pub finish_reason: FinishReason,
     /// When the first token was drawn, if the engine reports it.
     pub first_token_at: Option<std::time::Instant>,
+}
+
+impl SequenceOutput {
+    /// Keeps the first `n` tokens' records, masks and alternatives (a stop string found
+    /// after the engine's own ending).
+    pub fn truncate_tokens(&mut self, n: usize) {
+        self.tokens.truncate(n);
+        if let Some(masks) = &mut self.masks {
+            masks.truncate(n);
+        }
+        if let Some(alternatives) = &mut self.alternatives {
+            alternatives.truncate(n);
+        }
+    }
 }
 
 /// Engine failures.

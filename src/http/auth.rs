@@ -20,7 +20,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::{Deserialize, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -157,10 +157,15 @@ fn bearer(authorization: Option<&HeaderValue>) -> Result<&[u8], ApiError> {
     }
 }
 
-/// The middleware in front of every route: lets the request on or answers 401/403 before its
-/// body is read, so an unauthenticated client cannot make the server read or parse anything.
+/// How a route's dialect answers an error (entroll's `{error, error_type}`, OpenAI's
+/// `{"error": {...}}`).
+pub type Answer = fn(ApiError) -> Response;
+
+/// The middleware in front of every route: lets the request on or answers 401/403, in the
+/// route's dialect, before its body is read, so an unauthenticated client cannot make the
+/// server read or parse anything.
 pub async fn authorize(
-    State((keys, access)): State<(Arc<Keys>, Access)>,
+    State((keys, access, answer)): State<(Arc<Keys>, Access, Answer)>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -168,7 +173,7 @@ pub async fn authorize(
         Ok(()) => next.run(request).await,
         Err(e) => {
             request_failed(e.error_type());
-            e.into_response()
+            answer(e)
         }
     }
 }

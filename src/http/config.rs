@@ -98,6 +98,10 @@ settings! {
     /// or `full`, under the untruncated distribution at the temperature. Each choice's
     /// `entroll` object holds both.
     openai_logprobs: LogprobsMode = LogprobsMode::Processed, env "ENTROLL_OPENAI_LOGPROBS";
+    /// Names the OpenAI routes answer to besides the model's id, comma-separated (vLLM's
+    /// `--served-model-name`; SkyRL's client, for one, sends `default`); the first names the
+    /// model in answers and `/v1/models`. Empty: the model's id alone.
+    served_model_name: String = String::new(), env "ENTROLL_SERVED_MODEL_NAME";
     /// entroll's device kernels in the native engine (token statistics and draw, attention,
     /// cache writes): `auto` (on for CUDA, off on the CPU), `on` (on the CPU: the GPU's code
     /// through the kernels' harness, for tests), `off`.

@@ -83,16 +83,24 @@ pub async fn serve(
 /// The router with every route, each behind the key its [`Access`] needs.
 pub fn router(state: Arc<AppState>) -> Router {
     let keys = Arc::new(state.config.keys());
-    let guard = |access| middleware::from_fn_with_state((keys.clone(), access), auth::authorize);
+    let in_dialect = |access, answer: auth::Answer| {
+        middleware::from_fn_with_state((keys.clone(), access, answer), auth::authorize)
+    };
+    let guard = |access| in_dialect(access, |e| e.into_response());
     let generate = Router::new()
         .route("/rollouts", post(rollouts))
         .route("/info", get(info))
+        .route_layer(guard(Access::Generate));
+    // OpenAI's clients read its error form, a refused key included.
+    let openai = Router::new()
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
         .route("/tokenize", post(openai::tokenize))
         .route("/detokenize", post(openai::detokenize))
-        .route_layer(guard(Access::Generate));
+        .route_layer(in_dialect(Access::Generate, |e| {
+            openai::error::OpenAiError::from(e).into_response()
+        }));
     let control = Router::new()
         .route("/weights", post(weights))
         .route_layer(guard(Access::Control));
@@ -101,6 +109,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route_layer(guard(Access::Probe));
     generate
+        .merge(openai)
         .merge(control)
         .merge(probes)
         .layer(CatchPanicLayer::custom(panic_response))

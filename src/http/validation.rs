@@ -12,6 +12,7 @@ use super::config::Config;
 use crate::api::error::ApiError;
 use crate::api::rollouts::{
     AdvantageSpec, PeakOn, PeakScope, PromptSpec, RolloutRequest, SamplingParams, StatsParams,
+    MAX_TOP_LOGPROBS,
 };
 use crate::engine::PromptInput;
 use crate::rollout::request::{ValidPrompt, ValidRollout};
@@ -240,6 +241,12 @@ pub fn validate(req: RolloutRequest, config: &Config) -> Result<ValidRollout, Ap
             config.max_request_tokens
         )));
     }
+    if req.top_logprobs > MAX_TOP_LOGPROBS {
+        return Err(invalid(format!(
+            "top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {}",
+            req.top_logprobs
+        )));
+    }
     Ok(ValidRollout {
         prompts,
         sampling,
@@ -248,6 +255,7 @@ pub fn validate(req: RolloutRequest, config: &Config) -> Result<ValidRollout, Ap
         timeout,
         stream: req.stream,
         return_sampling_mask: req.return_sampling_mask,
+        top_logprobs: req.top_logprobs,
     })
 }
 

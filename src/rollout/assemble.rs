@@ -5,7 +5,7 @@
 use super::in_flight::VersionRuns;
 use super::rewards::{group_stats, Score};
 use crate::api::rollouts::{
-    AdvantageSpec, FinishReason, Group, PeakOn, PeakScope, Sample, StatsParams, Summary,
+    AdvantageSpec, FinishReason, Group, PeakOn, PeakScope, Sample, StatsParams, Summary, TopLogprob,
 };
 use crate::engine::SequenceOutput;
 use crate::stats::mask_codec;
@@ -59,6 +59,20 @@ fn sample(
             .map(|m| m.as_ref().map_or(1.0, |m| m.mass as f32))
             .collect()
     });
+    let top_logprobs = out.alternatives.map(|all| {
+        all.iter()
+            .map(|alternatives| {
+                alternatives
+                    .iter()
+                    .map(|a| TopLogprob {
+                        id: a.token,
+                        logprob: a.logprob as f32,
+                        sampling_logprob: a.sampling_logprob.map(|lp| lp as f32),
+                    })
+                    .collect()
+            })
+            .collect()
+    });
     let peak_sum: f64 = top_p_entropy
         .iter()
         .zip(&peak)
@@ -72,6 +86,7 @@ fn sample(
         sampling_logprobs: t.iter().map(|r| r.sampling_logprob).collect(),
         sampling_mask,
         sampling_mass,
+        top_logprobs,
         top_p_size: t.iter().map(|r| r.top_p_size).collect(),
         top_p_mass: t.iter().map(|r| r.top_p_mass).collect(),
         entropy_sum: entropy.iter().map(|&h| h as f64).sum(),
@@ -274,6 +289,7 @@ mod tests {
                 })
                 .collect(),
             masks: None,
+            alternatives: None,
             length: top_p_entropy.len(),
             text: String::new(),
             finish_reason: FinishReason::Length,

@@ -169,6 +169,7 @@ fn nothing_drawn() -> SequenceOutput {
     SequenceOutput {
         tokens: Vec::new(),
         masks: None,
+        alternatives: None,
         length: 0,
         text: String::new(),
         finish_reason: FinishReason::Abort,
@@ -182,18 +183,25 @@ fn append(earlier: Option<SequenceOutput>, later: SequenceOutput) -> SequenceOut
         return later;
     };
     whole.tokens.extend(later.tokens);
-    whole.masks = match (whole.masks, later.masks) {
-        (Some(mut a), Some(b)) => {
-            a.extend(b);
-            Some(a)
-        }
-        (a, b) => a.or(b),
-    };
+    whole.masks = joined(whole.masks, later.masks);
+    whole.alternatives = joined(whole.alternatives, later.alternatives);
     whole.length += later.length;
     whole.text = later.text;
     whole.finish_reason = later.finish_reason;
     whole.first_token_at = whole.first_token_at.or(later.first_token_at);
     whole
+}
+
+/// Per-token lists of two parts, one after the other (either part's alone if the other has
+/// none).
+fn joined<T>(earlier: Option<Vec<T>>, later: Option<Vec<T>>) -> Option<Vec<T>> {
+    match (earlier, later) {
+        (Some(mut a), Some(b)) => {
+            a.extend(b);
+            Some(a)
+        }
+        (a, b) => a.or(b),
+    }
 }
 
 /// Whether an update can stop a sample drawn this way: only entroll's sampler records the
@@ -342,6 +350,7 @@ mod tests {
             .collect::<Vec<_>>();
         SequenceOutput {
             masks: masked.then(|| vec![None; records.len()]),
+            alternatives: masked.then(|| vec![Box::default(); records.len()]),
             length: records.len(),
             tokens: records,
             text: text.into(),
@@ -357,6 +366,7 @@ mod tests {
         let ids: Vec<u32> = whole.tokens.iter().map(|r| r.token).collect();
         assert_eq!(ids, [1, 2, 3]);
         assert_eq!(whole.masks.as_ref().map(Vec::len), Some(3));
+        assert_eq!(whole.alternatives.as_ref().map(Vec::len), Some(3));
         assert_eq!((whole.length, whole.text.as_str()), (3, "abc"));
         assert_eq!(whole.finish_reason, FinishReason::Stop);
         let alone = append(None, output(&[9], false, "z", FinishReason::Length));

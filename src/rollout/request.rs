@@ -26,6 +26,8 @@ pub struct ValidRollout {
     pub stream: bool,
     /// Return the sampling mask of every truncated draw.
     pub return_sampling_mask: bool,
+    /// Alternatives to return per token (0: none).
+    pub top_logprobs: usize,
 }
 
 /// One validated prompt.

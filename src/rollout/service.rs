@@ -123,6 +123,7 @@ impl RolloutService {
                 },
                 // Nothing to return when nothing truncates.
                 mask: req.return_sampling_mask && (s.top_p < 1.0 || s.top_k.is_some()),
+                alternatives: req.top_logprobs,
             }),
             SamplerKind::Engine => Drawing::Engine {
                 temperature: s.temperature,

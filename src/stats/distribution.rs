@@ -75,6 +75,23 @@ pub struct Draw {
     /// How many of the highest-ranked tokens the truncation kept, and their mass under the
     /// full distribution; `None` when the draw was not truncated (every token kept).
     pub kept: Option<(usize, f64)>,
+    /// The weight the token was drawn from, in units of `exp(x - max)`: the kept tokens', or
+    /// the whole row's. A kept token's `sampling_logprob` is its weight's share of it.
+    pub weight: f64,
+    /// Whether the draw went through a truncation (one that kept every token included).
+    pub truncated: bool,
+}
+
+/// One of a step's most probable tokens (OpenAI's top log-probs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Alternative {
+    /// The token id.
+    pub token: u32,
+    /// `ln pi(token)` under the full, untruncated tempered distribution.
+    pub logprob: f64,
+    /// `ln` of its probability under the truncated distribution the step drew from; `None`
+    /// when the truncation left it out (probability 0 there).
+    pub sampling_logprob: Option<f64>,
 }
 
 /// Why a logits row has no distribution.
@@ -341,6 +358,8 @@ impl<'a> Distribution<'a> {
                 logprob,
                 sampling_logprob: logprob,
                 kept: None,
+                weight: self.sum,
+                truncated: false,
             };
         }
         let v = self.logits.len();
@@ -378,7 +397,46 @@ impl<'a> Distribution<'a> {
             // The token's share of the kept weight: exactly 0 when it is all of it (top_k = 1).
             sampling_logprob: (self.ws.weights[token as usize] / weight).ln(),
             kept: (len < v).then(|| (len, weight / self.sum)),
+            weight,
+            truncated: true,
         }
+    }
+
+    /// The `n` highest-ranked tokens (fewer if fewer have a finite logit: a masked token is
+    /// no alternative), in rank order, with their log-probabilities under the full distribution
+    /// and under the one `draw` was drawn from: the same numbers, computed the same way, as the
+    /// draw's own for the token it drew.
+    pub fn alternatives(&mut self, n: usize, draw: &Draw) -> Vec<Alternative> {
+        let n = n.min(self.logits.len());
+        if n == 0 {
+            return Vec::new();
+        }
+        self.ensure_head(f64::INFINITY, n);
+        let kept = draw.kept.map_or(self.logits.len(), |(len, _)| len);
+        self.ws.order[..n]
+            .iter()
+            .take_while(|&&token| self.logits[token as usize] > f32::NEG_INFINITY)
+            .enumerate()
+            .map(|(rank, &token)| {
+                let logprob = self.ln_prob(token);
+                let weight = self.ws.weights[token as usize];
+                let sampling_logprob = (rank < kept).then(|| {
+                    if !draw.truncated {
+                        logprob
+                    } else if weight > 0.0 {
+                        (weight / draw.weight).ln()
+                    } else {
+                        // A weight that underflowed: the same share, in logs.
+                        logprob - (draw.weight / self.sum).ln()
+                    }
+                });
+                Alternative {
+                    token,
+                    logprob,
+                    sampling_logprob,
+                }
+            })
+            .collect()
     }
 
     /// The `n` highest-ranked token ids, after a [`Self::draw`] whose truncation kept `n`.
@@ -720,6 +778,66 @@ mod tests {
                     (got - want).abs() < 1e-3,
                     "{trunc:?} id {id}: {got} vs {want}"
                 );
+            }
+        }
+    }
+
+    /// The alternatives are the reference's top tokens in its order, ties by id, with its
+    /// log-probabilities under the full and the truncated distributions (a token the
+    /// truncation cut has none there), and they give the drawn token the draw's own numbers.
+    #[test]
+    fn alternatives_are_the_top_tokens_of_both_distributions() {
+        let mut rows = Rows(3);
+        let mut row: Vec<f32> = (0..2_000)
+            .map(|_| (rows.uniform() * 10.0 - 5.0) as f32)
+            .collect();
+        // Ties at the top, and masked tokens the alternatives can reach in a short row.
+        row[7] = 9.0;
+        row[3] = 9.0;
+        let short = [1.0f32, f32::NEG_INFINITY, 0.5, f32::NEG_INFINITY];
+        for (row, t) in [(&row[..], 0.8), (&row[..], 1.7), (&short[..], 1.0)] {
+            let r = Reference::new(row, t);
+            let ranked = r.ranking();
+            for trunc in [
+                Truncation::NONE,
+                Truncation {
+                    top_k: Some(3),
+                    top_p: 1.0,
+                },
+                Truncation {
+                    top_k: None,
+                    top_p: 0.3,
+                },
+            ] {
+                let mut ws = Workspace::default();
+                let mut d = Distribution::new(row, t, &mut ws).unwrap();
+                let draw = d.draw(&trunc, 0.37);
+                let kept = draw.kept.map_or(row.len(), |(len, _)| len);
+                let kept_mass: f64 = ranked[..kept].iter().map(|&i| r.probs[i]).sum();
+                let alternatives = d.alternatives(20, &draw);
+                let finite = row.iter().filter(|z| z.is_finite()).count();
+                assert_eq!(alternatives.len(), 20.min(finite));
+                for (rank, a) in alternatives.iter().enumerate() {
+                    let id = ranked[rank];
+                    assert_eq!(a.token as usize, id, "rank {rank}, {trunc:?}");
+                    let p = r.probs[id];
+                    assert!((a.logprob.exp() - p).abs() < 1e-12, "{a:?} vs {p}");
+                    match a.sampling_logprob {
+                        Some(slp) => {
+                            assert!(rank < kept);
+                            assert!((slp.exp() - p / kept_mass).abs() < 1e-12);
+                        }
+                        None => assert!(rank >= kept, "rank {rank} of {kept} kept"),
+                    }
+                    if a.token == draw.token {
+                        assert_eq!(a.logprob, draw.logprob);
+                        assert_eq!(a.sampling_logprob, Some(draw.sampling_logprob));
+                    }
+                }
+                if row.len() > short.len() {
+                    assert_eq!(alternatives[0].token, 3, "ties rank by id");
+                }
+                assert!(d.alternatives(0, &draw).is_empty());
             }
         }
     }

@@ -6,7 +6,9 @@
 //! sample never depends on batch composition, concurrency or thread count, and a GPU kernel can
 //! reproduce the same stream.
 
-use super::distribution::{Distribution, NucleusParams, StatsError, Truncation, Workspace};
+use super::distribution::{
+    Alternative, Distribution, NucleusParams, StatsError, Truncation, Workspace,
+};
 
 /// Philox4x32 with 10 rounds: maps a 128-bit counter and a 64-bit key to 128 random bits.
 pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
@@ -93,8 +95,23 @@ pub struct TokenSampler {
     pub nucleus: NucleusParams,
     /// This sample's random stream.
     pub key: DrawKey,
-    /// Whether [`TokenSampler::step_with_mask`] returns the kept set of truncated draws.
+    /// Whether [`TokenSampler::step_with_extras`] returns the kept set of truncated draws.
     pub mask: bool,
+    /// How many of each step's most probable tokens [`TokenSampler::step_with_extras`]
+    /// returns (0: none).
+    pub alternatives: usize,
+}
+
+/// A step's record, and what its sampler was asked for besides.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// The drawn token and its statistics.
+    pub record: TokenRecord,
+    /// The set a truncated draw was drawn from ([`TokenSampler::mask`]).
+    pub mask: Option<SamplingMask>,
+    /// The step's most probable tokens ([`TokenSampler::alternatives`]); empty when none are
+    /// asked for.
+    pub alternatives: Box<[Alternative]>,
 }
 
 impl TokenSampler {
@@ -115,6 +132,7 @@ impl TokenSampler {
                 sample: 0,
             },
             mask: false,
+            alternatives: 0,
         }
     }
 
@@ -125,18 +143,18 @@ impl TokenSampler {
         index: u32,
         ws: &mut Workspace,
     ) -> Result<TokenRecord, StatsError> {
-        Ok(self.measure(logits, index, ws, false)?.0)
+        Ok(self.measure(logits, index, ws, false, 0)?.record)
     }
 
-    /// [`TokenSampler::step`], and when this sampler returns masks and the draw was truncated,
-    /// the set it was drawn from.
-    pub fn step_with_mask(
+    /// [`TokenSampler::step`], with the sampling mask of a truncated draw when this sampler
+    /// returns masks, and the step's most probable tokens when it returns alternatives.
+    pub fn step_with_extras(
         &self,
         logits: &[f32],
         index: u32,
         ws: &mut Workspace,
-    ) -> Result<(TokenRecord, Option<SamplingMask>), StatsError> {
-        self.measure(logits, index, ws, self.mask)
+    ) -> Result<Step, StatsError> {
+        self.measure(logits, index, ws, self.mask, self.alternatives)
     }
 
     fn measure(
@@ -145,7 +163,8 @@ impl TokenSampler {
         index: u32,
         ws: &mut Workspace,
         mask: bool,
-    ) -> Result<(TokenRecord, Option<SamplingMask>), StatsError> {
+        alternatives: usize,
+    ) -> Result<Step, StatsError> {
         let mut dist = Distribution::new(logits, self.temperature, ws)?;
         let nucleus = dist.nucleus(&self.nucleus);
         let draw = dist.draw(&self.truncation, self.key.uniform(index));
@@ -154,6 +173,7 @@ impl TokenSampler {
             ids.sort_unstable();
             SamplingMask { ids, mass }
         });
+        let alternatives = dist.alternatives(alternatives, &draw).into();
         let record = TokenRecord {
             token: draw.token,
             logprob: draw.logprob as f32,
@@ -163,7 +183,11 @@ impl TokenSampler {
             top_p_mass: nucleus.mass as f32,
             top_p_entropy: nucleus.entropy as f32,
         };
-        Ok((record, mask))
+        Ok(Step {
+            record,
+            mask,
+            alternatives,
+        })
     }
 
     /// Draws token number `index` and measures nothing else: the no-statistics baseline.
@@ -240,6 +264,7 @@ mod tests {
                 sample: 0,
             },
             mask: false,
+            alternatives: 0,
         };
         let mut ws = Workspace::default();
         let a = sampler.step(&logits, 5, &mut ws).unwrap();

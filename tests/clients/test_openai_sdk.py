@@ -1,6 +1,7 @@
 """The official `openai` Python SDK, unchanged, against entroll: completions and chat, whole and
-streamed, n > 1, log-probs, vLLM's token-id fields, and errors. Every choice is checked against
-the `/rollouts` sample the same seed draws, the route whose statistics the oracle tests check."""
+streamed, n > 1, log-probs with their alternatives, vLLM's token-id fields, and errors. Every
+choice is checked against the `/rollouts` sample the same seed draws, the route whose statistics
+the oracle tests check."""
 
 import openai
 import pytest
@@ -84,6 +85,37 @@ def test_chat_is_the_rollouts_sample_with_tokens_named_by_id(server):
         assert choice.model_extra["entroll"]["top_p_mass"] == sample["top_p_mass"]
 
 
+def test_alternatives_are_the_sample_s_in_the_sdk_s_types(server):
+    """Top log-probs through the SDK's own types: chat's `top_logprobs` objects and completions'
+    `top_logprobs` dicts hold the sample's alternatives that the truncation kept, most probable
+    first, with the listing's (processed) log-probs; a completions dict adds the drawn token."""
+    sdk = client(server)
+    extra = {"top_k": SAMPLING["top_k"], "return_tokens_as_token_ids": True}
+    chat = sdk.chat.completions.create(
+        model=server.model, messages=[{"role": "user", "content": "Name a colour."}],
+        logprobs=True, top_logprobs=4, extra_body=extra, **sdk_sampling(),
+    ).choices[0]
+    text = sdk.completions.create(
+        model=server.model, prompt=PROMPTS[0], logprobs=3, extra_body=extra, **sdk_sampling(),
+    ).choices[0]
+    for choice, top in ((chat, 4), (text, 3)):
+        sample = choice.model_extra["entroll"]
+        assert len(sample["top_logprobs"]) == len(sample["token_ids"])
+        for t, alternatives in enumerate(sample["top_logprobs"]):
+            kept = [(f"token_id:{a['id']}", a["sampling_logprob"]) for a in alternatives[:top] if a["sampling_logprob"] is not None]
+            assert [a["logprob"] for a in alternatives] == sorted((a["logprob"] for a in alternatives), reverse=True)
+            if choice is chat:
+                listed = [(a.token, a.logprob) for a in choice.logprobs.content[t].top_logprobs]
+                assert listed == kept
+            else:
+                listed = list(choice.logprobs.top_logprobs[t].items())
+                drawn = (f"token_id:{sample['token_ids'][t]}", sample["sampling_logprobs"][t])
+                assert listed[: len(kept)] == kept
+                assert listed[len(kept):] == ([] if drawn[0] in dict(kept) else [drawn])
+            # The most probable kept token is at least as likely as the drawn one.
+            assert kept[0][1] >= sample["sampling_logprobs"][t]
+
+
 @pytest.mark.parametrize("route", ["completions", "chat"])
 def test_a_stream_adds_up_to_the_whole_answer(server, route):
     sdk = client(server)
@@ -133,7 +165,7 @@ def test_errors_reach_the_sdk_as_its_own_exceptions(server):
         sdk.completions.create(model=server.model, prompt="hi", max_tokens=4, frequency_penalty=0.5)
     assert e.value.param == "frequency_penalty"
     with pytest.raises(openai.BadRequestError) as e:
-        sdk.chat.completions.create(model=server.model, messages=[{"role": "user", "content": "hi"}], logprobs=True, top_logprobs=5)
+        sdk.chat.completions.create(model=server.model, messages=[{"role": "user", "content": "hi"}], logprobs=True, top_logprobs=21)
     assert e.value.param == "top_logprobs"
     with pytest.raises(openai.NotFoundError) as e:
         sdk.completions.create(model="not-" + server.model, prompt="hi", max_tokens=4)

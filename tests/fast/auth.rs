@@ -66,11 +66,28 @@ async fn version(base: &str) -> u64 {
     info["weights_version"].as_u64().unwrap()
 }
 
+/// Checks a refusal: its status, its error type in the route's dialect (entroll's
+/// `{error, error_type}`, or OpenAI's `{"error": {message, type, code}}` on its routes) and
+/// the challenge.
 fn assert_refused(answer: &(u16, Option<String>, Value), status: u16, error_type: &str) {
     let (got, challenge, body) = answer;
     assert_eq!(*got, status, "{body}");
-    assert_eq!(body["error_type"], error_type, "{body}");
-    assert!(!body["error"].as_str().unwrap().is_empty());
+    match body["error"].as_object() {
+        Some(openai) => {
+            assert_eq!(openai["code"], error_type, "{body}");
+            let kind = if status == 401 {
+                "authentication_error"
+            } else {
+                "permission_error"
+            };
+            assert_eq!(openai["type"], kind, "{body}");
+            assert!(!openai["message"].as_str().unwrap().is_empty());
+        }
+        None => {
+            assert_eq!(body["error_type"], error_type, "{body}");
+            assert!(!body["error"].as_str().unwrap().is_empty());
+        }
+    }
     // Only a 401 asks for credentials.
     assert_eq!(challenge.as_deref(), (status == 401).then_some("Bearer"));
 }
@@ -114,6 +131,14 @@ async fn keyed_routes_admit_only_the_right_key() {
         for key in [None, Some("api-0123456789abcdeX"), Some("Bearer")] {
             let answer = call(base, method, path, key, body.clone()).await;
             assert_refused(&answer, 401, "unauthorized");
+            // Each route answers in its own dialect.
+            let openai = path.starts_with("/v1/") || path.ends_with("tokenize");
+            assert_eq!(
+                answer.2["error"].is_object(),
+                openai,
+                "{path}: {}",
+                answer.2
+            );
         }
         for key in [API, ADMIN] {
             let (status, _, answer) = call(base, method, path, Some(key), body.clone()).await;

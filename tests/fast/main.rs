@@ -10,6 +10,7 @@
 mod common;
 mod harness;
 
+mod alternatives;
 mod assembly;
 mod auth;
 mod bad_input;

@@ -252,6 +252,50 @@ async fn the_full_logprobs_mode_lists_the_untruncated_distribution_s() {
     .await;
     assert_eq!(answer["entroll"]["logprobs_mode"], "full");
     check_choice(&answer["choices"][0], samples(&expected)[0], "logprobs");
+    // Alternatives too: every one of them, with its untruncated log-prob, cut or kept.
+    let chat = ok(
+        &server,
+        "/v1/chat/completions",
+        &openai_request(json!({
+            "messages": [{"role": "user", "content": "Name a colour."}],
+            "logprobs": true, "top_logprobs": 4, "return_tokens_as_token_ids": true, "top_k": 2
+        })),
+    )
+    .await;
+    let choice = &chat["choices"][0];
+    let (mut cut, tokens) = (0, choice["logprobs"]["content"].as_array().unwrap());
+    for (t, token) in tokens.iter().enumerate() {
+        let alternatives = choice["entroll"]["top_logprobs"][t].as_array().unwrap();
+        let want: Vec<(String, f64)> = alternatives
+            .iter()
+            .map(|a| {
+                (
+                    format!("token_id:{}", a["id"]),
+                    a["logprob"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        let listed: Vec<(String, f64)> = token["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["token"].as_str().unwrap().to_string(),
+                    a["logprob"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(listed, want, "token {t}");
+        cut += alternatives
+            .iter()
+            .filter(|a| a["sampling_logprob"].is_null())
+            .count();
+    }
+    assert!(
+        cut > 0,
+        "top-k 40 and top-p 0.9 cut no alternative: nothing told the modes apart"
+    );
 }
 
 #[tokio::test]
@@ -524,7 +568,7 @@ async fn what_cannot_be_served_is_refused_naming_the_field() {
         ),
         (
             "/v1/completions",
-            completion(json!({"logprobs": 3})),
+            completion(json!({"logprobs": 21})),
             400,
             "logprobs",
         ),
@@ -615,7 +659,7 @@ async fn what_cannot_be_served_is_refused_naming_the_field() {
         ),
         (
             "/v1/chat/completions",
-            chat(json!({"logprobs": true, "top_logprobs": 2})),
+            chat(json!({"logprobs": true, "top_logprobs": 21})),
             400,
             "top_logprobs",
         ),
@@ -767,4 +811,37 @@ async fn models_and_the_tokenizer_routes_agree_with_the_generation_routes() {
     )
     .await;
     assert_eq!(status, 400, "{answer}");
+}
+
+/// `served_model_name`: the model answers to those names and to its id, answers name it by the
+/// first, `/v1/models` lists each; any other name is 404 naming `model`.
+#[tokio::test]
+async fn the_model_answers_to_its_served_names() {
+    let server = harness::start(|c| c.served_model_name = "default, policy".into());
+    let models = get_json(server.base(), "/v1/models").await;
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids[..2], ["default", "policy"]);
+    assert_eq!(ids.len(), 3, "and the model's id: {ids:?}");
+    for name in ids.clone() {
+        let answer = ok(
+            &server,
+            "/v1/completions",
+            &json!({"model": name, "prompt": "hi", "max_tokens": 2}),
+        )
+        .await;
+        assert_eq!(answer["model"], "default");
+    }
+    let (status, body) = post(
+        &server,
+        "/v1/completions",
+        &json!({"model": "gpt-4", "prompt": "hi", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["param"], "model");
 }

@@ -2,12 +2,13 @@
 //! `/rollouts` sample becomes a choice: its text, its log-probs in OpenAI's two listings, vLLM's
 //! `token_ids`, and entroll's statistics under `entroll`.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 
 use super::{finish_reason, ChoiceStats, Extension, LogprobsMode, Usage};
-use crate::api::rollouts::Sample;
+use crate::api::rollouts::{Sample, TopLogprob as Alternative};
 
 /// Every answer and every streamed chunk: OpenAI's envelope around the route's choices.
 #[derive(Debug, Clone, Serialize)]
@@ -53,6 +54,31 @@ pub struct Listing {
     pub as_ids: bool,
 }
 
+/// The names of a listing's tokens: their texts by id, or `token_id:N` for every token.
+#[derive(Debug, Clone, Default)]
+pub struct Names(pub Option<HashMap<u32, String>>);
+
+impl Names {
+    /// Token `id`'s name.
+    fn of(&self, id: u32) -> String {
+        match self.0.as_ref().and_then(|texts| texts.get(&id)) {
+            Some(text) => text.clone(),
+            None => format!("token_id:{id}"),
+        }
+    }
+}
+
+/// Every token id a listing of `sample` names (its own and its alternatives), once each..
+pub fn listed_ids(sample: &Sample) -> Vec<u32> {
+    let mut ids = sample.token_ids.clone();
+    for alternatives in sample.top_logprobs.iter().flatten() {
+        ids.extend(alternatives.iter().map(|a| a.id));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 impl Listing {
     /// The listed log-prob of each token of `sample`.
     fn logprobs<'a>(&self, sample: &'a Sample) -> &'a [f32] {
@@ -62,16 +88,46 @@ impl Listing {
         }
     }
 
-    /// Each token's name: `token_id:N`, or its text from `texts`.
-    fn names(&self, sample: &Sample, texts: Option<Vec<String>>) -> Vec<String> {
-        match texts.filter(|_| !self.as_ids) {
-            Some(texts) => texts,
-            None => sample
-                .token_ids
-                .iter()
-                .map(|id| format!("token_id:{id}"))
-                .collect(),
+    /// Token `t`'s alternatives (as many as the request asked for: the sample holds them) with
+    /// their listed log-probs, highest first: those the listed distribution gives a
+    /// probability (a processed listing leaves out what truncation cut).
+    fn alternatives(&self, sample: &Sample, t: usize) -> Vec<(u32, f32)> {
+        let Some(all) = sample.top_logprobs.as_ref().and_then(|all| all.get(t)) else {
+            return Vec::new();
+        };
+        all.iter()
+            .filter_map(|a: &Alternative| {
+                let lp = match self.mode {
+                    LogprobsMode::Processed => a.sampling_logprob?,
+                    LogprobsMode::Full => a.logprob,
+                };
+                Some((a.id, lp))
+            })
+            .collect()
+    }
+}
+
+/// A JSON object whose keys keep the order they are given in (the first of equal keys wins):
+/// the completions listing's alternatives, most probable first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RankedMap(pub Vec<(String, f32)>);
+
+impl RankedMap {
+    /// Adds `key` unless it is there already.
+    fn push(&mut self, key: String, value: f32) {
+        if !self.0.iter().any(|(k, _)| *k == key) {
+            self.0.push((key, value));
         }
+    }
+}
+
+impl Serialize for RankedMap {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
     }
 }
 
@@ -103,8 +159,9 @@ pub struct TextLogprobs {
     pub tokens: Vec<String>,
     /// Each token's log-prob.
     pub token_logprobs: Vec<f32>,
-    /// Per token, its alternatives: the drawn token alone (entroll lists no others).
-    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+    /// Per token, its `logprobs` most probable alternatives, most probable first, and the
+    /// drawn token (as OpenAI: up to `logprobs + 1` entries).
+    pub top_logprobs: Vec<RankedMap>,
     /// Where each token's text starts in `text`, in characters.
     pub text_offset: Vec<usize>,
 }
@@ -117,10 +174,10 @@ impl TextChoice {
         sample: Sample,
         prompt_token_ids: Option<Vec<u32>>,
         token_ids: bool,
-        listing: Option<(Listing, Option<Vec<String>>)>,
+        listing: Option<(Listing, Names)>,
     ) -> Self {
-        let logprobs = listing.map(|(listing, texts)| {
-            let tokens = listing.names(&sample, texts);
+        let logprobs = listing.map(|(listing, names)| {
+            let tokens: Vec<String> = sample.token_ids.iter().map(|&id| names.of(id)).collect();
             let token_logprobs = listing.logprobs(&sample).to_vec();
             let mut at = 0;
             let text_offset = tokens
@@ -134,7 +191,15 @@ impl TextChoice {
             let top_logprobs = tokens
                 .iter()
                 .zip(&token_logprobs)
-                .map(|(t, &lp)| BTreeMap::from([(t.clone(), lp)]))
+                .enumerate()
+                .map(|(t, (name, &lp))| {
+                    let mut map = RankedMap::default();
+                    for (id, lp) in listing.alternatives(&sample, t) {
+                        map.push(names.of(id), lp);
+                    }
+                    map.push(name.clone(), lp);
+                    map
+                })
                 .collect();
             TextLogprobs {
                 tokens,
@@ -202,8 +267,19 @@ pub struct TokenLogprob {
     pub logprob: f32,
     /// The UTF-8 bytes of its name.
     pub bytes: Vec<u8>,
-    /// Alternatives: none (entroll lists none; `top_logprobs` above 0 is refused).
-    pub top_logprobs: Vec<TokenLogprob>,
+    /// Its `top_logprobs` most probable alternatives, most probable first.
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// One alternative of a chat listing's token.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopLogprob {
+    /// Its name.
+    pub token: String,
+    /// Its log-prob.
+    pub logprob: f32,
+    /// The UTF-8 bytes of its name.
+    pub bytes: Vec<u8>,
 }
 
 impl ChatChoice {
@@ -213,18 +289,33 @@ impl ChatChoice {
         sample: Sample,
         streamed: bool,
         token_ids: bool,
-        listing: Option<(Listing, Option<Vec<String>>)>,
+        listing: Option<(Listing, Names)>,
     ) -> Self {
-        let logprobs = listing.map(|(listing, texts)| ChatLogprobs {
-            content: listing
-                .names(&sample, texts)
-                .into_iter()
+        let logprobs = listing.map(|(listing, names)| ChatLogprobs {
+            content: sample
+                .token_ids
+                .iter()
                 .zip(listing.logprobs(&sample))
-                .map(|(token, &logprob)| TokenLogprob {
-                    bytes: token.as_bytes().to_vec(),
-                    token,
-                    logprob,
-                    top_logprobs: Vec::new(),
+                .enumerate()
+                .map(|(t, (&id, &logprob))| {
+                    let token = names.of(id);
+                    TokenLogprob {
+                        bytes: token.as_bytes().to_vec(),
+                        token,
+                        logprob,
+                        top_logprobs: listing
+                            .alternatives(&sample, t)
+                            .into_iter()
+                            .map(|(id, logprob)| {
+                                let token = names.of(id);
+                                TopLogprob {
+                                    bytes: token.as_bytes().to_vec(),
+                                    token,
+                                    logprob,
+                                }
+                            })
+                            .collect(),
+                    }
                 })
                 .collect(),
         });

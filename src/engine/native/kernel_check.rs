@@ -6,7 +6,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::kernels::{token_stats_cpu, RowIn, RowOut};
+use super::kernels::{token_stats_cpu_with_tops, RowIn, RowOut};
 use super::token_stats;
 use crate::stats::distribution::{NucleusParams, NucleusRule, Truncation, Workspace};
 use crate::stats::sampling::{DrawKey, TokenSampler};
@@ -57,31 +57,34 @@ pub fn bf16_round(x: f32) -> f32 {
 }
 
 /// The samplers a check runs every row with: the statistics' defaults, a truncated draw with
-/// the inclusive nucleus, a tight nucleus over the whole vocabulary, and a greedy draw.
+/// the inclusive nucleus and 20 alternatives, a tight nucleus over the whole vocabulary with 5,
+/// and a greedy draw whose 7 candidates are fewer than its 20 alternatives.
 pub fn settings(vocab: usize) -> Vec<(&'static str, TokenSampler)> {
     let key = DrawKey {
         seed: 0x5EED_0000_0000_0007,
         prompt: 3,
         sample: 1,
     };
-    let sampler = |temperature, truncation, top_p, max_candidates, rule| TokenSampler {
-        temperature,
-        truncation,
-        nucleus: NucleusParams {
-            top_p,
-            max_candidates,
-            rule,
-        },
-        key,
-        mask: false,
-    };
+    let sampler =
+        |temperature, truncation, top_p, max_candidates, rule, alternatives| TokenSampler {
+            temperature,
+            truncation,
+            nucleus: NucleusParams {
+                top_p,
+                max_candidates,
+                rule,
+            },
+            key,
+            mask: false,
+            alternatives,
+        };
     vec![
         (
             "T 1, untruncated, strict p 0.8 K 10000",
-            sampler(1.0, Truncation::NONE, 0.8, 10_000, NucleusRule::Strict),
+            sampler(1.0, Truncation::NONE, 0.8, 10_000, NucleusRule::Strict, 0),
         ),
         (
-            "T 0.7, top-k 50 top-p 0.95, inclusive p 0.95 K 1024",
+            "T 0.7, top-k 50 top-p 0.95, inclusive p 0.95 K 1024, 20 alternatives",
             sampler(
                 0.7,
                 Truncation {
@@ -91,10 +94,11 @@ pub fn settings(vocab: usize) -> Vec<(&'static str, TokenSampler)> {
                 0.95,
                 1_024,
                 NucleusRule::Inclusive,
+                20,
             ),
         ),
         (
-            "T 1.3, top-p 0.5, strict p 0.999 K V+5",
+            "T 1.3, top-p 0.5, strict p 0.999 K V+5, 5 alternatives",
             sampler(
                 1.3,
                 Truncation {
@@ -104,10 +108,11 @@ pub fn settings(vocab: usize) -> Vec<(&'static str, TokenSampler)> {
                 0.999,
                 vocab + 5,
                 NucleusRule::Strict,
+                5,
             ),
         ),
         (
-            "T 1, top-k 1, inclusive p 0.3 K 7",
+            "T 1, top-k 1, inclusive p 0.3 K 7, 20 alternatives",
             sampler(
                 1.0,
                 Truncation {
@@ -117,6 +122,7 @@ pub fn settings(vocab: usize) -> Vec<(&'static str, TokenSampler)> {
                 0.3,
                 7,
                 NucleusRule::Inclusive,
+                20,
             ),
         ),
     ]
@@ -129,7 +135,8 @@ pub struct Outcome {
     pub setting: &'static str,
     /// Rows run.
     pub rows: usize,
-    /// Rows whose device result equals the CPU harness's bit for bit.
+    /// Rows whose device result (its alternatives included) equals the CPU harness's bit for
+    /// bit.
     pub identical: usize,
     /// The first row that differs, by case name.
     pub first_difference: Option<&'static str>,
@@ -163,8 +170,8 @@ pub fn check(
         let inputs: Vec<RowIn> = (0..rows.len())
             .map(|i| RowIn::for_token(&sampler, i as u32))
             .collect();
-        let on_device = token_stats::run(&logits, inputs.clone())?;
-        let harness = token_stats_cpu(&flat, vocab, &inputs);
+        let (on_device, device_tops) = token_stats::run(&logits, inputs.clone())?;
+        let (harness, harness_tops) = token_stats_cpu_with_tops(&flat, vocab, &inputs);
         let mut outcome = Outcome {
             setting,
             rows: rows.len(),
@@ -177,7 +184,9 @@ pub fn check(
         for (i, ((case, row), (device_out, harness_out))) in
             rows.iter().zip(on_device.iter().zip(&harness)).enumerate()
         {
-            if same_bits(device_out, harness_out) {
+            let tops_agree = token_stats::as_bytes(device_tops.get(i..=i).unwrap_or_default())
+                == token_stats::as_bytes(harness_tops.get(i..=i).unwrap_or_default());
+            if same_bits(device_out, harness_out) && tops_agree {
                 outcome.identical += 1;
             } else if outcome.first_difference.is_none() {
                 outcome.first_difference = Some(case);

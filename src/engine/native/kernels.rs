@@ -44,7 +44,14 @@ pub struct RowIn {
     pub top_k: u32,
     /// The draw's top-p truncation, inclusive, after top-k (`>= 1`: none).
     pub top_p: f64,
+    /// The most probable tokens to return (0: none; at most [`MAX_TOP`]).
+    pub top_n: u32,
+    /// Padding to 8 bytes.
+    pub top_pad: u32,
 }
+
+/// The most alternatives a row returns (`ENT_MAX_TOP`).
+pub const MAX_TOP: usize = 20;
 
 impl RowIn {
     /// The inputs of token `token_index` of the sample `key` names, at `temperature`, with the
@@ -72,6 +79,8 @@ impl RowIn {
                 .top_k
                 .map_or(0, |k| k.clamp(1, u32::MAX as usize) as u32),
             top_p: truncation.top_p,
+            top_n: 0,
+            top_pad: 0,
         }
     }
 }
@@ -79,13 +88,16 @@ impl RowIn {
 impl RowIn {
     /// The inputs of token `token_index` drawn by `sampler`.
     pub fn for_token(sampler: &crate::stats::sampling::TokenSampler, token_index: u32) -> Self {
-        Self::new(
-            sampler.temperature,
-            sampler.key,
-            token_index,
-            &sampler.nucleus,
-            &sampler.truncation,
-        )
+        Self {
+            top_n: sampler.alternatives.min(MAX_TOP) as u32,
+            ..Self::new(
+                sampler.temperature,
+                sampler.key,
+                token_index,
+                &sampler.nucleus,
+                &sampler.truncation,
+            )
+        }
     }
 }
 
@@ -117,6 +129,50 @@ pub struct RowOut {
     pub sampling_logprob: f64,
 }
 
+/// A row's most probable tokens (`EntTopOut` in the kernel source), for a row whose `top_n` is
+/// above 0.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TopOut {
+    /// How many are listed: `top_n`, fewer if fewer tokens have a finite logit.
+    pub count: u32,
+    /// How many of them (a prefix of the ranking) the truncated draw could pick.
+    pub kept: u32,
+    /// Their ids, in rank order (logit descending, id ascending).
+    pub id: [u32; MAX_TOP],
+    /// `ln π(id)` at the temperature.
+    pub logprob: [f64; MAX_TOP],
+    /// For the first `kept`: `ln` of the probability under the truncated distribution drawn
+    /// from.
+    pub sampling_logprob: [f64; MAX_TOP],
+}
+
+impl Default for TopOut {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            kept: 0,
+            id: [0; MAX_TOP],
+            logprob: [0.0; MAX_TOP],
+            sampling_logprob: [0.0; MAX_TOP],
+        }
+    }
+}
+
+impl TopOut {
+    /// The alternatives, as the host sampler gives them.
+    pub fn alternatives(&self) -> Box<[crate::stats::distribution::Alternative]> {
+        let count = (self.count as usize).min(MAX_TOP);
+        (0..count)
+            .map(|j| crate::stats::distribution::Alternative {
+                token: self.id[j],
+                logprob: self.logprob[j],
+                sampling_logprob: (j < self.kept as usize).then_some(self.sampling_logprob[j]),
+            })
+            .collect()
+    }
+}
+
 extern "C" {
     fn entroll_token_stats_cpu(
         logits: *const f32,
@@ -124,6 +180,7 @@ extern "C" {
         vocab: u32,
         inputs: *const RowIn,
         outputs: *mut RowOut,
+        tops: *mut TopOut,
     );
     fn entroll_threads() -> u32;
     fn entroll_scratch_keys(input: *const RowIn, vocab: u32) -> u32;
@@ -135,6 +192,16 @@ extern "C" {
 /// rows on the CPU's threads at once (rows are independent, like the GPU's thread blocks, so
 /// the results do not depend on how they are split).
 pub fn token_stats_cpu(logits: &[f32], vocab: usize, inputs: &[RowIn]) -> Vec<RowOut> {
+    token_stats_cpu_with_tops(logits, vocab, inputs).0
+}
+
+/// [`token_stats_cpu`], and the rows' alternatives: one [`TopOut`] per row when any row asks
+/// for them (a row that does not has a count of 0), none otherwise.
+pub fn token_stats_cpu_with_tops(
+    logits: &[f32],
+    vocab: usize,
+    inputs: &[RowIn],
+) -> (Vec<RowOut>, Vec<TopOut>) {
     assert_eq!(
         logits.len(),
         vocab * inputs.len(),
@@ -146,31 +213,45 @@ pub fn token_stats_cpu(logits: &[f32], vocab: usize, inputs: &[RowIn]) -> Vec<Ro
     );
     use rayon::prelude::*;
     let mut outputs = vec![RowOut::default(); inputs.len()];
+    let asked = inputs.iter().any(|input| input.top_n > 0);
+    let mut tops = vec![TopOut::default(); if asked { inputs.len() } else { 0 }];
     // Blocks of rows small enough to spread over the threads, large enough to amortise a
     // call's scratch.
     let block = inputs
         .len()
         .div_ceil(4 * rayon::current_num_threads())
         .max(1);
-    outputs
+    let run = |outputs: &mut [RowOut], tops: *mut TopOut, inputs: &[RowIn], logits: &[f32]| {
+        // SAFETY: the pointers cover `inputs.len()` rows of `vocab` logits, `inputs.len()`
+        // inputs and as many outputs, and as many tops or none (null); the blocks split them
+        // alike (checked above), and the harness reads and writes nothing else.
+        unsafe {
+            entroll_token_stats_cpu(
+                logits.as_ptr(),
+                inputs.len(),
+                vocab as u32,
+                inputs.as_ptr(),
+                outputs.as_mut_ptr(),
+                tops,
+            );
+        }
+    };
+    let blocks = outputs
         .par_chunks_mut(block)
         .zip(inputs.par_chunks(block))
-        .zip(logits.par_chunks(block * vocab))
-        .for_each(|((outputs, inputs), logits)| {
-            // SAFETY: the pointers cover `inputs.len()` rows of `vocab` logits, `inputs.len()`
-            // inputs and as many outputs (the blocks split all three alike, checked above);
-            // the harness reads and writes nothing else.
-            unsafe {
-                entroll_token_stats_cpu(
-                    logits.as_ptr(),
-                    inputs.len(),
-                    vocab as u32,
-                    inputs.as_ptr(),
-                    outputs.as_mut_ptr(),
-                );
-            }
+        .zip(logits.par_chunks(block * vocab));
+    if asked {
+        blocks
+            .zip(tops.par_chunks_mut(block))
+            .for_each(|(((outputs, inputs), logits), tops)| {
+                run(outputs, tops.as_mut_ptr(), inputs, logits)
+            });
+    } else {
+        blocks.for_each(|((outputs, inputs), logits)| {
+            run(outputs, std::ptr::null_mut(), inputs, logits)
         });
-    outputs
+    }
+    (outputs, tops)
 }
 
 /// The threads of one row's block (`ENT_THREADS`): the GPU launch's block size.
@@ -281,11 +362,17 @@ mod tests {
             prompt: 3,
             sample: 1,
         };
+        // Every third row asks for no alternatives, the others for a few or the most.
+        let top_n = |i: usize| [0, 5, MAX_TOP][i % 3];
         let inputs: Vec<RowIn> = (0..rows.len())
-            .map(|i| RowIn::new(temperature, key, i as u32, nucleus, truncation))
+            .map(|i| RowIn {
+                top_n: top_n(i) as u32,
+                ..RowIn::new(temperature, key, i as u32, nucleus, truncation)
+            })
             .collect();
         let flat: Vec<f32> = rows.iter().flatten().copied().collect();
-        let outputs = token_stats_cpu(&flat, vocab, &inputs);
+        let (outputs, tops) = token_stats_cpu_with_tops(&flat, vocab, &inputs);
+        assert_eq!(tops.len(), if rows.len() > 1 { rows.len() } else { 0 });
         let mut worst = 0.0f64;
         let mut ws = Workspace::default();
         for (i, (row, out)) in rows.iter().zip(&outputs).enumerate() {
@@ -293,6 +380,37 @@ mod tests {
             let mut host = Distribution::new(row, temperature, &mut ws).unwrap();
             let drawn = host.draw(truncation, key.uniform(i as u32));
             assert_eq!(out.token, drawn.token, "row {i}: the draw");
+            if let Some(top) = tops.get(i) {
+                // The same tokens, kept or cut alike, and their log-probs within rounding; the
+                // drawn token's the same bits as the row's own.
+                let kernel = top.alternatives();
+                let host = host.alternatives(top_n(i), &drawn);
+                assert_eq!(kernel.len(), host.len(), "row {i}: the alternatives");
+                for (k, h) in kernel.iter().zip(&host) {
+                    assert_eq!(k.token, h.token, "row {i}: an alternative");
+                    assert_eq!(
+                        k.sampling_logprob.is_some(),
+                        h.sampling_logprob.is_some(),
+                        "row {i}: token {} kept",
+                        k.token
+                    );
+                    let pairs = [
+                        (k.logprob, h.logprob),
+                        (
+                            k.sampling_logprob.unwrap_or(0.0),
+                            h.sampling_logprob.unwrap_or(0.0),
+                        ),
+                    ];
+                    for (got, want) in pairs {
+                        worst = worst.max((got - want).abs());
+                        assert!((got - want).abs() <= 1e-9, "row {i}: {got} vs {want}");
+                    }
+                    if k.token == out.token {
+                        assert_eq!(k.logprob, out.logprob, "row {i}");
+                        assert_eq!(k.sampling_logprob, Some(out.sampling_logprob), "row {i}");
+                    }
+                }
+            }
             let s = host.nucleus(nucleus);
             assert_eq!(
                 out.nucleus_size as usize, s.size,

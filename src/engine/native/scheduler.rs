@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use tokio::sync::oneshot;
 
 use super::batch::{Batch, DecodeRow};
-use super::kernels::RowIn;
+use super::kernels::{RowIn, MAX_TOP};
 use super::kv::{Access, KvCache};
 use super::model::Transformer;
 use super::plan::{Batcher, SeqId};
@@ -27,7 +27,7 @@ use super::text::TextCodec;
 use super::token_stats;
 use crate::engine::FinishReason;
 use crate::engine::{Drawing, EngineError, SequenceOutput, SequenceRequest};
-use crate::stats::distribution::{Truncation, Workspace};
+use crate::stats::distribution::{Alternative, Truncation, Workspace};
 use crate::stats::sampling::{SamplingMask, TokenRecord, TokenSampler};
 use crate::telemetry::metrics;
 use crate::telemetry::panic::panic_message;
@@ -60,6 +60,8 @@ struct Sequence {
     records: Vec<TokenRecord>,
     /// Each token's sampling mask, when the sampler returns them.
     masks: Option<Vec<Option<SamplingMask>>>,
+    /// Each token's alternatives, when the sampler returns them.
+    alternatives: Option<Vec<Box<[Alternative]>>>,
     first_token_at: Option<Instant>,
 }
 
@@ -201,6 +203,9 @@ impl Scheduler {
         // as generated: toward max_tokens, stop strings and the draw index.
         self.batcher.push(id, job.request.context());
         let masks = matches!(&job.request.drawing, Drawing::Entroll(s) if s.mask).then(Vec::new);
+        let alternatives =
+            matches!(&job.request.drawing, Drawing::Entroll(s) if s.alternatives > 0)
+                .then(Vec::new);
         self.sequences.insert(
             id,
             Sequence {
@@ -208,6 +213,7 @@ impl Scheduler {
                 job,
                 records: Vec::new(),
                 masks,
+                alternatives,
                 first_token_at: None,
             },
         );
@@ -355,23 +361,30 @@ impl Scheduler {
                 .iter()
                 .map(|row| RowIn::for_token(row.sampler, row.index))
                 .collect();
-            let rows = token_stats::run(&logits, inputs)?
+            let (outs, tops) = token_stats::run(&logits, inputs)?;
+            let rows = outs
                 .into_iter()
                 .zip(rows)
                 .enumerate()
                 .map(|(r, (out, row))| {
-                    if row.sampler.mask && row.keep {
-                        // The kernel returns no token sets: a row whose mask is asked for is
-                        // measured on the host, from its own logits.
+                    if (row.sampler.mask || row.sampler.alternatives > MAX_TOP) && row.keep {
+                        // The kernel returns no token sets, and at most MAX_TOP alternatives:
+                        // a row that asks for more is measured on the host, from its own
+                        // logits.
                         let logits = logits.get(r)?.to_dtype(candle_core::DType::F32)?;
                         step_counts::sync();
                         return row.measure(&logits.to_vec1::<f32>()?, &mut Workspace::default());
                     }
                     let record = out.record().map_err(|e| failed(row.index, e))?;
+                    let alternatives = match tops.get(r) {
+                        Some(top) if row.keep => top.alternatives(),
+                        _ => Box::default(),
+                    };
                     Ok(Row {
                         token: record.token,
                         record: row.keep.then_some(record),
                         mask: None,
+                        alternatives,
                     })
                 })
                 .collect();
@@ -414,6 +427,7 @@ impl Scheduler {
             token,
             record,
             mask,
+            alternatives,
         } = match drawn {
             Ok(drawn) => drawn,
             Err(e) => return Some(Err(EngineError::Generation(error_message(&e)))),
@@ -427,6 +441,9 @@ impl Scheduler {
                 }
             }
             masks.push(mask);
+        }
+        if let Some(all) = &mut seq.alternatives {
+            all.push(alternatives);
         }
         seq.first_token_at.get_or_insert_with(Instant::now);
         seq.generated.push(token);
@@ -486,6 +503,7 @@ impl Scheduler {
         SequenceOutput {
             tokens: seq.records.clone(),
             masks: seq.masks.clone(),
+            alternatives: seq.alternatives.clone(),
             length: seq.generated.len() - request.drawn.len(),
             text,
             finish_reason,
@@ -527,26 +545,30 @@ impl RowDraw<'_> {
                 token: token.map_err(failed)?,
                 record: None,
                 mask: None,
+                alternatives: Box::default(),
             });
         }
-        let (record, mask) = self
+        let step = self
             .sampler
-            .step_with_mask(logits, self.index, ws)
+            .step_with_extras(logits, self.index, ws)
             .map_err(failed)?;
         Ok(Row {
-            token: record.token,
-            record: Some(record),
-            mask,
+            token: step.record.token,
+            record: Some(step.record),
+            mask: step.mask,
+            alternatives: step.alternatives,
         })
     }
 }
 
-/// What a row gave: the drawn token, its record (unless the sampler keeps none) and its
-/// sampling mask (when asked for and the draw was truncated).
+/// What a row gave: the drawn token, its record (unless the sampler keeps none), its
+/// sampling mask (when asked for and the draw was truncated) and its alternatives (when asked
+/// for).
 struct Row {
     token: u32,
     record: Option<TokenRecord>,
     mask: Option<SamplingMask>,
+    alternatives: Box<[Alternative]>,
 }
 
 /// A row's result, or why the row could not be measured.

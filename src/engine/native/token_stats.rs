@@ -1,42 +1,53 @@
 //! The token-statistics kernel (`kernels/token_stats.cuh`) as a candle operation on a `[B, V]`
 //! logits tensor, wherever the tensor lives. On CUDA the PTX runs one thread block per row and
-//! only 64 bytes a row come back to the host, instead of the whole row; on the CPU the harness
+//! only 64 bytes a row come back to the host (472 when a row of the batch asks for
+//! alternatives), instead of the whole row; on the CPU the harness
 //! runs the same source. With the device kernels on
 //! ([`crate::engine::settings::DeviceKernels`]) the engine draws every token through [`run`], so
 //! the code the GPU runs is the code the CPU tests run.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
-use super::kernels::{RowIn, RowOut};
+use super::kernels::{RowIn, RowOut, TopOut};
 use crate::stats::distribution::StatsError;
 use crate::stats::sampling::TokenRecord;
 
-/// Bytes of one row's result.
+/// Bytes of one row's result, and of one row's alternatives.
 const OUT_BYTES: usize = std::mem::size_of::<RowOut>();
+const TOP_BYTES: usize = std::mem::size_of::<TopOut>();
 
 /// Measures and draws every row of `logits` (`[B, V]`, float32) with `inputs[b]` for row `b`,
-/// on the logits' device; returns the rows' results on the host.
-pub fn run(logits: &Tensor, inputs: Vec<RowIn>) -> candle_core::Result<Vec<RowOut>> {
+/// on the logits' device; returns the rows' results on the host, and when any row asks for
+/// alternatives, every row's ([`TopOut`], a count of 0 where a row did not ask).
+pub fn run(logits: &Tensor, inputs: Vec<RowIn>) -> candle_core::Result<(Vec<RowOut>, Vec<TopOut>)> {
     let (rows, _) = logits.dims2()?;
     if rows != inputs.len() {
         candle_core::bail!("{rows} logits rows for {} inputs", inputs.len());
     }
     if rows == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     // Reading the results back waits for the device.
     super::step_counts::sync();
-    let bytes = launch(logits, inputs)?.flatten_all()?.to_vec1::<u8>()?;
-    Ok(bytes
-        .chunks_exact(OUT_BYTES)
-        // SAFETY: each chunk holds one `RowOut` as the kernel wrote it; every bit pattern of
-        // its plain number fields is a value, and the read does not assume alignment.
-        .map(|chunk| unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<RowOut>()) })
-        .collect())
+    let bytes = launch(logits, inputs)?.to_vec1::<u8>()?;
+    let (outs, tops) = bytes.split_at(rows * OUT_BYTES);
+    Ok((read_all(outs, OUT_BYTES), read_all(tops, TOP_BYTES)))
+}
+
+/// The `T`s laid end to end in `bytes`, `size` bytes each.
+fn read_all<T: Copy>(bytes: &[u8], size: usize) -> Vec<T> {
+    bytes
+        .chunks_exact(size)
+        // SAFETY: each chunk holds one `T` (`RowOut` or `TopOut`) as the kernel wrote it; every
+        // bit pattern of their plain number fields is a value, and the read does not assume
+        // alignment.
+        .map(|chunk| unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<T>()) })
+        .collect()
 }
 
 /// Queues the kernel over `logits` (`[B, V]`) with `inputs[b]` for row `b` (as many): the rows'
-/// results (`[B, 64]` bytes, [`RowOut`]s) stay on the logits' device.
+/// results stay on the logits' device, as bytes: `B` [`RowOut`]s, then, when any row asks for
+/// alternatives, `B` [`TopOut`]s.
 pub fn launch(logits: &Tensor, inputs: Vec<RowIn>) -> candle_core::Result<Tensor> {
     let logits = logits.to_dtype(DType::F32)?.contiguous()?;
     // The rows' inputs go up with the launch (on the CPU the harness reads them in place).
@@ -67,7 +78,7 @@ impl RowOut {
     }
 }
 
-/// The operation: the rows' inputs travel with it (56 bytes a row), the logits are its tensor.
+/// The operation: the rows' inputs travel with it (64 bytes a row), the logits are its tensor.
 struct TokenStatsOp {
     inputs: Vec<RowIn>,
 }
@@ -104,12 +115,15 @@ impl CustomOp1 for TokenStatsOp {
             candle_core::bail!("token statistics: the logits must be float32");
         };
         let start = layout.start_offset();
-        let out =
-            super::kernels::token_stats_cpu(&all[start..start + rows * vocab], vocab, &self.inputs);
-        Ok((
-            CpuStorage::U8(as_bytes(&out).to_vec()),
-            Shape::from((rows, OUT_BYTES)),
-        ))
+        let (out, tops) = super::kernels::token_stats_cpu_with_tops(
+            &all[start..start + rows * vocab],
+            vocab,
+            &self.inputs,
+        );
+        let mut bytes = as_bytes(&out).to_vec();
+        bytes.extend_from_slice(as_bytes(&tops));
+        let len = bytes.len();
+        Ok((CpuStorage::U8(bytes), Shape::from(len)))
     }
 
     #[cfg(feature = "cuda")]
@@ -127,7 +141,19 @@ impl CustomOp1 for TokenStatsOp {
         let logits = storage.as_cuda_slice::<f32>()?;
         let logits = logits.slice(layout.start_offset()..);
         let inputs = dev.clone_htod(as_bytes(&self.inputs))?;
-        let out = dev.alloc_zeros::<u8>(rows * OUT_BYTES)?;
+        // The rows' results, then their alternatives when a row asks for them; else the
+        // kernel is given one place of its own that it never writes, at stride 0.
+        let asked = self.inputs.iter().any(|input| input.top_n > 0);
+        let len = rows * OUT_BYTES + if asked { rows * TOP_BYTES } else { 0 };
+        let out = dev.alloc_zeros::<u8>(len)?;
+        let spare = match asked {
+            true => None,
+            false => Some(dev.alloc_zeros::<u8>(TOP_BYTES)?),
+        };
+        let (tops, tops_stride) = match &spare {
+            None => (out.slice(rows * OUT_BYTES..), 1u32),
+            Some(spare) => (spare.slice(..), 0u32),
+        };
         let keys_per_row = self
             .inputs
             .iter()
@@ -154,22 +180,26 @@ impl CustomOp1 for TokenStatsOp {
         launch.arg(&vocab);
         launch.arg(&inputs);
         launch.arg(&out);
+        launch.arg(&tops);
+        launch.arg(&tops_stride);
         launch.arg(&keys);
         launch.arg(&weights);
         launch.arg(&keys_per_row);
         // SAFETY: the arguments match `entroll_token_stats` in kernels/token_stats.cu: `rows`
-        // rows of `vocab` logits, as many inputs and outputs, `keys_per_row` keys and weights
-        // a row.
+        // rows of `vocab` logits, as many inputs and outputs, `rows` alternatives at stride 1
+        // or one at stride 0 (8-byte aligned: `rows * 64` bytes in), `keys_per_row` keys and
+        // weights a row.
         unsafe { launch.launch(config) }.w()?;
+        drop(launch);
         Ok((
             candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
-            Shape::from((rows, OUT_BYTES)),
+            Shape::from(len),
         ))
     }
 }
 
-/// The bytes of `values`, a slice of `RowIn` or `RowOut` (`repr(C)`, no padding: 56 and 64
-/// bytes of plain numbers).
+/// The bytes of `values`, a slice of `RowIn`, `RowOut` or `TopOut` (`repr(C)`, no padding:
+/// 64, 64 and 408 bytes of plain numbers).
 pub(super) fn as_bytes<T: Copy>(values: &[T]) -> &[u8] {
     // SAFETY: `T` is one of the two kernel structs, whose fields fill them without padding, so
     // every byte is initialised.
@@ -215,6 +245,7 @@ mod tests {
                     sample: (r % 4) as u32,
                 },
                 mask: false,
+                alternatives: 0,
             })
             .collect();
         let inputs = samplers
@@ -224,7 +255,8 @@ mod tests {
             .collect();
         let tensor =
             Tensor::from_vec(logits.clone(), (rows, vocab), &candle_core::Device::Cpu).unwrap();
-        let outs = run(&tensor, inputs).unwrap();
+        let (outs, tops) = run(&tensor, inputs).unwrap();
+        assert!(tops.is_empty(), "no row asked for alternatives");
         let mut ws = Workspace::default();
         for (r, (sampler, out)) in samplers.iter().zip(&outs).enumerate() {
             let row = &logits[r * vocab..(r + 1) * vocab];
@@ -259,7 +291,7 @@ mod tests {
     #[test]
     fn a_batch_of_no_rows_and_mismatched_inputs() {
         let none = Tensor::zeros((0, 10), DType::F32, &candle_core::Device::Cpu).unwrap();
-        assert!(run(&none, Vec::new()).unwrap().is_empty());
+        assert!(run(&none, Vec::new()).unwrap().0.is_empty());
         let two = Tensor::zeros((2, 10), DType::F32, &candle_core::Device::Cpu).unwrap();
         assert!(run(&two, Vec::new()).is_err());
     }

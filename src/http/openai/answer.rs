@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::api::error::ApiError;
-use crate::api::openai::answer::{ChatChoice, Choice, Envelope, Listing, TextChoice};
+use crate::api::openai::answer::{
+    listed_ids, ChatChoice, Choice, Envelope, Listing, Names, TextChoice,
+};
 use crate::api::openai::{Extension, GroupStats, LogprobsMode, Usage};
 use crate::api::rollouts::{Group, RolloutResponse, Sample, Served, Summary};
 use crate::engine::Engine;
@@ -82,10 +84,7 @@ impl Answerer {
     }
 
     /// The listing of `sample`'s tokens, when the request asked for one.
-    async fn listing(
-        &self,
-        sample: &Sample,
-    ) -> Result<Option<(Listing, Option<Vec<String>>)>, ApiError> {
+    async fn listing(&self, sample: &Sample) -> Result<Option<(Listing, Names)>, ApiError> {
         if !self.asked.logprobs {
             return Ok(None);
         }
@@ -97,12 +96,15 @@ impl Answerer {
             },
             as_ids: self.asked.as_ids,
         };
-        let texts = if listing.as_ids {
-            None
+        let names = if listing.as_ids {
+            Names(None)
         } else {
-            Some(self.engine.token_texts(&sample.token_ids).await?)
+            // Every token named, the drawn ones and their alternatives, in one call.
+            let ids = listed_ids(sample);
+            let texts = self.engine.token_texts(&ids).await?;
+            Names(Some(ids.into_iter().zip(texts).collect()))
         };
-        Ok(Some((listing, texts)))
+        Ok(Some((listing, names)))
     }
 
     /// The choices of `group` (prompt `index`).

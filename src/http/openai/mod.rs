@@ -20,7 +20,9 @@ use futures_util::StreamExt;
 
 use self::answer::Answerer;
 use self::error::OpenAiError;
-use self::request::{check_model, conversation, in_openai_words, parse, rollout_request, Route};
+use self::request::{
+    check_model, conversation, in_openai_words, parse, rollout_request, served_names, Route,
+};
 use super::body::RequestBody;
 use super::deadline::Deadline;
 use super::state::AppState;
@@ -50,6 +52,11 @@ pub async fn chat_completions(
     generate(Route::Chat, state, body).await
 }
 
+/// The names the served model (`id`) answers to here.
+fn names(state: &AppState, id: &str) -> Vec<String> {
+    served_names(&state.config.served_model_name, id)
+}
+
 /// Either generation route: admitted, validated and run as `/rollouts` runs its requests.
 async fn generate(
     route: Route,
@@ -63,10 +70,11 @@ async fn generate(
         let admission = state.service.admit()?;
         let running = RunningRequest::start();
         let live = state.service.live();
-        let model = live.engine.info().id.clone();
+        let names = names(&state, &live.engine.info().id);
+        let model = names[0].clone();
         let request = parse::<GenerateRequest>(&body)?;
         let eos_ids = &live.engine.info().eos_ids;
-        let (rollout, asked) = rollout_request(route, request, &model, eos_ids)?;
+        let (rollout, asked) = rollout_request(route, request, &names, eos_ids)?;
         let valid = validate(rollout, &state.config).map_err(|e| in_openai_words(e, route))?;
         let deadline = Deadline::after(valid.timeout);
         let answerer = Answerer::new(asked, state.config.openai_logprobs, live.engine, model);
@@ -149,15 +157,18 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
     let info = live.engine.info();
     Json(ModelList {
         object: "list",
-        data: vec![ModelCard {
-            id: info.id.clone(),
-            object: "model",
-            created: state.started,
-            owned_by: "entroll",
-            root: info.id.clone(),
-            max_model_len: info.max_context,
-            weights_version: live.version,
-        }],
+        data: names(&state, &info.id)
+            .into_iter()
+            .map(|id| ModelCard {
+                id,
+                object: "model",
+                created: state.started,
+                owned_by: "entroll",
+                root: info.id.clone(),
+                max_model_len: info.max_context,
+                weights_version: live.version,
+            })
+            .collect(),
     })
 }
 
@@ -171,7 +182,7 @@ pub async fn tokenize(
     let RequestBody(body) = body?;
     let request: TokenizeRequest = parse(&body)?;
     let engine = state.service.live().engine;
-    check_model(request.model.as_deref(), &engine.info().id)?;
+    check_model(request.model.as_deref(), &names(&state, &engine.info().id))?;
     request::only(
         "add_special_tokens",
         request.add_special_tokens,
@@ -217,7 +228,7 @@ pub async fn detokenize(
     let RequestBody(body) = body?;
     let request: DetokenizeRequest = parse(&body)?;
     let engine = state.service.live().engine;
-    check_model(request.model.as_deref(), &engine.info().id)?;
+    check_model(request.model.as_deref(), &names(&state, &engine.info().id))?;
     let vocab = engine.info().vocab_size;
     if let Some(bad) = request.tokens.iter().find(|&&id| id as usize >= vocab) {
         return Err(OpenAiError::new(

@@ -12,7 +12,9 @@ use crate::api::error::ApiError;
 use crate::api::openai::{
     Content, GenerateRequest, LogprobsField, Message, OneOrMany, Prompt, StreamOptions,
 };
-use crate::api::rollouts::{ChatMessage, PromptSpec, RolloutRequest, SamplingSpec};
+use crate::api::rollouts::{
+    ChatMessage, PromptSpec, RolloutRequest, SamplingSpec, MAX_TOP_LOGPROBS,
+};
 use crate::engine::PromptInput;
 
 /// Which generation route a request came by.
@@ -31,7 +33,8 @@ pub struct Asked {
     pub route: Route,
     /// Choices per prompt.
     pub n: usize,
-    /// List each choice's log-probs.
+    /// List each choice's log-probs (with the alternatives the rollout's `top_logprobs` asks
+    /// for: completions' `logprobs`, chat's `top_logprobs`).
     pub logprobs: bool,
     /// Name listed tokens `token_id:N`.
     pub as_ids: bool,
@@ -196,12 +199,29 @@ fn check_stop_token_ids(ids: Option<&[u32]>, eos_ids: &[u32]) -> Result<(), Open
     }
 }
 
-/// Checks that a request names the served model, if it names one.
-pub fn check_model(asked: Option<&str>, served: &str) -> Result<(), OpenAiError> {
+/// The names the OpenAI routes answer to (vLLM's `--served-model-name`): those of the
+/// `served_model_name` setting (comma-separated; the first names the model in every answer),
+/// or the model's id when it is empty; the model's id is always one of them.
+pub fn served_names(setting: &str, id: &str) -> Vec<String> {
+    let mut names: Vec<String> = setting
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect();
+    if !names.iter().any(|n| n == id) {
+        names.push(id.to_string());
+    }
+    names
+}
+
+/// Checks that a request names a served model (one of `served`), if it names one.
+pub fn check_model(asked: Option<&str>, served: &[String]) -> Result<(), OpenAiError> {
     match asked {
-        Some(m) if m != served => Err(OpenAiError::new(
+        Some(m) if !served.iter().any(|s| s == m) => Err(OpenAiError::new(
             ApiError::NotFound(format!(
-                "the model `{m}` does not exist: this server serves `{served}`"
+                "the model `{m}` does not exist: this server serves `{}`",
+                served.join("`, `")
             )),
             Some("model".into()),
         )),
@@ -231,7 +251,7 @@ fn prompt_specs(prompt: Prompt) -> Vec<PromptSpec> {
 pub fn rollout_request(
     route: Route,
     req: GenerateRequest,
-    served: &str,
+    served: &[String],
     eos_ids: &[u32],
 ) -> Result<(RolloutRequest, Asked), OpenAiError> {
     check_model(req.model.as_deref(), served)?;
@@ -323,18 +343,10 @@ pub fn rollout_request(
              and reports on",
         ));
     }
-    let logprobs = match (route, req.logprobs) {
-        (_, None) => false,
-        (Route::Completions, Some(LogprobsField::Count(0))) => true,
-        (Route::Chat, Some(LogprobsField::Flag(on))) => on,
-        (Route::Completions, Some(LogprobsField::Count(_))) => {
-            return Err(refuse(
-                "logprobs",
-                "logprobs above 0 (alternatives beside the drawn token) are not served: \
-                 logprobs 0 lists each drawn token's, and `entroll` holds the full \
-                 distribution's entropy and nucleus per token",
-            ))
-        }
+    let (logprobs, mut top) = match (route, req.logprobs) {
+        (_, None) => (false, 0),
+        (Route::Completions, Some(LogprobsField::Count(n))) => (true, n as usize),
+        (Route::Chat, Some(LogprobsField::Flag(on))) => (on, 0),
         (Route::Completions, Some(LogprobsField::Flag(_))) => {
             return Err(refuse("logprobs", "logprobs is a count on /v1/completions"))
         }
@@ -346,17 +358,21 @@ pub fn rollout_request(
         }
     };
     match req.top_logprobs {
-        Some(k) if k > 0 => {
-            return Err(refuse(
-                "top_logprobs",
-                "top_logprobs above 0 are not served: the listing gives each drawn token's \
-                 log-prob, and `entroll` the full distribution's entropy and nucleus per token",
-            ))
-        }
-        Some(_) if !logprobs => {
+        Some(k) if k > 0 && !logprobs => {
             return Err(refuse("top_logprobs", "top_logprobs needs logprobs: true"))
         }
-        _ => {}
+        Some(k) => top = k as usize,
+        None => {}
+    }
+    if top > MAX_TOP_LOGPROBS {
+        let field = match route {
+            Route::Completions => "logprobs",
+            Route::Chat => "top_logprobs",
+        };
+        return Err(refuse(
+            field,
+            format!("{field} must be at most {MAX_TOP_LOGPROBS}, got {top}"),
+        ));
     }
     let stream = req.stream.unwrap_or(false);
     if req.stream_options.is_some() && !stream {
@@ -440,6 +456,7 @@ pub fn rollout_request(
         timeout_ms: req.timeout_ms,
         stream,
         return_sampling_mask: req.return_sampling_mask.unwrap_or(false),
+        top_logprobs: top,
     };
     let asked = Asked {
         route,
@@ -496,7 +513,7 @@ mod tests {
     use super::*;
 
     fn made(route: Route, json: &str) -> Result<(RolloutRequest, Asked), OpenAiError> {
-        rollout_request(route, parse(json.as_bytes())?, "m", &[2])
+        rollout_request(route, parse(json.as_bytes())?, &["m".to_string()], &[2])
     }
 
     #[test]
@@ -536,6 +553,55 @@ mod tests {
         assert_eq!(messages[0].content, "a\nb");
         assert_eq!(r.sampling.max_tokens, Some(9));
         assert_eq!((asked.n, asked.logprobs), (3, true));
+    }
+
+    /// Completions count alternatives with `logprobs`, chat with `top_logprobs` beside
+    /// `logprobs: true`; both become the rollout's `top_logprobs`, within its bound.
+    #[test]
+    fn alternatives_are_asked_for_in_each_route_s_words() {
+        let top = |route, json: &str| made(route, json).map(|(r, a)| (r.top_logprobs, a.logprobs));
+        assert_eq!(
+            top(Route::Completions, r#"{"prompt":"a","logprobs":5}"#).unwrap(),
+            (5, true)
+        );
+        assert_eq!(
+            top(Route::Completions, r#"{"prompt":"a","logprobs":0}"#).unwrap(),
+            (0, true)
+        );
+        assert_eq!(
+            top(
+                Route::Chat,
+                r#"{"messages":[{"role":"user","content":"a"}],"logprobs":true,"top_logprobs":3}"#
+            )
+            .unwrap(),
+            (3, true)
+        );
+        let refused = |route, json: &str| made(route, json).unwrap_err().param;
+        assert_eq!(
+            refused(Route::Completions, r#"{"prompt":"a","logprobs":21}"#).as_deref(),
+            Some("logprobs")
+        );
+        for json in [
+            r#"{"messages":[{"role":"user","content":"a"}],"logprobs":true,"top_logprobs":21}"#,
+            r#"{"messages":[{"role":"user","content":"a"}],"top_logprobs":2}"#,
+        ] {
+            assert_eq!(refused(Route::Chat, json).as_deref(), Some("top_logprobs"));
+        }
+    }
+
+    #[test]
+    fn the_model_answers_to_its_id_and_the_served_names() {
+        let names = served_names(" default, policy ,", "SmolLM2");
+        assert_eq!(names, ["default", "policy", "SmolLM2"]);
+        assert_eq!(served_names("", "SmolLM2"), ["SmolLM2"]);
+        for ok in [None, Some("default"), Some("SmolLM2")] {
+            assert!(check_model(ok, &names).is_ok(), "{ok:?}");
+        }
+        let e = check_model(Some("gpt-4"), &names).unwrap_err();
+        assert_eq!(
+            (e.status().as_u16(), e.param.as_deref()),
+            (404, Some("model"))
+        );
     }
 
     #[test]
