@@ -40,8 +40,14 @@ extern "C" void entroll_token_stats_cpu(const float* logits, size_t rows, uint32
     auto each = [&](auto phase) {
       for (uint32_t t = 0; t < n; ++t) phase(t);
     };
-    ent_row(each, n, logits + row * (size_t)vocab, vocab, in[row], *shared, keys.data(),
-            weights.data(), (uint32_t)keys.size(), out[row], top);
+    // As the GPU launch picks its kernel: the one with the alternatives' phases when any row
+    // asks for them (`tops` given).
+    if (tops)
+      ent_row<true>(each, n, logits + row * (size_t)vocab, vocab, in[row], *shared, keys.data(),
+                    weights.data(), (uint32_t)keys.size(), out[row], top);
+    else
+      ent_row<false>(each, n, logits + row * (size_t)vocab, vocab, in[row], *shared, keys.data(),
+                     weights.data(), (uint32_t)keys.size(), out[row], top);
   }
 }
 
@@ -99,8 +105,10 @@ extern "C" uint32_t entroll_attention_max_outputs() { return ATT_MAX_OUTPUTS; }
 // The platform-independent exp and log, for their accuracy tests.
 extern "C" double entroll_exp(double x) { return ent_exp(x); }
 extern "C" double entroll_log(double x) { return ent_log(x); }
+// ent_log_small, with which the host turns an alternative's kept share into its log-prob.
+extern "C" double entroll_log_small(double x) { return ent_log_small(x); }
 
 static_assert(sizeof(EntRowIn) == 64, "EntRowIn layout is shared with Rust");
-static_assert(sizeof(EntTopOut) == 408, "EntTopOut layout is shared with Rust");
+static_assert(sizeof(EntTopOut) == 416, "EntTopOut layout is shared with Rust");
 static_assert(sizeof(EntRowOut) == 64, "EntRowOut layout is shared with Rust");
 static_assert(sizeof(AttShape) == 24, "AttShape layout is shared with Rust");

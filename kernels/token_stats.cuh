@@ -48,11 +48,16 @@ struct EntTopOut {
   // them, a prefix of the ranking, the truncated draw could pick.
   uint32_t count;
   uint32_t kept;
+  // Whether the draw was truncated, and padding.
+  uint32_t truncated;
+  uint32_t pad;
   // In rank order (logit descending, id ascending): the ids, ln pi at temperature T, and, for
-  // the first `kept`, ln of the probability under the truncated distribution drawn from.
+  // the first `kept` of a truncated draw, their weight's share of the kept weight: the host
+  // takes its ln with ent_log_small, as the kernel takes the drawn token's (a log here would
+  // raise the kernel's register count for every row).
   uint32_t id[ENT_MAX_TOP];
   double logprob[ENT_MAX_TOP];
-  double sampling_logprob[ENT_MAX_TOP];
+  double kept_share[ENT_MAX_TOP];
 };
 
 // What leaves the device for one row.
@@ -719,7 +724,7 @@ ENT_HD void ent_phase_draw_plan(uint32_t t, const EntRowIn& in, uint32_t vocab, 
 // rank order at u times the kept weight. A ranking that broke its invariant fails the row.
 ENT_HD void ent_phase_truncated_draw(uint32_t t, const EntRowIn& in, const float* z,
                                      uint32_t vocab, EntShared& s, const uint64_t* keys,
-                                     const double* weights, EntRowOut& out) {
+                                     const double* weights, EntRowOut& out, bool keep_kept) {
   if (t != 0) return;
   if (s.status != 0) {
     out.status = s.status;
@@ -760,8 +765,11 @@ ENT_HD void ent_phase_truncated_draw(uint32_t t, const EntRowIn& in, const float
   out.token = token;
   out.logprob = ent_gap(z[token], s.max_logit, s.inv_t) - s.ln_sum;
   out.sampling_logprob = ent_log_small(token_weight / weight);
-  s.draw_len = len;
-  s.draw_weight = weight;
+  // For the alternatives (a constant per kernel: the kernel without them stores nothing).
+  if (keep_kept) {
+    s.draw_len = len;
+    s.draw_weight = weight;
+  }
 }
 
 // --- The truncated draw without top-k, by weighted selects --------------------------------
@@ -962,9 +970,10 @@ ENT_HD void ent_phase_top_plan(uint32_t t, const EntRowIn& in, uint32_t vocab, E
   s.top_rank = s.status == 0 && s.candidates < s.top_count;
 }
 
-// 32. Thread 0: the alternatives in rank order, up to the first masked (-inf) token, with the
-// log-probs the draw's own token got: under the kept weight the draw divided by (the ranked
-// candidates' prefix, the weighted selects' kept tokens, or all of them).
+// 32. Thread 0: the alternatives in rank order, up to the first masked (-inf) token: their
+// log-probs, how many are kept (a prefix of the ranking, as the truncation keeps), and a kept
+// one's share of the weight the draw divided by (the ranked candidates' prefix, or the weighted
+// selects' kept tokens, or all of them); and whether the draw was truncated.
 ENT_HD void ent_phase_top(uint32_t t, const EntRowIn& in, const float* z, EntShared& s,
                           const uint64_t* keys, EntTopOut& top) {
   if (t != 0) return;
@@ -974,23 +983,16 @@ ENT_HD void ent_phase_top(uint32_t t, const EntRowIn& in, const float* z, EntSha
   const bool truncated = ent_truncated(in);
   const bool selected = truncated && s.rerank == 2;
   const double weight = !truncated ? s.sum : (selected ? s.kept_weight : s.draw_weight);
+  top.truncated = truncated;
   for (uint32_t j = 0; j < s.top_count; ++j) {
     uint32_t id = (uint32_t)keys[j];
     float x = z[id];
     if (x == -INFINITY) break;
-    double lp = ent_gap(x, s.max_logit, s.inv_t) - s.ln_sum;
     bool kept = !truncated || (selected ? ent_kept(ent_order_bits(x), id, s) : j < s.draw_len);
     top.id[j] = id;
-    top.logprob[j] = lp;
-    top.sampling_logprob[j] = 0.0;
-    if (kept) {
-      double w = ent_weight(z, id, s);
-      // Untruncated, the token's own log-prob; a weight that underflowed, its share in logs.
-      top.sampling_logprob[j] = !truncated ? lp
-                                : w > 0.0  ? ent_log_small(w / weight)
-                                           : lp - ent_log_small(weight / s.sum);
-      top.kept = j + 1;
-    }
+    top.logprob[j] = ent_gap(x, s.max_logit, s.inv_t) - s.ln_sum;
+    top.kept_share[j] = kept ? ent_weight(z, id, s) / weight : 0.0;
+    top.kept += kept;
     top.count = j + 1;
   }
 }
@@ -1062,7 +1064,7 @@ ENT_HD void ent_weighted_select(Each each, uint32_t n, const float* z, uint32_t 
 #ifdef __CUDACC__
 #pragma nv_exec_check_disable
 #endif
-template <class Each>
+template <bool WithTop, class Each>
 ENT_HD void ent_row(Each each, uint32_t n, const float* z, uint32_t vocab, const EntRowIn& in,
                     EntShared& s, uint64_t* keys, double* weights, uint32_t scratch,
                     EntRowOut& out, EntTopOut& top) {
@@ -1106,11 +1108,15 @@ ENT_HD void ent_row(Each each, uint32_t n, const float* z, uint32_t vocab, const
       ent_weighted_select(each, n, z, vocab, s);
       each([&](uint32_t t) { ent_phase_selected_draw(t, z, s, out); });
     } else {
-      each([&](uint32_t t) { ent_phase_truncated_draw(t, in, z, vocab, s, keys, weights, out); });
+      each([&](uint32_t t) {
+        ent_phase_truncated_draw(t, in, z, vocab, s, keys, weights, out, WithTop);
+      });
     }
   }
-  // in.top_n and then s.top_rank are read after a barrier: the same branch in every thread.
-  if (in.top_n > 0) {
+  // The alternatives' phases are compiled only into the kernel that returns them (WithTop): the
+  // other, which serves every batch without them, keeps its registers. in.top_n and then
+  // s.top_rank are read after a barrier: the same branch in every thread.
+  if (WithTop && in.top_n > 0) {
     each([&](uint32_t t) { ent_phase_top_plan(t, in, vocab, s); });
     if (s.top_rank) ent_ranked(each, n, s.top_count, z, vocab, s, keys, scratch, false);
     each([&](uint32_t t) { ent_phase_top(t, in, z, s, keys, top); });

@@ -421,13 +421,12 @@ impl<'a> Distribution<'a> {
                 let logprob = self.ln_prob(token);
                 let weight = self.ws.weights[token as usize];
                 let sampling_logprob = (rank < kept).then(|| {
-                    if !draw.truncated {
+                    if !draw.truncated || weight == 0.0 {
+                        // Untruncated; or kept with a weight that underflowed, below which
+                        // every token's weight is 0 too: the kept tokens hold all the mass.
                         logprob
-                    } else if weight > 0.0 {
-                        (weight / draw.weight).ln()
                     } else {
-                        // A weight that underflowed: the same share, in logs.
-                        logprob - (draw.weight / self.sum).ln()
+                        (weight / draw.weight).ln()
                     }
                 });
                 Alternative {
@@ -795,7 +794,14 @@ mod tests {
         row[7] = 9.0;
         row[3] = 9.0;
         let short = [1.0f32, f32::NEG_INFINITY, 0.5, f32::NEG_INFINITY];
-        for (row, t) in [(&row[..], 0.8), (&row[..], 1.7), (&short[..], 1.0)] {
+        // Kept tokens whose weights underflow to 0 (gaps of 800 nats and more).
+        let steep = [0.0f32, -800.0, -900.0, -1000.0, -1100.0];
+        for (row, t) in [
+            (&row[..], 0.8),
+            (&row[..], 1.7),
+            (&short[..], 1.0),
+            (&steep[..], 1.0),
+        ] {
             let r = Reference::new(row, t);
             let ranked = r.ranking();
             for trunc in [
@@ -825,6 +831,7 @@ mod tests {
                     match a.sampling_logprob {
                         Some(slp) => {
                             assert!(rank < kept);
+                            assert!(slp.is_finite(), "rank {rank}: {slp}");
                             assert!((slp.exp() - p / kept_mass).abs() < 1e-12);
                         }
                         None => assert!(rank >= kept, "rank {rank} of {kept} kept"),
@@ -834,7 +841,7 @@ mod tests {
                         assert_eq!(a.sampling_logprob, Some(draw.sampling_logprob));
                     }
                 }
-                if row.len() > short.len() {
+                if row.len() > steep.len() {
                     assert_eq!(alternatives[0].token, 3, "ties rank by id");
                 }
                 assert!(d.alternatives(0, &draw).is_empty());

@@ -138,13 +138,18 @@ pub struct TopOut {
     pub count: u32,
     /// How many of them (a prefix of the ranking) the truncated draw could pick.
     pub kept: u32,
+    /// Whether the draw was truncated (1) or drawn from the full distribution (0).
+    pub truncated: u32,
+    /// Padding.
+    pub pad: u32,
     /// Their ids, in rank order (logit descending, id ascending).
     pub id: [u32; MAX_TOP],
     /// `ln π(id)` at the temperature.
     pub logprob: [f64; MAX_TOP],
-    /// For the first `kept`: `ln` of the probability under the truncated distribution drawn
-    /// from.
-    pub sampling_logprob: [f64; MAX_TOP],
+    /// For the first `kept` of a truncated draw: their weight's share of the kept weight (the
+    /// kernel takes no log of it, which would cost every row registers; [`Self::alternatives`]
+    /// does, with the kernel's own `ln`).
+    pub kept_share: [f64; MAX_TOP],
 }
 
 impl Default for TopOut {
@@ -152,22 +157,39 @@ impl Default for TopOut {
         Self {
             count: 0,
             kept: 0,
+            truncated: 0,
+            pad: 0,
             id: [0; MAX_TOP],
             logprob: [0.0; MAX_TOP],
-            sampling_logprob: [0.0; MAX_TOP],
+            kept_share: [0.0; MAX_TOP],
         }
     }
 }
 
 impl TopOut {
-    /// The alternatives, as the host sampler gives them.
+    /// The alternatives, as the host sampler gives them: a kept one's `sampling_logprob` is the
+    /// `ln` of its share by the kernel's own `ln`, as the kernel takes the drawn token's, so the
+    /// drawn token's is the same bits here as in its row's record.
     pub fn alternatives(&self) -> Box<[crate::stats::distribution::Alternative]> {
         let count = (self.count as usize).min(MAX_TOP);
         (0..count)
-            .map(|j| crate::stats::distribution::Alternative {
-                token: self.id[j],
-                logprob: self.logprob[j],
-                sampling_logprob: (j < self.kept as usize).then_some(self.sampling_logprob[j]),
+            .map(|j| {
+                let logprob = self.logprob[j];
+                let share = self.kept_share[j];
+                let sampling_logprob = (j < self.kept as usize).then(|| {
+                    if self.truncated == 0 || share == 0.0 {
+                        // Untruncated; or kept with a weight that underflowed, below which
+                        // every token's weight is 0 too: the kept tokens hold all the mass.
+                        logprob
+                    } else {
+                        kernel_log_small(share)
+                    }
+                });
+                crate::stats::distribution::Alternative {
+                    token: self.id[j],
+                    logprob,
+                    sampling_logprob,
+                }
             })
             .collect()
     }
@@ -186,6 +208,7 @@ extern "C" {
     fn entroll_scratch_keys(input: *const RowIn, vocab: u32) -> u32;
     fn entroll_exp(x: f64) -> f64;
     fn entroll_log(x: f64) -> f64;
+    fn entroll_log_small(x: f64) -> f64;
 }
 
 /// Runs the kernel's CPU harness over `inputs.len()` rows of `vocab` logits each, blocks of
@@ -277,6 +300,12 @@ pub fn kernel_exp(x: f64) -> f64 {
 pub fn kernel_log(x: f64) -> f64 {
     // SAFETY: a pure function of its argument.
     unsafe { entroll_log(x) }
+}
+
+/// The kernels' own `ln` for `x` in (0, 1], subnormal `x` included.
+pub fn kernel_log_small(x: f64) -> f64 {
+    // SAFETY: a pure function of its argument.
+    unsafe { entroll_log_small(x) }
 }
 
 #[cfg(test)]
@@ -538,6 +567,12 @@ mod tests {
         rows.push(
             (0..v)
                 .map(|_| bf16_round((rng.normal() * 3.0) as f32))
+                .collect(),
+        );
+        // Gaps of 800 nats and more below the top: kept tokens whose weights underflow to 0.
+        rows.push(
+            (0..v)
+                .map(|i| if i == 3 { 0.0 } else { -800.0 - i as f32 })
                 .collect(),
         );
         for top_k in [None, Some(1), Some(2), Some(50), Some(v + 1)] {

@@ -1,6 +1,6 @@
 //! The token-statistics kernel (`kernels/token_stats.cuh`) as a candle operation on a `[B, V]`
 //! logits tensor, wherever the tensor lives. On CUDA the PTX runs one thread block per row and
-//! only 64 bytes a row come back to the host (472 when a row of the batch asks for
+//! only 64 bytes a row come back to the host (480 when a row of the batch asks for
 //! alternatives), instead of the whole row; on the CPU the harness
 //! runs the same source. With the device kernels on
 //! ([`crate::engine::settings::DeviceKernels`]) the engine draws every token through [`run`], so
@@ -164,8 +164,14 @@ impl CustomOp1 for TokenStatsOp {
         let keys = unsafe { dev.alloc::<u64>(rows * keys_per_row as usize)? };
         // SAFETY: as `keys`.
         let weights = unsafe { dev.alloc::<f64>(rows * keys_per_row as usize)? };
+        // The kernel with the alternatives' phases only when a row asks for them: the other
+        // needs fewer registers (kernels/token_stats.cu).
         let func = dev.get_or_load_custom_func(
-            "entroll_token_stats",
+            if asked {
+                "entroll_token_stats_top"
+            } else {
+                "entroll_token_stats"
+            },
             "entroll_token_stats",
             super::kernels::TOKEN_STATS_PTX,
         )?;
@@ -185,7 +191,7 @@ impl CustomOp1 for TokenStatsOp {
         launch.arg(&keys);
         launch.arg(&weights);
         launch.arg(&keys_per_row);
-        // SAFETY: the arguments match `entroll_token_stats` in kernels/token_stats.cu: `rows`
+        // SAFETY: the arguments match both kernels of kernels/token_stats.cu: `rows`
         // rows of `vocab` logits, as many inputs and outputs, `rows` alternatives at stride 1
         // or one at stride 0 (8-byte aligned: `rows * 64` bytes in), `keys_per_row` keys and
         // weights a row.
@@ -199,7 +205,7 @@ impl CustomOp1 for TokenStatsOp {
 }
 
 /// The bytes of `values`, a slice of `RowIn`, `RowOut` or `TopOut` (`repr(C)`, no padding:
-/// 64, 64 and 408 bytes of plain numbers).
+/// 64, 64 and 416 bytes of plain numbers).
 pub(super) fn as_bytes<T: Copy>(values: &[T]) -> &[u8] {
     // SAFETY: `T` is one of the two kernel structs, whose fields fill them without padding, so
     // every byte is initialised.
