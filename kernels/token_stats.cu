@@ -30,20 +30,14 @@ __device__ void entroll_token_stats_rows(const float* logits, uint32_t vocab, co
                    keys_per_row, out[row], tops[(size_t)row * tops_stride]);
 }
 
-extern "C" __global__ void entroll_token_stats(const float* logits, uint32_t vocab,
-                                               const EntRowIn* in, EntRowOut* out,
-                                               EntTopOut* tops, uint32_t tops_stride,
-                                               uint64_t* keys, double* weights,
-                                               uint32_t keys_per_row) {
-  entroll_token_stats_rows<false>(logits, vocab, in, out, tops, tops_stride, keys, weights,
-                                  keys_per_row);
-}
+// The two entry points (extern "C" names cannot be templates).
+#define ENT_TOKEN_STATS_KERNEL(name, with_top)                                                 \
+  extern "C" __global__ void name(const float* logits, uint32_t vocab, const EntRowIn* in,     \
+                                  EntRowOut* out, EntTopOut* tops, uint32_t tops_stride,       \
+                                  uint64_t* keys, double* weights, uint32_t keys_per_row) {    \
+    entroll_token_stats_rows<with_top>(logits, vocab, in, out, tops, tops_stride, keys,        \
+                                       weights, keys_per_row);                                 \
+  }
 
-extern "C" __global__ void entroll_token_stats_top(const float* logits, uint32_t vocab,
-                                                   const EntRowIn* in, EntRowOut* out,
-                                                   EntTopOut* tops, uint32_t tops_stride,
-                                                   uint64_t* keys, double* weights,
-                                                   uint32_t keys_per_row) {
-  entroll_token_stats_rows<true>(logits, vocab, in, out, tops, tops_stride, keys, weights,
-                                 keys_per_row);
-}
+ENT_TOKEN_STATS_KERNEL(entroll_token_stats, false)
+ENT_TOKEN_STATS_KERNEL(entroll_token_stats_top, true)
