@@ -18,9 +18,10 @@ fn check_refusal(e: &OpenAiError) {
 
 fuzz_target!(|body: &[u8]| {
     let config = Config::default();
+    let served = ["fuzz".to_string()];
     for route in [Route::Completions, Route::Chat] {
         let outcome = parse(body)
-            .and_then(|request| rollout_request(route, request, "fuzz", &[2]))
+            .and_then(|request| rollout_request(route, request, &served, &[2]))
             .and_then(|(request, asked)| {
                 validate(request, &config)
                     .map(|valid| (valid, asked))
@@ -30,6 +31,8 @@ fuzz_target!(|body: &[u8]| {
             Ok((valid, asked)) => {
                 assert!(!valid.prompts.is_empty());
                 assert!(valid.prompts.iter().all(|p| p.group_size == asked.n));
+                // Alternatives only with a listing, and within the bound.
+                assert!(valid.top_logprobs <= 20 && (valid.top_logprobs == 0 || asked.logprobs));
                 if route == Route::Chat {
                     assert_eq!(valid.prompts.len(), 1);
                 }
