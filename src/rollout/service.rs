@@ -152,6 +152,13 @@ impl RolloutService {
         admission: Admission,
     ) -> Result<Running, ApiError> {
         let started = Instant::now();
+        if req.top_logprobs > 0 && matches!(self.sampler, SamplerKind::Engine) {
+            return Err(ApiError::Invalid(
+                "top_logprobs needs entroll's sampler: this server draws with the engine's \
+                 (sampler = engine), which measures nothing"
+                    .into(),
+            ));
+        }
         let turn =
             self.tokenizing.acquire().await.map_err(|_| {
                 ApiError::Internal("the tokenization queue is closed (a bug)".into())

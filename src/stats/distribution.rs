@@ -419,14 +419,14 @@ impl<'a> Distribution<'a> {
             .enumerate()
             .map(|(rank, &token)| {
                 let logprob = self.ln_prob(token);
-                let weight = self.ws.weights[token as usize];
+                let share = self.ws.weights[token as usize] / draw.weight;
                 let sampling_logprob = (rank < kept).then(|| {
-                    if !draw.truncated || weight == 0.0 {
-                        // Untruncated; or kept with a weight that underflowed, below which
-                        // every token's weight is 0 too: the kept tokens hold all the mass.
+                    if !draw.truncated || share == 0.0 {
+                        // Untruncated; or kept with a share that underflowed, below which every
+                        // cut token's share is 0 too: the kept tokens hold all the mass.
                         logprob
                     } else {
-                        (weight / draw.weight).ln()
+                        share.ln()
                     }
                 });
                 Alternative {
@@ -794,13 +794,16 @@ mod tests {
         row[7] = 9.0;
         row[3] = 9.0;
         let short = [1.0f32, f32::NEG_INFINITY, 0.5, f32::NEG_INFINITY];
-        // Kept tokens whose weights underflow to 0 (gaps of 800 nats and more).
+        // Kept tokens whose weights underflow to 0 (gaps of 800 nats and more), and whose
+        // weights do not but whose shares of the kept weight (2: two tied at the top) do.
         let steep = [0.0f32, -800.0, -900.0, -1000.0, -1100.0];
+        let shallow = [0.0f32, 0.0, -744.3, -744.5, -745.0, -800.0];
         for (row, t) in [
             (&row[..], 0.8),
             (&row[..], 1.7),
             (&short[..], 1.0),
             (&steep[..], 1.0),
+            (&shallow[..], 1.0),
         ] {
             let r = Reference::new(row, t);
             let ranked = r.ranking();
@@ -841,7 +844,7 @@ mod tests {
                         assert_eq!(a.sampling_logprob, Some(draw.sampling_logprob));
                     }
                 }
-                if row.len() > steep.len() {
+                if row.len() > shallow.len() {
                     assert_eq!(alternatives[0].token, 3, "ties rank by id");
                 }
                 assert!(d.alternatives(0, &draw).is_empty());

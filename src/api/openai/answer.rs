@@ -68,7 +68,7 @@ impl Names {
     }
 }
 
-/// Every token id a listing of `sample` names (its own and its alternatives), once each..
+/// Every token id a listing of `sample` names (its own and its alternatives), once each.
 pub fn listed_ids(sample: &Sample) -> Vec<u32> {
     let mut ids = sample.token_ids.clone();
     for alternatives in sample.top_logprobs.iter().flatten() {

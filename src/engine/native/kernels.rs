@@ -53,6 +53,11 @@ pub struct RowIn {
 /// The most alternatives a row returns (`ENT_MAX_TOP`).
 pub const MAX_TOP: usize = 20;
 
+// The kernel's structs, as kernels/cpu_harness.cpp asserts their sizes.
+const _: () = assert!(std::mem::size_of::<RowIn>() == 64);
+const _: () = assert!(std::mem::size_of::<RowOut>() == 64);
+const _: () = assert!(std::mem::size_of::<TopOut>() == 416);
+
 impl RowIn {
     /// The inputs of token `token_index` of the sample `key` names, at `temperature`, with the
     /// nucleus of `nucleus` and the draw truncated by `truncation`.
@@ -569,10 +574,20 @@ mod tests {
                 .map(|_| bf16_round((rng.normal() * 3.0) as f32))
                 .collect(),
         );
-        // Gaps of 800 nats and more below the top: kept tokens whose weights underflow to 0.
+        // Gaps of 800 nats and more below the top: kept tokens whose weights underflow to 0;
+        // and two tied at the top over gaps of about 744 nats: weights that do not underflow,
+        // shares of the kept weight that do.
         rows.push(
             (0..v)
                 .map(|i| if i == 3 { 0.0 } else { -800.0 - i as f32 })
+                .collect(),
+        );
+        rows.push(
+            (0..v)
+                .map(|i| match i {
+                    3 | 9 => 0.0,
+                    _ => -744.3 - (i % 7) as f32 * 0.1,
+                })
                 .collect(),
         );
         for top_k in [None, Some(1), Some(2), Some(50), Some(v + 1)] {

@@ -207,7 +207,7 @@ impl CustomOp1 for TokenStatsOp {
 /// The bytes of `values`, a slice of `RowIn`, `RowOut` or `TopOut` (`repr(C)`, no padding:
 /// 64, 64 and 416 bytes of plain numbers).
 pub(super) fn as_bytes<T: Copy>(values: &[T]) -> &[u8] {
-    // SAFETY: `T` is one of the two kernel structs, whose fields fill them without padding, so
+    // SAFETY: `T` is one of the three kernel structs, whose fields fill them without padding, so
     // every byte is initialised.
     unsafe {
         std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))

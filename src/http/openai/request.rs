@@ -209,9 +209,10 @@ pub fn served_names(setting: &str, id: &str) -> Vec<String> {
         .filter(|n| !n.is_empty())
         .map(String::from)
         .collect();
-    if !names.iter().any(|n| n == id) {
-        names.push(id.to_string());
-    }
+    names.push(id.to_string());
+    // The first of each name, in order.
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
     names
 }
 
@@ -591,8 +592,9 @@ mod tests {
 
     #[test]
     fn the_model_answers_to_its_id_and_the_served_names() {
-        let names = served_names(" default, policy ,", "SmolLM2");
+        let names = served_names(" default, policy ,default", "SmolLM2");
         assert_eq!(names, ["default", "policy", "SmolLM2"]);
+        assert_eq!(served_names("SmolLM2,a", "SmolLM2"), ["SmolLM2", "a"]);
         assert_eq!(served_names("", "SmolLM2"), ["SmolLM2"]);
         for ok in [None, Some("default"), Some("SmolLM2")] {
             assert!(check_model(ok, &names).is_ok(), "{ok:?}");
