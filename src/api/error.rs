@@ -72,11 +72,22 @@ pub enum ApiError {
         /// Every group not answered yet, with what each sample drew.
         partial: Vec<PartialGroup>,
     },
+    /// Generation was paused under `abort` (`/pause?mode=abort`, `/pause_generation`) while the
+    /// request ran (409); `partial` holds what its unanswered groups drew. A retry waits for the
+    /// resume.
+    #[error(
+        "generation was paused with mode abort while the request ran; retry it (it waits for \
+         the resume), or resume its samples from `partial`"
+    )]
+    Aborted {
+        /// Every group not answered yet, with what each sample drew.
+        partial: Vec<PartialGroup>,
+    },
 }
 
 impl ApiError {
     /// Every `error_type` an answer can carry.
-    pub const ERROR_TYPES: [&'static str; 10] = [
+    pub const ERROR_TYPES: [&'static str; 11] = [
         "validation",
         "unauthorized",
         "forbidden",
@@ -87,6 +98,7 @@ impl ApiError {
         "shutting_down",
         "internal",
         "weights_changed",
+        "aborted",
     ];
 
     /// The `error_type` string clients switch on (one of [`ApiError::ERROR_TYPES`]).
@@ -102,6 +114,7 @@ impl ApiError {
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Internal(_) => "internal",
             ApiError::WeightsChanged { .. } => "weights_changed",
+            ApiError::Aborted { .. } => "aborted",
         }
     }
 }
@@ -123,14 +136,17 @@ impl ApiError {
             error: self.to_string(),
             error_type: self.error_type().to_string(),
             partial: match self {
-                ApiError::WeightsChanged { partial, .. } => Some(partial.clone()),
+                ApiError::WeightsChanged { partial, .. } | ApiError::Aborted { partial } => {
+                    Some(partial.clone())
+                }
                 _ => None,
             },
         }
     }
 }
 
-/// Every error body: `{error, error_type}`, and for `weights_changed` what was drawn.
+/// Every error body: `{error, error_type}`, and for `weights_changed` and `aborted` what was
+/// drawn.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// What is wrong, in words.
@@ -138,9 +154,9 @@ pub struct ErrorBody {
     /// One of `validation`, `unauthorized`, `forbidden`, `not_found`, `overloaded`, `timeout`,
     /// `engine`,
     /// `shutting_down`, `internal`,
-    /// `weights_changed`.
+    /// `weights_changed`, `aborted`.
     pub error_type: String,
-    /// With `weights_changed`: every group not answered yet, each sample with the tokens it
+    /// With `weights_changed` and `aborted`: every group not answered yet, each sample with the tokens it
     /// drew before the update stopped it, so a client can resume it as a new prompt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial: Option<Vec<PartialGroup>>,
@@ -194,6 +210,9 @@ mod tests {
             ApiError::WeightsChanged {
                 from: 0,
                 to: 1,
+                partial: Vec::new(),
+            },
+            ApiError::Aborted {
                 partial: Vec::new(),
             },
         ] {

@@ -6,7 +6,8 @@
 //! [`weights`] is `POST /weights` (and the in-flight policy an update applies), [`info`] is
 //! `GET /info`, [`error`] is every error answer; [`openai`] is OpenAI's dialect with vLLM's
 //! extensions (`/v1/completions`, `/v1/chat/completions`, `/v1/models`, `/tokenize`,
-//! `/detokenize`). The types are plain data: the rollout layer
+//! `/detokenize`); [`vllm`] and [`sglang`] are those engines' own generation and control routes,
+//! as the RL frameworks call them. The types are plain data: the rollout layer
 //! fills them, the HTTP layer reads and writes them.
 //!
 //! It may import `engine` (chat messages, finish reasons, engine errors) and `stats` (the
@@ -16,4 +17,6 @@ pub mod error;
 pub mod info;
 pub mod openai;
 pub mod rollouts;
+pub mod sglang;
+pub mod vllm;
 pub mod weights;

@@ -60,3 +60,29 @@ impl InFlight {
         }
     }
 }
+
+/// How the server pauses generation (vLLM's `/pause?mode=`; SGLang's `/pause_generation`
+/// modes map onto these). In every mode, requests that arrive while paused wait, admitted,
+/// until the server resumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseMode {
+    /// The running samples stop where they are and go on after the resume, under the weights
+    /// served then; each reports the versions that drew its tokens.
+    Keep,
+    /// The running samples end at once with what they drew (`finish_reason: abort`).
+    Abort,
+    /// The running samples finish; the pause takes hold once they have.
+    Wait,
+}
+
+impl PauseMode {
+    /// The mode's name in the API (`keep`, `abort`, `wait`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseMode::Keep => "keep",
+            PauseMode::Abort => "abort",
+            PauseMode::Wait => "wait",
+        }
+    }
+}

@@ -23,7 +23,7 @@ pub fn status(error: &ApiError) -> StatusCode {
         ApiError::Engine(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         // Not 503: a balancer that retries 503 elsewhere would drop the partial tokens.
-        ApiError::WeightsChanged { .. } => StatusCode::CONFLICT,
+        ApiError::WeightsChanged { .. } | ApiError::Aborted { .. } => StatusCode::CONFLICT,
     }
 }
 

@@ -1,6 +1,7 @@
 //! HTTP routes: thin axum handlers over [`RolloutService`] and [`WeightUpdater`], the state
 //! they share ([`AppState`]), and [`serve`], which runs them until shutdown. The OpenAI
-//! dialect's handlers are in [`super::openai`].
+//! dialect's handlers are in [`super::openai`], vLLM's and SGLang's own routes in
+//! [`super::vllm`] and [`super::sglang`].
 
 use std::any::Any;
 use std::future::Future;
@@ -17,9 +18,11 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use super::auth::{self, Access};
 use super::body::{self, RequestBody};
+use super::control;
 use super::deadline::Deadline;
 use super::listen::serve_connections;
 use super::openai;
+use super::sglang;
 use super::shutdown::Phase;
 /// The state every handler shares (its own module, so that the OpenAI routes share it too).
 pub use super::state::AppState;
@@ -27,12 +30,11 @@ use super::stream;
 use super::validation::{
     parse_json, validate, DEFAULT_ADVANTAGE, DEFAULT_STATS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
 };
+use super::vllm;
 use crate::api::error::ApiError;
 use crate::api::info::{Defaults, InfoResponse, Limits, SamplingDefaults};
 use crate::api::weights::{WeightsRequest, WeightsResponse};
-use crate::telemetry::metrics::{
-    request_failed, request_received, weights_rejected, RunningRequest,
-};
+use crate::telemetry::metrics::{request_failed, request_received, RunningRequest};
 use crate::telemetry::panic::panic_message;
 use crate::weights::watch::Watcher;
 
@@ -101,15 +103,53 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(in_dialect(Access::Generate, |e| {
             openai::error::OpenAiError::from(e).into_response()
         }));
+    let vllm_answer = |e: ApiError| openai::error::OpenAiError::from(e).into_response();
+    let vllm_generate = Router::new()
+        .route("/inference/v1/generate", post(vllm::generate))
+        .route("/is_paused", get(vllm::is_paused))
+        .route("/get_world_size", get(vllm::world_size))
+        .route_layer(in_dialect(Access::Generate, vllm_answer));
+    let vllm_control = Router::new()
+        .route("/pause", post(vllm::pause))
+        .route("/resume", post(vllm::resume))
+        .route("/update_weights", post(vllm::update_weights))
+        .route("/reset_prefix_cache", post(vllm::reset_prefix_cache))
+        .route_layer(in_dialect(Access::Control, vllm_answer));
+    let sglang_answer = |e: ApiError| sglang::SglangError(e).into_response();
+    let sglang_generate = Router::new()
+        .route("/generate", post(sglang::generate))
+        .route("/get_weight_version", get(sglang::get_weight_version))
+        .route("/get_server_info", get(sglang::server_info))
+        .route("/server_info", get(sglang::server_info))
+        .route("/model_info", get(sglang::model_info))
+        .route_layer(in_dialect(Access::Generate, sglang_answer));
+    let sglang_control = Router::new()
+        .route(
+            "/update_weights_from_disk",
+            post(sglang::update_weights_from_disk),
+        )
+        .route("/pause_generation", post(sglang::pause_generation))
+        .route("/continue_generation", post(sglang::continue_generation))
+        .route(
+            "/flush_cache",
+            post(sglang::flush_cache).get(sglang::flush_cache),
+        )
+        .route("/abort_request", post(sglang::abort_request))
+        .route_layer(in_dialect(Access::Control, sglang_answer));
     let control = Router::new()
         .route("/weights", post(weights))
         .route_layer(guard(Access::Control));
     let probes = Router::new()
         .route("/health", get(health))
+        .route("/health_generate", get(health))
         .route("/metrics", get(metrics))
         .route_layer(guard(Access::Probe));
     generate
         .merge(openai)
+        .merge(vllm_generate)
+        .merge(vllm_control)
+        .merge(sglang_generate)
+        .merge(sglang_control)
         .merge(control)
         .merge(probes)
         .layer(CatchPanicLayer::custom(panic_response))
@@ -173,29 +213,8 @@ async fn weights(
     State(state): State<Arc<AppState>>,
     body: Result<RequestBody, ApiError>,
 ) -> Result<Json<WeightsResponse>, ApiError> {
-    let request = state
-        .accepting()
-        .and(body)
-        .and_then(|RequestBody(body)| parse_json::<WeightsRequest>(&body))
-        .and_then(|mut request| {
-            let path = state.config.weights_root().confine(&request.path)?;
-            request.path = path.display().to_string();
-            Ok(request)
-        });
-    let request = match request {
-        Ok(request) => request,
-        Err(e) => {
-            weights_rejected("http");
-            tracing::warn!(error = ?e.to_string(), "weight update refused; the served weights are unchanged");
-            return Err(e);
-        }
-    };
-    Ok(Json(
-        state
-            .weights
-            .update(&state.service, request, "http")
-            .await?,
-    ))
+    let request = body.and_then(|RequestBody(body)| parse_json::<WeightsRequest>(&body));
+    Ok(Json(control::update_weights(&state, request).await?))
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
@@ -209,7 +228,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 /// 200 while serving (the server only listens once the model is loaded and probed); once
-/// shutdown has begun, 503 `shutting_down`, so a load balancer stops sending work here.
+/// shutdown has begun, 503 `shutting_down`, so a load balancer stops sending work here. Also
+/// SGLang's `/health_generate`: the model answered a generation before the server listened.
 async fn health(State(state): State<Arc<AppState>>) -> Result<StatusCode, ApiError> {
     match state.shutdown.phase() {
         Phase::Serving => Ok(StatusCode::OK),

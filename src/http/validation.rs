@@ -256,6 +256,7 @@ pub fn validate(req: RolloutRequest, config: &Config) -> Result<ValidRollout, Ap
         stream: req.stream,
         return_sampling_mask: req.return_sampling_mask,
         top_logprobs: req.top_logprobs,
+        answer_aborted: false,
     })
 }
 

@@ -12,12 +12,18 @@
 //! the sample records which version drew which tokens ([`VersionRuns`]). Samples drawn by the
 //! engine's own sampler (`sampler = "engine"`, no statistics) always finish on their version.
 //! The policy's values ([`InFlight`]) are part of the wire format (`api::weights`).
+//!
+//! A pause ([`Paused`]) travels on the same channel: under `keep` a running sample is
+//! interrupted the same way, waits for the resume and goes on on the weights served then; under
+//! `abort` every sample started before the pause ends with what it drew; under `wait` the
+//! samples run on. Requests that start while paused wait before their first sample
+//! ([`crate::rollout::service::RolloutService::start`]).
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::api::weights::InFlight;
+use crate::api::weights::{InFlight, PauseMode};
 use crate::engine::{
     Drawing, Engine, EngineError, FinishReason, Interrupt, SequenceOutput, SequenceRequest,
 };
@@ -41,23 +47,72 @@ pub struct Switch {
     pub live: Live,
     /// What the updates so far ask of older versions.
     asked: Asked,
+    /// Whether generation is paused, and how.
+    pub paused: Paused,
+}
+
+/// Whether generation is paused (and how), and how many pauses under `abort` there were: a
+/// sample stops when more came than when its request started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Paused {
+    /// The pause in force, if any.
+    pub mode: Option<PauseMode>,
+    /// Pauses under `abort` so far.
+    pub aborts: u64,
 }
 
 impl Switch {
-    /// The first engine served: nothing asked of anyone yet.
+    /// The first engine served: nothing asked of anyone yet, not paused.
     pub fn first(live: Live) -> Self {
         Self {
             live,
             asked: Asked::default(),
+            paused: Paused::default(),
         }
     }
 
-    /// The switch that makes `next` live after this one, under `in_flight`.
+    /// The switch that makes `next` live after this one, under `in_flight`; a pause stays.
     pub fn then(&self, next: Live, in_flight: InFlight) -> Self {
         Self {
             asked: self.asked.then(next.version, in_flight),
             live: next,
+            paused: self.paused,
         }
+    }
+
+    /// This switch, paused under `mode` (a pause in force changes to `mode`).
+    pub fn pause(&mut self, mode: PauseMode) {
+        self.paused.mode = Some(mode);
+        if mode == PauseMode::Abort {
+            self.paused.aborts += 1;
+        }
+    }
+
+    /// This switch, generating again.
+    pub fn resume(&mut self) {
+        self.paused.mode = None;
+    }
+
+    /// Why a sample on `version`, started when `aborts` pauses under `abort` had come, must
+    /// stop now, if it must.
+    fn stops(&self, version: u64, aborts: u64) -> Option<Stopped> {
+        if self.paused.aborts > aborts {
+            Some(Stopped::Paused)
+        } else if self.asks(version) == Some(InFlight::Abort) {
+            Some(Stopped::Updated {
+                to: self.live.version,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Whether a running sample on `version` (started when `aborts` pauses under `abort` had
+    /// come) must leave the engine now: to stop, to freeze, or to move to newer weights.
+    fn interrupts(&self, version: u64, aborts: u64) -> bool {
+        self.stops(version, aborts).is_some()
+            || self.paused.mode == Some(PauseMode::Keep)
+            || self.asks(version).is_some()
     }
 
     /// What the updates so far ask of a sample running on `version` ([`Asked::of`]).
@@ -138,6 +193,39 @@ impl VersionRuns {
     }
 }
 
+/// What stopped a sample before it ended by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// An update to version `to` under `abort`.
+    Updated {
+        /// The version it made live.
+        to: u64,
+    },
+    /// A pause under `abort`.
+    Paused,
+}
+
+impl Stopped {
+    /// The cause a request reports when its samples stopped for `self` and `other`: an update
+    /// (the latest) over a pause.
+    pub fn or(self, other: Stopped) -> Stopped {
+        match (self, other) {
+            (Stopped::Updated { to: a }, Stopped::Updated { to: b }) => {
+                Stopped::Updated { to: a.max(b) }
+            }
+            (Stopped::Paused, b) => b,
+            (a, Stopped::Paused) => a,
+        }
+    }
+
+    fn metric(self) -> &'static str {
+        match self {
+            Stopped::Updated { .. } => InFlight::Abort.as_str(),
+            Stopped::Paused => "pause",
+        }
+    }
+}
+
 /// A sample's tokens, with the versions that drew them.
 #[derive(Debug, Clone)]
 pub struct Generated {
@@ -146,20 +234,20 @@ pub struct Generated {
     pub output: SequenceOutput,
     /// Which version drew which tokens.
     pub versions: VersionRuns,
-    /// `Some(v)` when an update to version `v` under `abort` stopped the sample: `output` holds
-    /// what it drew until then (`finish_reason: abort`).
-    pub aborted_by: Option<u64>,
+    /// What stopped the sample, if something did: `output` holds what it drew until then
+    /// (`finish_reason: abort`).
+    pub stopped: Option<Stopped>,
 }
 
 impl Generated {
-    /// A sample that an update to version `by` under `abort` stopped before it reached the
-    /// engine of version `version`: nothing drawn.
-    pub fn aborted_before_start(version: u64, by: u64) -> Self {
-        metrics::sample_interrupted(InFlight::Abort.as_str());
+    /// A sample stopped (`why`) before it reached the engine of version `version`: nothing
+    /// drawn.
+    pub fn stopped_before_start(version: u64, why: Stopped) -> Self {
+        metrics::sample_interrupted(why.metric());
         Self {
             output: nothing_drawn(),
             versions: VersionRuns::starting(version),
-            aborted_by: Some(by),
+            stopped: Some(why),
         }
     }
 }
@@ -210,15 +298,13 @@ pub fn interruptible(request: &SequenceRequest) -> bool {
     matches!(request.drawing, Drawing::Entroll(_))
 }
 
-/// Waits until an update asks the samples on `version` to `abort`, and returns the version
-/// live then (never, if none does): a sample still waiting for its turn stops then.
-pub async fn aborted(switches: &mut watch::Receiver<Switch>, version: u64) -> u64 {
+/// Waits until a sample on `version`, started when `aborts` pauses under `abort` had come, must
+/// stop (an update under `abort` or a pause under `abort`), and says why (never, if nothing
+/// stops it): a sample still waiting for its turn stops then.
+pub async fn stopped(switches: &mut watch::Receiver<Switch>, version: u64, aborts: u64) -> Stopped {
     loop {
-        {
-            let switch = switches.borrow_and_update();
-            if switch.asks(version) == Some(InFlight::Abort) {
-                return switch.live.version;
-            }
+        if let Some(why) = switches.borrow_and_update().stops(version, aborts) {
+            return why;
         }
         if switches.changed().await.is_err() {
             return std::future::pending().await;
@@ -226,11 +312,14 @@ pub async fn aborted(switches: &mut watch::Receiver<Switch>, version: u64) -> u6
     }
 }
 
-/// Generates `request`, started on `live`, following the updates published on `switches`: a
-/// sample stopped by an update under `continue` goes on on the new engine from the token it
-/// reached, one stopped under `abort` ends with what it drew.
+/// Generates `request`, started on `live` when `aborts` pauses under `abort` had come, following
+/// what is published on `switches`: a sample stopped by an update under `continue` goes on on
+/// the new engine from the token it reached; one frozen by a pause under `keep` waits for the
+/// resume and goes on on the weights served then; one stopped by an update or a pause under
+/// `abort` ends with what it drew.
 pub async fn generate(
     mut live: Live,
+    aborts: u64,
     mut request: SequenceRequest,
     switches: &mut watch::Receiver<Switch>,
 ) -> Result<Generated, EngineError> {
@@ -238,26 +327,37 @@ pub async fn generate(
     let mut versions = VersionRuns::starting(live.version);
     let mut so_far: Option<SequenceOutput> = None;
     loop {
-        // What the updates so far ask of this sample: before it starts, and after an update
-        // interrupted it.
+        // What is asked of this sample: before it starts, and after it was interrupted.
         if follows {
-            let switch = switches.borrow_and_update().clone();
-            match switch.asks(live.version) {
-                Some(InFlight::Abort) => {
-                    metrics::sample_interrupted(InFlight::Abort.as_str());
+            let mut frozen = false;
+            loop {
+                let switch = switches.borrow_and_update().clone();
+                if let Some(why) = switch.stops(live.version, aborts) {
+                    metrics::sample_interrupted(why.metric());
                     return Ok(Generated {
                         output: so_far.unwrap_or_else(nothing_drawn),
                         versions,
-                        aborted_by: Some(switch.live.version),
+                        stopped: Some(why),
                     });
                 }
-                Some(InFlight::Continue) => {
+                if switch.paused.mode == Some(PauseMode::Keep) {
+                    frozen = true;
+                    if switches.changed().await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                // A sample frozen by a pause goes on on the weights served at the resume, as
+                // one moved by an update under `continue`.
+                let moves = switch.asks(live.version) == Some(InFlight::Continue)
+                    || (frozen && switch.live.version != live.version);
+                if moves {
                     metrics::sample_interrupted(InFlight::Continue.as_str());
                     let drawn = so_far.as_ref().map_or(0, |o| o.length);
                     versions.switch(switch.live.version, drawn);
                     live = switch.live;
                 }
-                _ => {}
+                break;
             }
         }
         request.interrupt = Interrupt::default();
@@ -271,7 +371,7 @@ pub async fn generate(
                     changed = switches.changed(), if watching => {
                         if changed.is_err() {
                             watching = false;
-                        } else if switches.borrow_and_update().asks(live.version).is_some() {
+                        } else if switches.borrow_and_update().interrupts(live.version, aborts) {
                             request.interrupt.set();
                             interrupted = true;
                             watching = false;
@@ -286,7 +386,7 @@ pub async fn generate(
             return Ok(Generated {
                 output: whole,
                 versions,
-                aborted_by: None,
+                stopped: None,
             });
         }
         request.drawn = whole.tokens.iter().map(|r| r.token).collect();

@@ -28,6 +28,10 @@ pub struct ValidRollout {
     pub return_sampling_mask: bool,
     /// Alternatives to return per token (0: none).
     pub top_logprobs: usize,
+    /// Answer the samples a pause or an update under `abort` stopped, with what they drew
+    /// (`finish_reason: abort`), instead of failing the request (409): the vLLM, SGLang and
+    /// OpenAI dialects, whose clients resubmit such samples.
+    pub answer_aborted: bool,
 }
 
 /// One validated prompt.

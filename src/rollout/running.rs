@@ -1,17 +1,17 @@
 //! A started request ([`Running`]): its samples' tasks, the regrouping of finished samples into
 //! groups, and the assembly of the answer, whole ([`Running::collect`]) or group by group
 //! ([`Running::next_group`], then [`Running::finish`]), with the metrics of what it answered.
-//! When an update under `abort` stopped a sample, the request fails with what every group not
-//! handed out drew.
+//! When an update or a pause under `abort` stopped a sample, the request fails with what every
+//! group not handed out drew, unless it answers such samples as they are (`answer_aborted`).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::task::JoinSet;
 
-use super::admission::Admission;
+use super::admission::{Admission, StartedGuard};
 use super::assemble::{assemble, assemble_group, FinishedGroup, Totals};
-use super::in_flight::Generated;
+use super::in_flight::{Generated, Stopped};
 use super::rewards::Score;
 use crate::api::error::{ApiError, PartialGroup, PartialSample};
 use crate::api::rollouts::{Group, RolloutResponse, Served, Summary};
@@ -42,14 +42,17 @@ pub struct Running {
     /// Groups whose samples are all done and that were not handed out yet.
     ready: Vec<usize>,
     tasks: JoinSet<Result<SampleDone, ApiError>>,
-    /// Set when an update under `abort` stopped a sample: the version it swapped in.
-    aborted_by: Option<u64>,
+    /// Set when an update or a pause under `abort` stopped a sample the request does not
+    /// answer.
+    stopped: Option<Stopped>,
+    /// Answer stopped samples as they are instead of failing.
+    answer_aborted: bool,
     first_entered: Option<Instant>,
     first_token: Option<Instant>,
     started: Instant,
     /// Each group's sums, once `next_group` handed it out.
     totals: Vec<Option<Totals>>,
-    _admission: Admission,
+    _admission: (Admission, StartedGuard),
 }
 
 /// A prompt's samples as they finish.
@@ -131,7 +134,8 @@ impl Running {
         groups: Vec<PendingGroup>,
         tasks: JoinSet<Result<SampleDone, ApiError>>,
         started: Instant,
-        admission: Admission,
+        admission: (Admission, StartedGuard),
+        answer_aborted: bool,
     ) -> Self {
         Self {
             served,
@@ -144,7 +148,8 @@ impl Running {
             totals: groups.iter().map(|_| None).collect(),
             groups,
             tasks,
-            aborted_by: None,
+            stopped: None,
+            answer_aborted,
             first_entered: None,
             first_token: None,
             started,
@@ -158,28 +163,31 @@ impl Running {
     }
 
     /// The index of the next group whose samples are all done, in completion order; `None`
-    /// once every sample is done. When an update under `abort` stopped a sample, waits for
-    /// every other sample (the update stops them too) and fails with what the groups not
-    /// handed out drew.
+    /// once every sample is done. When an update or a pause under `abort` stopped a sample (and
+    /// the request does not answer such samples), waits for every other sample (the same cause
+    /// stops them too) and fails with what the groups not handed out drew.
     async fn next_done(&mut self) -> Result<Option<usize>, ApiError> {
         loop {
-            if self.aborted_by.is_none() {
+            if self.stopped.is_none() {
                 if let Some(index) = self.ready.pop() {
                     return Ok(Some(index));
                 }
             }
             let Some(joined) = self.tasks.join_next().await else {
-                return match self.aborted_by {
-                    Some(to) => Err(ApiError::WeightsChanged {
+                let partial = || {
+                    self.groups
+                        .iter()
+                        .filter(|g| !g.handed_out)
+                        .map(PendingGroup::partial)
+                        .collect()
+                };
+                return match self.stopped {
+                    Some(Stopped::Updated { to }) => Err(ApiError::WeightsChanged {
                         from: self.served.weights_version,
                         to,
-                        partial: self
-                            .groups
-                            .iter()
-                            .filter(|g| !g.handed_out)
-                            .map(PendingGroup::partial)
-                            .collect(),
+                        partial: partial(),
                     }),
+                    Some(Stopped::Paused) => Err(ApiError::Aborted { partial: partial() }),
                     None => Ok(None),
                 };
             };
@@ -204,8 +212,8 @@ impl Running {
         if let Some(t) = done.output.0.output.first_token_at {
             self.first_token = earliest(self.first_token, t);
         }
-        if let Some(by) = done.output.0.aborted_by {
-            self.aborted_by = self.aborted_by.max(Some(by));
+        if let Some(why) = done.output.0.stopped.filter(|_| !self.answer_aborted) {
+            self.stopped = Some(self.stopped.map_or(why, |was| was.or(why)));
         }
         let group = &mut self.groups[done.prompt];
         group.outputs[done.sample] = Some(done.output);

@@ -6,9 +6,10 @@
 //! before they reach the engine, so waiting sequences queue here, in arrival order, and a
 //! cancelled request never reaches the engine. Each sequence runs in a task owned by the
 //! request's `JoinSet`: when the request is dropped (the client went away, whole or streamed)
-//! the tasks are aborted and their engine futures dropped. Weight swaps are published to every
-//! sample task, which follows them as the swap's `in_flight` policy says
-//! ([`super::in_flight`]).
+//! the tasks are aborted and their engine futures dropped. Weight swaps and pauses are published
+//! to every sample task, which follows them as the swap's `in_flight` policy or the pause's mode
+//! says ([`super::in_flight`]); a request that starts while generation is paused waits for the
+//! resume before its first sample.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,14 +17,14 @@ use std::time::Instant;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use super::admission::{Admission, Gate};
+use super::admission::{Admission, Gate, Started, StartedGuard};
 use super::in_flight::{self, Generated, Live, Switch};
 use super::request::{tokenize, TokenizedRollout, ValidRollout};
 use super::rewards::{score, RewardValues};
 use super::running::{PendingGroup, Running, SampleDone};
 use crate::api::error::ApiError;
 use crate::api::rollouts::{RolloutResponse, Served};
-use crate::api::weights::InFlight;
+use crate::api::weights::{InFlight, PauseMode};
 use crate::engine::settings::SamplerKind;
 use crate::engine::{Drawing, Engine, MaskBudget, SequenceRequest};
 use crate::stats::distribution::{NucleusParams, Truncation};
@@ -60,6 +61,9 @@ pub struct RolloutService {
     rewards: RewardValues,
     verifier: Arc<verifier::Config>,
     max_mask_ids: u64,
+    /// Requests past the pause gate and not yet answered (a pause under `wait` waits for
+    /// them).
+    started: Started,
 }
 
 impl RolloutService {
@@ -81,6 +85,7 @@ impl RolloutService {
             rewards: settings.rewards,
             verifier: Arc::new(verifier::Config::default()),
             max_mask_ids: settings.max_mask_ids,
+            started: Started::default(),
         }
     }
 
@@ -95,6 +100,35 @@ impl RolloutService {
     pub fn swap(&self, next: Live, in_flight: InFlight) {
         self.switches
             .send_modify(|switch| *switch = switch.then(next, in_flight));
+    }
+
+    /// Pauses generation under `mode` ([`PauseMode`]); a pause in force changes to `mode`.
+    /// Returns at once; [`RolloutService::drained`] waits for the requests already started.
+    pub fn pause(&self, mode: PauseMode) {
+        self.switches.send_modify(|switch| switch.pause(mode));
+        metrics::paused(true);
+        tracing::info!(mode = mode.as_str(), "generation paused");
+    }
+
+    /// Generates again: the requests waiting start, the frozen samples go on.
+    pub fn resume(&self) {
+        let was = self.switches.borrow().paused.mode;
+        self.switches.send_modify(Switch::resume);
+        metrics::paused(false);
+        if was.is_some() {
+            tracing::info!("generation resumed");
+        }
+    }
+
+    /// The pause in force, if any.
+    pub fn paused(&self) -> Option<PauseMode> {
+        self.switches.borrow().paused.mode
+    }
+
+    /// Waits until no request that started before now is still running (those waiting for a
+    /// resume have not started).
+    pub async fn drained(&self) {
+        self.started.none().await;
     }
 
     /// Admits a request, or answers overloaded at once.
@@ -168,10 +202,12 @@ impl RolloutService {
             prompt_ids,
         } = tokenize(req, self.live().engine.as_ref()).await?;
         drop(turn);
-        // Taken after tokenization, so that an update swapped in meanwhile serves the request
-        // from its start (same architecture, same vocabulary) rather than stopping it at once.
-        let live = self.live();
+        // Taken after tokenization and any pause, so that an update swapped in meanwhile serves
+        // the request from its start (same architecture, same vocabulary) rather than stopping
+        // it at once.
+        let (live, aborts, started_guard) = self.unpaused().await;
         let mask_budget = MaskBudget::new(self.max_mask_ids);
+        let answer_aborted = request.answer_aborted;
         let mut tasks = JoinSet::new();
         let mut groups = Vec::with_capacity(request.prompts.len());
         for (pi, (p, ids)) in request.prompts.iter().zip(prompt_ids).enumerate() {
@@ -190,7 +226,7 @@ impl RolloutService {
                     },
                     gold: p.answer.clone(),
                 };
-                tasks.spawn(self.sample_task(sequence, live.clone()));
+                tasks.spawn(self.sample_task(sequence, live.clone(), aborts, answer_aborted));
             }
             groups.push(PendingGroup::new(
                 p.id.clone(),
@@ -208,17 +244,44 @@ impl RolloutService {
             stats: request.stats,
             advantage: request.advantage,
         };
-        Ok(Running::new(served, groups, tasks, started, admission))
+        Ok(Running::new(
+            served,
+            groups,
+            tasks,
+            started,
+            (admission, started_guard),
+            answer_aborted,
+        ))
+    }
+
+    /// Waits until generation is not paused; then the engine serving new requests, the pauses
+    /// under `abort` so far (the samples started now stop at the next one), and the request's
+    /// mark among the started ones, taken together.
+    async fn unpaused(&self) -> (Live, u64, StartedGuard) {
+        let mut switches = self.switches.subscribe();
+        let switch = switches
+            .wait_for(|switch| switch.paused.mode.is_none())
+            .await
+            .expect("the service holds the sender");
+        (
+            switch.live.clone(),
+            switch.paused.aborts,
+            self.started.enter(),
+        )
     }
 
     /// One sample: waits for a sequence slot (the fair queue), generates on `live` and the
     /// weights that swaps move it to ([`in_flight::generate`]), and verifies the answer off
-    /// the executor, overlapping the generation of the other samples. A swap under `abort`
-    /// stops it, waiting or running, with what it drew.
+    /// the executor, overlapping the generation of the other samples. A swap or a pause under
+    /// `abort` (past the `aborts` its request started after) stops it, waiting or running,
+    /// with what it drew; a stopped sample is scored only if its request answers it
+    /// (`answer_aborted`).
     fn sample_task(
         &self,
         sequence: Sequence,
         live: Live,
+        aborts: u64,
+        answer_aborted: bool,
     ) -> impl std::future::Future<Output = Result<SampleDone, ApiError>> + Send + 'static {
         let (slots, capacity) = (self.sequences.clone(), self.sequence_slots);
         let (values, verifier) = (self.rewards, self.verifier.clone());
@@ -231,8 +294,8 @@ impl RolloutService {
                 slot = slots.clone().acquire_owned() => slot.map_err(|_| {
                     ApiError::Engine("the sequence scheduler has shut down".into())
                 })?,
-                by = in_flight::aborted(&mut switches, live.version), if follows => {
-                    let generated = Generated::aborted_before_start(live.version, by);
+                why = in_flight::stopped(&mut switches, live.version, aborts), if follows => {
+                    let generated = Generated::stopped_before_start(live.version, why);
                     let output = (generated, None);
                     return Ok(SampleDone { prompt, sample, output, entered: None });
                 }
@@ -240,11 +303,13 @@ impl RolloutService {
             let entered = Instant::now();
             gauge.run(capacity - slots.available_permits() - 1);
             let prompt_len = sequence.request.prompt.len();
-            let generated = in_flight::generate(live, sequence.request, &mut switches).await?;
+            let generated =
+                in_flight::generate(live, aborts, sequence.request, &mut switches).await?;
             let length = generated.output.length;
             metrics::sequence_finished(prompt_len, length, entered.elapsed());
             drop((slot, gauge));
-            let score = match sequence.gold.filter(|_| generated.aborted_by.is_none()) {
+            let scored = generated.stopped.is_none() || answer_aborted;
+            let score = match sequence.gold.filter(|_| scored) {
                 Some(gold) => {
                     let text = generated.output.text.clone();
                     let verdict =

@@ -74,13 +74,17 @@ pub const ZERO_VARIANCE_GROUPS: &str = "entroll_zero_variance_groups_total";
 pub const LAST_REWARD_MEAN: &str = "entroll_last_reward_mean";
 /// Weights version being served.
 pub const WEIGHTS_VERSION: &str = "entroll_weights_version";
+/// 1 while generation is paused (`/pause`, `/pause_generation`), by nothing else: requests
+/// that arrive meanwhile wait.
+pub const PAUSED: &str = "entroll_paused";
 /// Weight updates, by `outcome` (`swapped`, `rejected`, `busy`: refused while `max_engines`
 /// engines are in memory, and `stale`: the watched directory's highest version is below the
 /// served one) and `source` (`http`: POST /weights, `watch`: the
 /// watched directory).
 pub const WEIGHT_UPDATES: &str = "entroll_weight_updates_total";
-/// Samples a weight update stopped, by `in_flight`: `abort` (ended with what they drew) or
-/// `continue` (moved to the new weights at their next token).
+/// Samples a weight update stopped, by `in_flight`: `abort` (ended with what they drew),
+/// `continue` (moved to the new weights at their next token), or `pause` (ended with what they
+/// drew by a pause under `abort`).
 pub const SAMPLES_INTERRUPTED: &str = "entroll_samples_interrupted_total";
 /// Time to load new weights before the swap.
 pub const WEIGHT_LOAD_DURATION: &str = "entroll_weight_load_seconds";
@@ -159,6 +163,7 @@ pub fn install(error_types: &[&'static str]) -> anyhow::Result<Exporter> {
     describe();
     export_counters_at_zero(error_types);
     gauge!(WEIGHTS_VERSION).set(0.0);
+    gauge!(PAUSED).set(0.0);
     let process = metrics_process::Collector::default();
     process.describe();
     Ok(Exporter { handle, process })
@@ -315,6 +320,7 @@ fn describe() {
         "Mean reward of the last request with gold answers."
     );
     describe_gauge!(WEIGHTS_VERSION, "Weights version being served.");
+    describe_gauge!(PAUSED, "1 while generation is paused.");
     describe_counter!(
         PREFILL_TOKENS,
         Unit::Count,
@@ -630,8 +636,13 @@ pub fn weights_stale() {
     counter!(WEIGHT_UPDATES, "outcome" => "stale", "source" => "watch").increment(1);
 }
 
+/// Generation was paused (`true`) or resumed.
+pub fn paused(on: bool) {
+    gauge!(PAUSED).set(if on { 1.0 } else { 0.0 });
+}
+
 /// A weight update stopped a sample (`in_flight`: `abort`) or moved it to the new weights
-/// (`continue`).
+/// (`continue`), or a pause under `abort` stopped it (`pause`).
 pub fn sample_interrupted(in_flight: &'static str) {
     counter!(SAMPLES_INTERRUPTED, "in_flight" => in_flight).increment(1);
 }
@@ -667,6 +678,7 @@ pub const ALL: &[&str] = &[
     ZERO_VARIANCE_GROUPS,
     LAST_REWARD_MEAN,
     WEIGHTS_VERSION,
+    PAUSED,
     WEIGHT_UPDATES,
     SAMPLES_INTERRUPTED,
     WEIGHT_LOAD_DURATION,

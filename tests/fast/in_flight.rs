@@ -59,7 +59,7 @@ fn token_ids(groups: &Value) -> HashMap<(String, u64), Vec<u64>> {
 /// Waits until `n` sequences run in the engine and it has drawn for them: two decode steps of
 /// all `n` (each step adds its batch size to the decode-batch histogram's sum), so every one
 /// has drawn tokens.
-async fn drawing(server: &InProcess, n: usize) {
+pub async fn drawing(server: &InProcess, n: usize) {
     const DRAWS: &str = "entroll_engine_decode_batch_sum";
     let started = std::time::Instant::now();
     let waited = |what: &str| {

@@ -18,6 +18,7 @@ mod cancellation;
 mod connections;
 mod device_kernels;
 mod faults;
+mod frameworks;
 mod in_flight;
 mod leaks;
 mod openai;

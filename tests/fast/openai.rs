@@ -9,19 +9,19 @@ use crate::common::{client, get_json, post_path, rollout, samples, Base};
 use crate::harness::{self, InProcess};
 
 /// POSTs `body` to `path`: the status and the JSON answer.
-async fn post(server: &InProcess, path: &str, body: &Value) -> (u16, Value) {
+pub async fn post(server: &InProcess, path: &str, body: &Value) -> (u16, Value) {
     post_path(server.base(), path, body.to_string()).await
 }
 
 /// POSTs `body` to `path` and expects 200.
-async fn ok(server: &InProcess, path: &str, body: &Value) -> Value {
+pub async fn ok(server: &InProcess, path: &str, body: &Value) -> Value {
     let (status, answer) = post(server, path, body).await;
     assert_eq!(status, 200, "{path} failed: {answer}");
     answer
 }
 
 /// A streamed answer's events: every `data:` payload before `[DONE]`, which must end it.
-async fn events(server: &InProcess, path: &str, body: &Value) -> Vec<Value> {
+pub async fn events(server: &InProcess, path: &str, body: &Value) -> Vec<Value> {
     let response = client()
         .post(format!("{}{path}", server.base()))
         .json(body)

@@ -81,7 +81,7 @@ pub fn listed_ids(sample: &Sample) -> Vec<u32> {
 
 impl Listing {
     /// The listed log-prob of each token of `sample`.
-    fn logprobs<'a>(&self, sample: &'a Sample) -> &'a [f32] {
+    pub fn logprobs<'a>(&self, sample: &'a Sample) -> &'a [f32] {
         match self.mode {
             LogprobsMode::Processed => &sample.sampling_logprobs,
             LogprobsMode::Full => &sample.logprobs,
@@ -91,7 +91,7 @@ impl Listing {
     /// Token `t`'s alternatives (as many as the request asked for: the sample holds them) with
     /// their listed log-probs, highest first: those the listed distribution gives a
     /// probability (a processed listing leaves out what truncation cut).
-    fn alternatives(&self, sample: &Sample, t: usize) -> Vec<(u32, f32)> {
+    pub fn alternatives(&self, sample: &Sample, t: usize) -> Vec<(u32, f32)> {
         let Some(all) = sample.top_logprobs.as_ref().and_then(|all| all.get(t)) else {
             return Vec::new();
         };
@@ -282,20 +282,14 @@ pub struct TopLogprob {
     pub bytes: Vec<u8>,
 }
 
-impl ChatChoice {
-    /// The choice of `sample`, whole (`streamed` false: `message`) or as one chunk (`delta`).
-    pub fn new(
-        index: usize,
-        sample: Sample,
-        streamed: bool,
-        token_ids: bool,
-        listing: Option<(Listing, Names)>,
-    ) -> Self {
-        let logprobs = listing.map(|(listing, names)| ChatLogprobs {
+impl ChatLogprobs {
+    /// The listing of `sample`'s tokens, each named as `names` says.
+    pub fn of(sample: &Sample, listing: Listing, names: &Names) -> Self {
+        Self {
             content: sample
                 .token_ids
                 .iter()
-                .zip(listing.logprobs(&sample))
+                .zip(listing.logprobs(sample))
                 .enumerate()
                 .map(|(t, (&id, &logprob))| {
                     let token = names.of(id);
@@ -304,7 +298,7 @@ impl ChatChoice {
                         token,
                         logprob,
                         top_logprobs: listing
-                            .alternatives(&sample, t)
+                            .alternatives(sample, t)
                             .into_iter()
                             .map(|(id, logprob)| {
                                 let token = names.of(id);
@@ -318,7 +312,20 @@ impl ChatChoice {
                     }
                 })
                 .collect(),
-        });
+        }
+    }
+}
+
+impl ChatChoice {
+    /// The choice of `sample`, whole (`streamed` false: `message`) or as one chunk (`delta`).
+    pub fn new(
+        index: usize,
+        sample: Sample,
+        streamed: bool,
+        token_ids: bool,
+        listing: Option<(Listing, Names)>,
+    ) -> Self {
+        let logprobs = listing.map(|(listing, names)| ChatLogprobs::of(&sample, listing, &names));
         let message = AssistantMessage {
             role: "assistant",
             content: sample.text.clone(),

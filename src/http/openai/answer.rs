@@ -36,7 +36,8 @@ fn answer_id(prefix: &str) -> String {
     format!("{prefix}-{:016x}{:016x}", random_seed(), random_seed())
 }
 
-fn group_stats(index: usize, g: &Group) -> GroupStats {
+/// The group statistics of `g`, prompt `index`, for the answer's `entroll` object.
+pub fn group_stats(index: usize, g: &Group) -> GroupStats {
     GroupStats {
         prompt_index: index,
         pass_rate: g.pass_rate,

@@ -81,7 +81,8 @@ fn unknown_field(message: &str) -> Option<String> {
     Some(rest[..rest.find('`')?].to_string())
 }
 
-fn refuse(param: &str, message: impl Into<String>) -> OpenAiError {
+/// An invalid-request error blamed on `param`.
+pub fn refuse(param: &str, message: impl Into<String>) -> OpenAiError {
     OpenAiError::new(ApiError::Invalid(message.into()), Some(param.to_string()))
 }
 
@@ -100,7 +101,7 @@ fn not_on(route: Route, param: &str, given: bool) -> Result<(), OpenAiError> {
 /// Refuses a field that would change the sampling distribution unless it is at its neutral
 /// value: entroll's statistics describe the distribution it draws from, so nothing that would
 /// change it is ignored.
-fn neutral(param: &str, value: Option<f64>, neutral: f64) -> Result<(), OpenAiError> {
+pub fn neutral(param: &str, value: Option<f64>, neutral: f64) -> Result<(), OpenAiError> {
     match value {
         Some(v) if v != neutral => Err(refuse(
             param,
@@ -165,12 +166,7 @@ pub fn conversation(
 
 /// Refuses a switch that would change what is drawn or returned unless it is at the value
 /// entroll serves.
-pub(super) fn only(
-    param: &str,
-    value: Option<bool>,
-    served: bool,
-    why: &str,
-) -> Result<(), OpenAiError> {
+pub fn only(param: &str, value: Option<bool>, served: bool, why: &str) -> Result<(), OpenAiError> {
     match value {
         Some(v) if v != served => Err(refuse(
             param,
@@ -180,9 +176,113 @@ pub(super) fn only(
     }
 }
 
+/// The fields of a dialect that would change the distribution entroll samples from and
+/// reports on, each refused unless at its neutral value; `prefix` is where the dialect puts them
+/// (`sampling_params.` or nothing), `min_tokens` names its least-length field.
+#[derive(Debug, Default)]
+pub struct Distortions<'a> {
+    /// Where the dialect puts these fields.
+    pub prefix: &'a str,
+    /// Min-p truncation (neutral: 0).
+    pub min_p: Option<f64>,
+    /// Repetition penalty (neutral: 1).
+    pub repetition_penalty: Option<f64>,
+    /// Presence penalty (neutral: 0).
+    pub presence_penalty: Option<f64>,
+    /// Frequency penalty (neutral: 0).
+    pub frequency_penalty: Option<f64>,
+    /// Go on past the end of sequence (served: false).
+    pub ignore_eos: Option<bool>,
+    /// Logit biases (served: none).
+    pub logit_bias: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    /// The least-length field's name and value (served: 0).
+    pub min_tokens: (&'a str, Option<usize>),
+    /// Top-k (at least 1, or 0 or -1 for none).
+    pub top_k: Option<i64>,
+}
+
+impl Distortions<'_> {
+    /// Refuses the first field that is not at its neutral value, naming it.
+    pub fn check(&self) -> Result<(), OpenAiError> {
+        let name = |field: &str| format!("{}{field}", self.prefix);
+        neutral(&name("min_p"), self.min_p, 0.0)?;
+        neutral(&name("repetition_penalty"), self.repetition_penalty, 1.0)?;
+        neutral(&name("presence_penalty"), self.presence_penalty, 0.0)?;
+        neutral(&name("frequency_penalty"), self.frequency_penalty, 0.0)?;
+        only(
+            &name("ignore_eos"),
+            self.ignore_eos,
+            false,
+            "every sample ends at the model's end of sequence",
+        )?;
+        let (field, min_tokens) = self.min_tokens;
+        if min_tokens.is_some_and(|m| m > 0) {
+            return Err(refuse(
+                &name(field),
+                format!(
+                    "{field} above 0 is not served: masking the end of sequence would change \
+                     the distribution entroll samples from and reports on"
+                ),
+            ));
+        }
+        if self.logit_bias.is_some_and(|b| !b.is_empty()) {
+            return Err(refuse(
+                &name("logit_bias"),
+                "logit_bias is not served: it would change the distribution entroll samples \
+                 from and reports on",
+            ));
+        }
+        if self.top_k.is_some_and(|k| k < -1) {
+            return Err(refuse(
+                &name("top_k"),
+                "top_k must be at least 1, or 0 or -1 for none",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The sampling fields every dialect has, in `/rollouts`' terms.
+#[derive(Debug, Default)]
+pub struct Sampling {
+    /// Temperature (0: greedy).
+    pub temperature: Option<f64>,
+    /// Nucleus truncation.
+    pub top_p: Option<f64>,
+    /// Top-k truncation (0 or -1: none).
+    pub top_k: Option<i64>,
+    /// Tokens at most.
+    pub max_tokens: Option<usize>,
+    /// Stop strings.
+    pub stop: Option<OneOrMany<String>>,
+    /// The draw's seed.
+    pub seed: Option<u64>,
+}
+
+impl Sampling {
+    /// `/rollouts`' sampling, and whether it is greedy: temperature 0 is the most likely token,
+    /// drawn as top-k 1 of the temperature-1 distribution, whose statistics the answer reports.
+    pub fn spec(self) -> (SamplingSpec, bool) {
+        let greedy = self.temperature == Some(0.0);
+        let spec = SamplingSpec {
+            temperature: if greedy { Some(1.0) } else { self.temperature },
+            top_p: self.top_p,
+            top_k: if greedy {
+                Some(1)
+            } else {
+                self.top_k.filter(|&k| k > 0).map(|k| k as usize)
+            },
+            max_tokens: self.max_tokens,
+            stop: self.stop.map(OneOrMany::into_vec),
+            seed: self.seed,
+        };
+        (spec, greedy)
+    }
+}
+
 /// Checks vLLM's `stop_token_ids`: served when each is one of the model's end-of-sequence ids
 /// `eos_ids`, on which every choice ends anyway.
-fn check_stop_token_ids(ids: Option<&[u32]>, eos_ids: &[u32]) -> Result<(), OpenAiError> {
+pub fn check_stop_token_ids(ids: Option<&[u32]>, eos_ids: &[u32]) -> Result<(), OpenAiError> {
     match ids
         .unwrap_or_default()
         .iter()
@@ -278,21 +378,23 @@ pub fn rollout_request(
              with return_token_ids",
         ));
     }
-    neutral("min_p", req.min_p, 0.0)?;
-    neutral("repetition_penalty", req.repetition_penalty, 1.0)?;
-    neutral("presence_penalty", req.presence_penalty, 0.0)?;
-    neutral("frequency_penalty", req.frequency_penalty, 0.0)?;
+    Distortions {
+        prefix: "",
+        min_p: req.min_p,
+        repetition_penalty: req.repetition_penalty,
+        presence_penalty: req.presence_penalty,
+        frequency_penalty: req.frequency_penalty,
+        ignore_eos: req.ignore_eos,
+        logit_bias: req.logit_bias.as_ref(),
+        min_tokens: ("min_tokens", req.min_tokens),
+        top_k: req.top_k,
+    }
+    .check()?;
     only(
         "skip_special_tokens",
         req.skip_special_tokens,
         true,
         "the text always leaves special tokens out (return_token_ids gives every id)",
-    )?;
-    only(
-        "ignore_eos",
-        req.ignore_eos,
-        false,
-        "every choice ends at the model's end of sequence",
     )?;
     only(
         "use_beam_search",
@@ -307,13 +409,6 @@ pub fn rollout_request(
         "the text is cut before a stop string",
     )?;
     check_stop_token_ids(req.stop_token_ids.as_deref(), eos_ids)?;
-    if req.min_tokens.is_some_and(|m| m > 0) {
-        return Err(refuse(
-            "min_tokens",
-            "min_tokens above 0 is not served: masking the end of sequence would change the \
-             distribution entroll samples from and reports on",
-        ));
-    }
     if req
         .chat_template_kwargs
         .as_ref()
@@ -329,19 +424,6 @@ pub fn rollout_request(
         return Err(refuse(
             "best_of",
             "best_of other than n is not served: entroll returns every candidate it draws",
-        ));
-    }
-    if req.top_k.is_some_and(|k| k < -1) {
-        return Err(refuse(
-            "top_k",
-            "top_k must be at least 1, or 0 or -1 for none",
-        ));
-    }
-    if req.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
-        return Err(refuse(
-            "logit_bias",
-            "logit_bias is not served: it would change the distribution entroll samples from \
-             and reports on",
         ));
     }
     let (logprobs, mut top) = match (route, req.logprobs) {
@@ -433,25 +515,19 @@ pub fn rollout_request(
         // Groups come back in completion order when streamed: the id says which prompt.
         p.id = Some(i.to_string());
     }
-    // Temperature 0 is greedy: the most likely token, drawn as top-k 1 of the temperature-1
-    // distribution, whose statistics the answer reports.
-    let greedy = req.temperature == Some(0.0);
-    let top_k = if greedy {
-        Some(1)
-    } else {
-        req.top_k.filter(|&k| k > 0).map(|k| k as usize)
-    };
+    let (sampling, greedy) = Sampling {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        max_tokens: req.max_completion_tokens.or(req.max_tokens),
+        stop: req.stop,
+        seed: req.seed,
+    }
+    .spec();
     let rollout = RolloutRequest {
         prompts,
         group_size: Some(n),
-        sampling: SamplingSpec {
-            temperature: if greedy { Some(1.0) } else { req.temperature },
-            top_p: req.top_p,
-            top_k,
-            max_tokens: req.max_completion_tokens.or(req.max_tokens),
-            stop: req.stop.map(OneOrMany::into_vec),
-            seed: req.seed,
-        },
+        sampling,
         stats: req.stats.unwrap_or_default(),
         advantage: req.advantage,
         timeout_ms: req.timeout_ms,
