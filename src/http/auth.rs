@@ -7,7 +7,7 @@
 //! - generation routes ([`Access::Generate`]) take the API key or the admin key;
 //! - control routes ([`Access::Control`]) take the admin key only: with an API key but no admin
 //!   key configured they are closed, so setting a key never leaves the weights open;
-//! - `/health` and `/metrics` ([`Access::Probe`]) are open, or keyed like generation when
+//! - `/health`, `/health_generate` and `/metrics` ([`Access::Probe`]) are open, or keyed like generation when
 //!   `open_probes` is off.
 //!
 //! A missing or unknown key is 401 `unauthorized`; a valid API key on a control route is 403

@@ -229,7 +229,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 /// 200 while serving (the server only listens once the model is loaded and probed); once
 /// shutdown has begun, 503 `shutting_down`, so a load balancer stops sending work here. Also
-/// SGLang's `/health_generate`: the model answered a generation before the server listened.
+/// SGLang's `/health_generate` (which runs no generation here).
 async fn health(State(state): State<Arc<AppState>>) -> Result<StatusCode, ApiError> {
     match state.shutdown.phase() {
         Phase::Serving => Ok(StatusCode::OK),

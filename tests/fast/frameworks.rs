@@ -2,7 +2,7 @@
 //! same seed each dialect's generation is the `/rollouts` sample it stands for, token for token
 //! and statistic for statistic; pause under `keep` freezes running samples and an update while
 //! paused moves them (each reports the versions that drew its tokens); pause under `abort`
-//! answers each dialect with the tokens drawn; pause under `wait` lets them finish; requests
+//! answers each dialect with the tokens drawn (`/rollouts` a 409 with them); pause under `wait` lets them finish; requests
 //! that arrive while paused wait; bad input answers in each dialect's error form.
 
 use std::collections::HashMap;
@@ -305,7 +305,7 @@ fn check_cut(drawn: &[u64], whole: &[u64], what: &str) {
 #[tokio::test]
 async fn pause_abort_answers_each_dialect_with_the_tokens_drawn() {
     let model = harness::tiny_model();
-    let server = harness::start(|c| c.max_running_sequences = 6);
+    let server = harness::start(|c| c.max_running_sequences = 8);
     let prompt = prompt_ids(&server, PROMPT).await;
     let reference = rollout(&server, &rollouts_request(&prompt, 9, TOKENS)).await;
     let whole: Vec<Vec<u64>> = samples(&reference)
@@ -320,11 +320,17 @@ async fn pause_abort_answers_each_dialect_with_the_tokens_drawn() {
         vllm_request(&prompt, 9, TOKENS),
     );
     let ours = spawn_post(&server, "/rollouts", rollouts_request(&prompt, 9, TOKENS));
-    drawing(&server, 6).await;
+    let completions = spawn_post(
+        &server,
+        "/v1/completions",
+        json!({"prompt": prompt, "n": 2, "max_tokens": TOKENS, "temperature": 1.0, "seed": 9,
+               "return_token_ids": true}),
+    );
+    drawing(&server, 8).await;
     // SGLang's pause, under its default mode: answered once every running request was.
     let paused = ok(&server, "/pause_generation", &json!({})).await;
     assert_eq!(paused["status"], "ok");
-    for task in [&sglang, &vllm, &ours] {
+    for task in [&sglang, &vllm, &ours, &completions] {
         assert!(
             task.is_finished()
                 || tokio::time::timeout(Duration::from_secs(5), async {
@@ -357,6 +363,13 @@ async fn pause_abort_answers_each_dialect_with_the_tokens_drawn() {
         check_cut(&ids(&choice["token_ids"]), &whole[i], "vllm");
         assert_eq!(choice["entroll"]["finish_reason"], "abort");
     }
+    // OpenAI's routes answer as vLLM's do: each choice with what it drew.
+    let (status, answer) = completions.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    for (i, choice) in answer["choices"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(choice["finish_reason"], "abort", "{choice}");
+        check_cut(&ids(&choice["token_ids"]), &whole[i], "completions");
+    }
     let (status, refused) = ours.await.unwrap();
     assert_eq!(status, 409, "{refused}");
     assert_eq!(refused["error_type"], "aborted");
@@ -372,7 +385,7 @@ async fn pause_abort_answers_each_dialect_with_the_tokens_drawn() {
         server
             .metric("entroll_samples_interrupted_total{in_flight=\"pause\"}")
             .await,
-        6.0
+        8.0
     );
 
     // While paused, a request waits; an update from disk (SGLang's, as slime sends it) serves

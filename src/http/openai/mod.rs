@@ -75,7 +75,10 @@ async fn generate(
         let request = parse::<GenerateRequest>(&body)?;
         let eos_ids = &live.engine.info().eos_ids;
         let (rollout, asked) = rollout_request(route, request, &names, eos_ids)?;
-        let valid = validate(rollout, &state.config).map_err(|e| in_openai_words(e, route))?;
+        let mut valid = validate(rollout, &state.config).map_err(|e| in_openai_words(e, route))?;
+        // As vLLM: a sample a pause or an update under `abort` stopped is a choice with what
+        // it drew and `finish_reason` `abort` (AReaL resubmits those).
+        valid.answer_aborted = true;
         let deadline = Deadline::after(valid.timeout);
         let answerer = Answerer::new(asked, state.config.openai_logprobs, live.engine, model);
         if asked.stream {
