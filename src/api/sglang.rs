@@ -46,7 +46,7 @@ pub struct GenerateRequest {
     /// The caller's id of the request (`meta_info.id`).
     #[serde(default)]
     pub rid: Option<OneOrMany<String>>,
-    /// Images (only null is served).
+    /// Images (only null or an empty list, none, is served).
     #[serde(default)]
     pub image_data: Option<serde_json::Value>,
     /// A LoRA adapter (only null is served).

@@ -33,11 +33,12 @@ pub async fn update_weights(
 }
 
 /// Pauses generation under `mode`, and returns once it holds: under `wait` and `abort` once
-/// every request started before it was answered, under `keep` at once (the running samples
+/// every request started before it was answered (or the pause was lifted or changed
+/// meanwhile), under `keep` at once (the running samples
 /// stop at their next token, and what they drew until then stays theirs).
 pub async fn pause(state: &AppState, mode: PauseMode) {
     state.service.pause(mode);
     if mode != PauseMode::Keep {
-        state.service.drained().await;
+        state.service.drained(mode).await;
     }
 }

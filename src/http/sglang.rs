@@ -129,7 +129,12 @@ pub fn rollout_request(
     req: GenerateRequest,
     eos_ids: &[u32],
 ) -> Result<(RolloutRequest, Asked), SglangError> {
-    null_only("image_data", req.image_data.as_ref())?;
+    // An empty list is no images (AReaL's default).
+    let images = req
+        .image_data
+        .as_ref()
+        .filter(|v| v.as_array().is_none_or(|a| !a.is_empty()));
+    null_only("image_data", images)?;
     null_only("lora_path", req.lora_path.as_ref())?;
     null_only(
         "custom_logit_processor",
@@ -597,28 +602,22 @@ pub async fn flush_cache() -> Json<Done> {
     done("Cache flushed.")
 }
 
-/// `POST /abort_request {abort_all: true}`: every running sample ends with what it drew
-/// (a pause under `abort` and the resume at once, so later requests run).
+/// `POST /abort_request {abort_all: true}`: every running sample ends with what it drew (as
+/// under a pause under `abort`); a pause in force, or none, stays as it is.
 pub async fn abort_request(
     State(state): State<Arc<AppState>>,
     body: Result<RequestBody, ApiError>,
 ) -> Result<Json<Done>, SglangError> {
     let RequestBody(body) = body?;
     let request: AbortRequest = parse(&body)?;
-    if request.rid.is_some() || request.abort_all != Some(true) {
+    // SGLang's default rid is "": no request named.
+    let rid = request.rid.filter(|rid| !rid.is_empty());
+    if rid.is_some() || request.abort_all != Some(true) {
         return Err(refuse(
             "only abort_all: true is served: entroll does not track requests by rid",
         ));
     }
-    if state.service.paused().is_some() {
-        // Paused: the running samples stop, and the pause stays as it was asked.
-        let was = state.service.paused().expect("paused");
-        state.service.pause(PauseMode::Abort);
-        state.service.pause(was);
-    } else {
-        state.service.pause(PauseMode::Abort);
-        state.service.resume();
-    }
+    state.service.abort_all();
     Ok(done("Requests aborted."))
 }
 

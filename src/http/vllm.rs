@@ -235,8 +235,8 @@ pub async fn generate(
     })
 }
 
-/// `/pause`'s query: `mode` (`abort`, the default, `keep` or `wait`) and `clear_cache`
-/// (accepted: a swap starts an empty prefix cache).
+/// `/pause`'s query: `mode` (`abort`, the default, `keep` or `wait`), `clear_cache`
+/// (accepted: a swap starts an empty prefix cache) and `wait_for_inflight_requests`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PauseQuery {
@@ -246,6 +246,9 @@ pub struct PauseQuery {
     /// Accepted, see above.
     #[serde(default)]
     pub clear_cache: Option<bool>,
+    /// vLLM's older form: `true` is mode `wait` (when no mode is given).
+    #[serde(default)]
+    pub wait_for_inflight_requests: Option<bool>,
 }
 
 fn status(state: &AppState, status: &'static str) -> Json<Status> {
@@ -270,7 +273,12 @@ pub async fn pause(
             Some("mode".into()),
         )
     })?;
-    control::pause(&state, query.mode.unwrap_or(PauseMode::Abort)).await;
+    let mode = match (query.mode, query.wait_for_inflight_requests) {
+        (Some(mode), _) => mode,
+        (None, Some(true)) => PauseMode::Wait,
+        (None, _) => PauseMode::Abort,
+    };
+    control::pause(&state, mode).await;
     Ok(status(&state, "paused"))
 }
 

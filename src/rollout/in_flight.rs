@@ -51,14 +51,17 @@ pub struct Switch {
     pub paused: Paused,
 }
 
-/// Whether generation is paused (and how), and how many pauses under `abort` there were: a
-/// sample stops when more came than when its request started.
+/// Whether generation is paused (and how), and how many pauses under `abort` and `keep` there
+/// were: a sample stops when more of the first came than when its request started, and goes on
+/// on the weights served at the resume when more of the second did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Paused {
     /// The pause in force, if any.
     pub mode: Option<PauseMode>,
-    /// Pauses under `abort` so far.
+    /// Pauses under `abort` so far (and `abort_all`s).
     pub aborts: u64,
+    /// Pauses under `keep` so far.
+    pub keeps: u64,
 }
 
 impl Switch {
@@ -83,9 +86,17 @@ impl Switch {
     /// This switch, paused under `mode` (a pause in force changes to `mode`).
     pub fn pause(&mut self, mode: PauseMode) {
         self.paused.mode = Some(mode);
-        if mode == PauseMode::Abort {
-            self.paused.aborts += 1;
+        match mode {
+            PauseMode::Abort => self.paused.aborts += 1,
+            PauseMode::Keep => self.paused.keeps += 1,
+            PauseMode::Wait => {}
         }
+    }
+
+    /// This switch, with every sample started so far stopped (as by a pause under `abort`),
+    /// paused or not as it was.
+    pub fn abort_all(&mut self) {
+        self.paused.aborts += 1;
     }
 
     /// This switch, generating again.
@@ -93,10 +104,9 @@ impl Switch {
         self.paused.mode = None;
     }
 
-    /// Why a sample on `version`, started when `aborts` pauses under `abort` had come, must
-    /// stop now, if it must.
-    fn stops(&self, version: u64, aborts: u64) -> Option<Stopped> {
-        if self.paused.aborts > aborts {
+    /// Why a sample on `version`, started under `since`, must stop now, if it must.
+    fn stops(&self, version: u64, since: &Paused) -> Option<Stopped> {
+        if self.paused.aborts > since.aborts {
             Some(Stopped::Paused)
         } else if self.asks(version) == Some(InFlight::Abort) {
             Some(Stopped::Updated {
@@ -107,10 +117,10 @@ impl Switch {
         }
     }
 
-    /// Whether a running sample on `version` (started when `aborts` pauses under `abort` had
-    /// come) must leave the engine now: to stop, to freeze, or to move to newer weights.
-    fn interrupts(&self, version: u64, aborts: u64) -> bool {
-        self.stops(version, aborts).is_some()
+    /// Whether a running sample on `version` (started under `since`) must leave the engine
+    /// now: to stop, to freeze, or to move to newer weights.
+    fn interrupts(&self, version: u64, since: &Paused) -> bool {
+        self.stops(version, since).is_some()
             || self.paused.mode == Some(PauseMode::Keep)
             || self.asks(version).is_some()
     }
@@ -298,12 +308,16 @@ pub fn interruptible(request: &SequenceRequest) -> bool {
     matches!(request.drawing, Drawing::Entroll(_))
 }
 
-/// Waits until a sample on `version`, started when `aborts` pauses under `abort` had come, must
-/// stop (an update under `abort` or a pause under `abort`), and says why (never, if nothing
-/// stops it): a sample still waiting for its turn stops then.
-pub async fn stopped(switches: &mut watch::Receiver<Switch>, version: u64, aborts: u64) -> Stopped {
+/// Waits until a sample on `version`, started under `since`, must stop (an update under
+/// `abort` or a pause under `abort`), and says why (never, if nothing stops it): a sample still
+/// waiting for its turn stops then.
+pub async fn stopped(
+    switches: &mut watch::Receiver<Switch>,
+    version: u64,
+    since: &Paused,
+) -> Stopped {
     loop {
-        if let Some(why) = switches.borrow_and_update().stops(version, aborts) {
+        if let Some(why) = switches.borrow_and_update().stops(version, since) {
             return why;
         }
         if switches.changed().await.is_err() {
@@ -312,14 +326,14 @@ pub async fn stopped(switches: &mut watch::Receiver<Switch>, version: u64, abort
     }
 }
 
-/// Generates `request`, started on `live` when `aborts` pauses under `abort` had come, following
+/// Generates `request`, started on `live` under `since` (the pauses so far), following
 /// what is published on `switches`: a sample stopped by an update under `continue` goes on on
 /// the new engine from the token it reached; one frozen by a pause under `keep` waits for the
 /// resume and goes on on the weights served then; one stopped by an update or a pause under
 /// `abort` ends with what it drew.
 pub async fn generate(
     mut live: Live,
-    aborts: u64,
+    mut since: Paused,
     mut request: SequenceRequest,
     switches: &mut watch::Receiver<Switch>,
 ) -> Result<Generated, EngineError> {
@@ -329,10 +343,9 @@ pub async fn generate(
     loop {
         // What is asked of this sample: before it starts, and after it was interrupted.
         if follows {
-            let mut frozen = false;
             loop {
                 let switch = switches.borrow_and_update().clone();
-                if let Some(why) = switch.stops(live.version, aborts) {
+                if let Some(why) = switch.stops(live.version, &since) {
                     metrics::sample_interrupted(why.metric());
                     return Ok(Generated {
                         output: so_far.unwrap_or_else(nothing_drawn),
@@ -341,16 +354,18 @@ pub async fn generate(
                     });
                 }
                 if switch.paused.mode == Some(PauseMode::Keep) {
-                    frozen = true;
                     if switches.changed().await.is_err() {
                         break;
                     }
                     continue;
                 }
-                // A sample frozen by a pause goes on on the weights served at the resume, as
-                // one moved by an update under `continue`.
+                // A sample a pause under `keep` froze (or found waiting) goes on on the weights
+                // served at the resume, as one moved by an update under `continue`: counted, so
+                // that a pause, an update and a resume all before it looked are not missed.
+                let kept = switch.paused.keeps > since.keeps;
+                since.keeps = switch.paused.keeps;
                 let moves = switch.asks(live.version) == Some(InFlight::Continue)
-                    || (frozen && switch.live.version != live.version);
+                    || (kept && switch.live.version != live.version);
                 if moves {
                     metrics::sample_interrupted(InFlight::Continue.as_str());
                     let drawn = so_far.as_ref().map_or(0, |o| o.length);
@@ -371,7 +386,7 @@ pub async fn generate(
                     changed = switches.changed(), if watching => {
                         if changed.is_err() {
                             watching = false;
-                        } else if switches.borrow_and_update().interrupts(live.version, aborts) {
+                        } else if switches.borrow_and_update().interrupts(live.version, &since) {
                             request.interrupt.set();
                             interrupted = true;
                             watching = false;

@@ -18,7 +18,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use super::admission::{Admission, Gate, Started, StartedGuard};
-use super::in_flight::{self, Generated, Live, Switch};
+use super::in_flight::{self, Generated, Live, Paused, Switch};
 use super::request::{tokenize, TokenizedRollout, ValidRollout};
 use super::rewards::{score, RewardValues};
 use super::running::{PendingGroup, Running, SampleDone};
@@ -105,19 +105,31 @@ impl RolloutService {
     /// Pauses generation under `mode` ([`PauseMode`]); a pause in force changes to `mode`.
     /// Returns at once; [`RolloutService::drained`] waits for the requests already started.
     pub fn pause(&self, mode: PauseMode) {
-        self.switches.send_modify(|switch| switch.pause(mode));
-        metrics::paused(true);
+        self.switches.send_modify(|switch| {
+            switch.pause(mode);
+            metrics::paused(true);
+        });
         tracing::info!(mode = mode.as_str(), "generation paused");
     }
 
     /// Generates again: the requests waiting start, the frozen samples go on.
     pub fn resume(&self) {
-        let was = self.switches.borrow().paused.mode;
-        self.switches.send_modify(Switch::resume);
-        metrics::paused(false);
+        let mut was = None;
+        self.switches.send_modify(|switch| {
+            was = switch.paused.mode;
+            switch.resume();
+            metrics::paused(false);
+        });
         if was.is_some() {
             tracing::info!("generation resumed");
         }
+    }
+
+    /// Stops every sample started so far, with what it drew (as a pause under `abort`), and
+    /// leaves the pause as it is: SGLang's `abort_request {abort_all}`.
+    pub fn abort_all(&self) {
+        self.switches.send_modify(Switch::abort_all);
+        tracing::info!("every running sample aborted");
     }
 
     /// The pause in force, if any.
@@ -125,10 +137,15 @@ impl RolloutService {
         self.switches.borrow().paused.mode
     }
 
-    /// Waits until no request that started before now is still running (those waiting for a
-    /// resume have not started).
-    pub async fn drained(&self) {
-        self.started.none().await;
+    /// Waits until no request that started before the pause `mode` in force is still running
+    /// (those waiting for the resume have not started), or until that pause is lifted or
+    /// changed (then requests start again, and waiting for none would never end).
+    pub async fn drained(&self, mode: PauseMode) {
+        let mut switches = self.switches.subscribe();
+        tokio::select! {
+            _ = self.started.none() => {}
+            _ = switches.wait_for(|switch| switch.paused.mode != Some(mode)) => {}
+        }
     }
 
     /// Admits a request, or answers overloaded at once.
@@ -205,7 +222,7 @@ impl RolloutService {
         // Taken after tokenization and any pause, so that an update swapped in meanwhile serves
         // the request from its start (same architecture, same vocabulary) rather than stopping
         // it at once.
-        let (live, aborts, started_guard) = self.unpaused().await;
+        let (live, since, started_guard) = self.unpaused().await;
         let mask_budget = MaskBudget::new(self.max_mask_ids);
         let answer_aborted = request.answer_aborted;
         let mut tasks = JoinSet::new();
@@ -226,7 +243,7 @@ impl RolloutService {
                     },
                     gold: p.answer.clone(),
                 };
-                tasks.spawn(self.sample_task(sequence, live.clone(), aborts, answer_aborted));
+                tasks.spawn(self.sample_task(sequence, live.clone(), since, answer_aborted));
             }
             groups.push(PendingGroup::new(
                 p.id.clone(),
@@ -255,32 +272,28 @@ impl RolloutService {
     }
 
     /// Waits until generation is not paused; then the engine serving new requests, the pauses
-    /// under `abort` so far (the samples started now stop at the next one), and the request's
-    /// mark among the started ones, taken together.
-    async fn unpaused(&self) -> (Live, u64, StartedGuard) {
+    /// so far (the samples started now follow only later ones), and the request's mark among
+    /// the started ones, taken together.
+    async fn unpaused(&self) -> (Live, Paused, StartedGuard) {
         let mut switches = self.switches.subscribe();
         let switch = switches
             .wait_for(|switch| switch.paused.mode.is_none())
             .await
             .expect("the service holds the sender");
-        (
-            switch.live.clone(),
-            switch.paused.aborts,
-            self.started.enter(),
-        )
+        (switch.live.clone(), switch.paused, self.started.enter())
     }
 
     /// One sample: waits for a sequence slot (the fair queue), generates on `live` and the
     /// weights that swaps move it to ([`in_flight::generate`]), and verifies the answer off
     /// the executor, overlapping the generation of the other samples. A swap or a pause under
-    /// `abort` (past the `aborts` its request started after) stops it, waiting or running,
+    /// `abort` (after `since`, the pauses its request started after) stops it, waiting or running,
     /// with what it drew; a stopped sample is scored only if its request answers it
     /// (`answer_aborted`).
     fn sample_task(
         &self,
         sequence: Sequence,
         live: Live,
-        aborts: u64,
+        since: Paused,
         answer_aborted: bool,
     ) -> impl std::future::Future<Output = Result<SampleDone, ApiError>> + Send + 'static {
         let (slots, capacity) = (self.sequences.clone(), self.sequence_slots);
@@ -294,7 +307,7 @@ impl RolloutService {
                 slot = slots.clone().acquire_owned() => slot.map_err(|_| {
                     ApiError::Engine("the sequence scheduler has shut down".into())
                 })?,
-                why = in_flight::stopped(&mut switches, live.version, aborts), if follows => {
+                why = in_flight::stopped(&mut switches, live.version, &since), if follows => {
                     let generated = Generated::stopped_before_start(live.version, why);
                     let output = (generated, None);
                     return Ok(SampleDone { prompt, sample, output, entered: None });
@@ -304,7 +317,7 @@ impl RolloutService {
             gauge.run(capacity - slots.available_permits() - 1);
             let prompt_len = sequence.request.prompt.len();
             let generated =
-                in_flight::generate(live, aborts, sequence.request, &mut switches).await?;
+                in_flight::generate(live, since, sequence.request, &mut switches).await?;
             let length = generated.output.length;
             metrics::sequence_finished(prompt_len, length, entered.elapsed());
             drop((slot, gauge));

@@ -90,6 +90,7 @@ async fn each_dialect_s_generation_is_the_rollouts_sample_for_the_same_seed() {
     // SGLang's route on the same token ids: a list (n above 1), each sample's `meta_info`.
     let body = json!({
         "input_ids": prompt, "rid": "r2", "return_logprob": true, "top_logprobs_num": 2,
+        "image_data": [], "lora_path": null,
         "logprob_start_len": -1,
         "sampling_params": {"n": 2, "temperature": 0.9, "top_p": 0.9, "top_k": 40,
             "max_new_tokens": 12, "sampling_seed": 11, "skip_special_tokens": true,
@@ -421,7 +422,7 @@ async fn pause_abort_answers_each_dialect_with_the_tokens_drawn() {
 }
 
 #[tokio::test]
-async fn pause_wait_lets_running_requests_finish_first() {
+async fn pause_wait_lets_running_requests_finish_first_and_abort_all_pauses_nothing() {
     let server = harness::start(|c| c.max_running_sequences = 2);
     let prompt = prompt_ids(&server, PROMPT).await;
     let reference = ok(
@@ -460,11 +461,35 @@ async fn pause_wait_lets_running_requests_finish_first() {
     ok(&server, "/resume", &json!({})).await;
     let (status, later) = waiting.await.unwrap();
     assert_eq!(status, 200, "{later}");
+
+    // SGLang's abort of every running request: it ends with what it drew, and nothing pauses.
+    let running = spawn_post(&server, "/generate", sglang_request(&prompt, 3, 200));
+    drawing(&server, 2).await;
+    let aborted = ok(
+        &server,
+        "/abort_request",
+        &json!({"rid": "", "abort_all": true}),
+    )
+    .await;
+    assert_eq!(aborted["status"], "ok");
+    let (status, answers) = running.await.unwrap();
+    assert_eq!(status, 200, "{answers}");
+    for (i, answer) in answers.as_array().unwrap().iter().enumerate() {
+        assert_eq!(answer["meta_info"]["finish_reason"]["type"], "abort");
+        let whole = ids(&reference["choices"][i]["token_ids"]);
+        check_cut(&ids(&answer["output_ids"]), &whole, "abort_all");
+    }
+    assert_eq!(
+        get_json(server.base(), "/is_paused").await["is_paused"],
+        false
+    );
+    ok(&server, "/generate", &sglang_request(&prompt, 3, 2)).await;
     assert_eq!(
         server
             .metric("entroll_samples_interrupted_total{in_flight=\"pause\"}")
             .await,
-        0.0
+        2.0,
+        "only abort_all stopped samples"
     );
 }
 

@@ -34,6 +34,12 @@ class Server:
         assert r.status_code == 200, f"{path}: {r.status_code} {r.text}"
         return r.json() if r.content else None
 
+    def get(self, path):
+        """GET `path`, expecting 200; the JSON answer."""
+        r = requests.get(f"{self.url}{path}", timeout=60)
+        assert r.status_code == 200, f"{path}: {r.status_code} {r.text}"
+        return r.json()
+
     def metric(self, name):
         """The value of the `/metrics` sample named exactly `name`, or 0."""
         for line in requests.get(f"{self.url}/metrics", timeout=30).text.splitlines():
