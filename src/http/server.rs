@@ -40,7 +40,8 @@ use crate::weights::watch::Watcher;
 
 /// Serves `state` on `listener` until `signal` resolves, then shuts down the way
 /// [`Shutdown`] says: the listener closes, admitted requests finish within
-/// `shutdown_grace_ms`, the rest are cancelled and answered 503. Connections are accepted under
+/// `shutdown_grace_ms` (a paused server resumes for them), the rest are cancelled and answered
+/// 503. Connections are accepted under
 /// the settings' cap and deadlines ([`serve_connections`]). With `watch_weights` it first
 /// loads the directory's highest complete version, then watches it ([`Watcher`]). The binary
 /// and the in-process tests both run this.
@@ -69,6 +70,14 @@ pub async fn serve(
         let shutdown = state.shutdown.clone();
         tokio::spawn(watcher.run(every, move || shutdown.phase() == Phase::Serving));
     }
+    // A paused server that shuts down resumes: the requests it admitted (waiting, or frozen
+    // under `keep`) finish within the grace period like every other, instead of losing what
+    // they drew.
+    let (service, draining) = (state.service.clone(), state.shutdown.draining());
+    tokio::spawn(async move {
+        draining.await;
+        service.resume();
+    });
     let announce = Duration::from_millis(state.config.shutdown_announce_ms);
     let grace = Duration::from_millis(state.config.shutdown_grace_ms);
     let shutdown = state.shutdown.clone();

@@ -57,6 +57,14 @@ impl Shutdown {
         });
     }
 
+    /// Resolves once the server stops taking new work ([`Phase::Draining`] or later).
+    pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.phase.subscribe();
+        async move {
+            let _ = rx.wait_for(|p| *p >= Phase::Draining).await;
+        }
+    }
+
     /// Resolves once the server reaches [`Phase::Cancelling`].
     pub fn cancelled(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut rx = self.phase.subscribe();

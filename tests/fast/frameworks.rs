@@ -762,3 +762,41 @@ async fn info_routes_describe_the_server_and_control_routes_take_the_admin_key()
     let (status, resumed) = call(Method::POST, "/resume", Some(ADMIN)).await;
     assert_eq!((status, &resumed["status"]), (200, &json!("resumed")));
 }
+
+#[tokio::test]
+async fn a_paused_server_that_shuts_down_finishes_what_it_admitted() {
+    let mut server = harness::start(|c| c.max_running_sequences = 2);
+    let prompt = prompt_ids(&server, PROMPT).await;
+    let reference = ok(
+        &server,
+        "/inference/v1/generate",
+        &vllm_request(&prompt, 4, 200),
+    )
+    .await;
+    let frozen = spawn_post(
+        &server,
+        "/inference/v1/generate",
+        vllm_request(&prompt, 4, 200),
+    );
+    drawing(&server, 2).await;
+    let (status, _) = post(&server, "/pause?mode=keep", &json!({})).await;
+    assert_eq!(status, 200);
+    let waiting = spawn_post(&server, "/generate", sglang_request(&prompt, 4, 5));
+    still_waiting(&waiting).await;
+    // The shutdown resumes: both finish within the grace period, whole.
+    server.signal();
+    let (status, answer) = frozen.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    for (a, b) in reference["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(answer["choices"].as_array().unwrap())
+    {
+        assert_eq!(a["token_ids"], b["token_ids"], "the frozen sample went on");
+    }
+    let (status, answers) = waiting.await.unwrap();
+    assert_eq!(status, 200, "{answers}");
+    assert_eq!(answers.as_array().unwrap().len(), 2);
+    server.wait_stopped(Duration::from_secs(30)).unwrap();
+}
