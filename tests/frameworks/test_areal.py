@@ -23,7 +23,16 @@ EOS = 2
 
 
 @pytest.fixture(scope="module")
-def engine(server):
+def loop():
+    """One event loop for the module, as a trainer keeps one: AReaL's client binds its HTTP
+    sessions to the loop it first runs on."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def engine(server, loop):
     root = tempfile.mkdtemp(prefix="entroll-areal-")
     # The trainer's name records (NFS-style, under a directory): the disk update waits on the
     # record the trainer writes once the checkpoint is saved.
@@ -49,10 +58,10 @@ def prompt_ids(server, text):
     return server.post("/tokenize", {"prompt": text})["tokens"]
 
 
-def test_greedy_generation_is_the_rollouts_sample(server, engine):
+def test_greedy_generation_is_the_rollouts_sample(server, engine, loop):
     ids = prompt_ids(server, "What is 6 times 7?")
     gconfig = GenerationHyperparameters(max_new_tokens=12, greedy=True, stop_token_ids=[EOS])
-    response = asyncio.run(engine.agenerate(ModelRequest(input_ids=ids, gconfig=gconfig)))
+    response = loop.run_until_complete(engine.agenerate(ModelRequest(input_ids=ids, gconfig=gconfig)))
     # Greedy is the most likely token: /rollouts draws it as top-k 1 at temperature 1, and
     # lists the untruncated log-probs (as SGLang's greedy path does).
     answer = server.post(
@@ -71,7 +80,7 @@ def test_greedy_generation_is_the_rollouts_sample(server, engine):
     assert response.stop_reason == sample["finish_reason"]
 
 
-def test_a_disk_update_with_a_request_in_flight_as_the_trainer_sends_it(server, engine):
+def test_a_disk_update_with_a_request_in_flight_as_the_trainer_sends_it(server, engine, loop):
     ids = prompt_ids(server, "Count to twenty.")
     new_tokens = 120
     gconfig = GenerationHyperparameters(max_new_tokens=new_tokens, temperature=1.0, stop_token_ids=[EOS])
@@ -103,7 +112,7 @@ def test_a_disk_update_with_a_request_in_flight_as_the_trainer_sends_it(server, 
         return await in_flight
 
     served_before = int(server.get("/get_weight_version")["weight_version"])
-    response = asyncio.run(run())
+    response = loop.run_until_complete(run())
     # AReaL resubmitted the aborted sample with the tokens it drew and got the rest after the
     # resume: one whole sample, as long as asked unless it ended.
     tokens = list(response.output_tokens)
