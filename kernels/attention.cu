@@ -1,6 +1,6 @@
 // The GPU attention kernels: one thread block of ATT_THREADS threads per (query token,
 // key/value head), running the phases of attention.cuh (att_run) with a barrier after each;
-// and the row copy (cache writes, copies between slots), a thread per element. build.rs
+// and the row copy (cache writes, copies of shared blocks), a thread per element. build.rs
 // compiles this to PTX under the cuda feature (nvcc -ptx --fmad=false); cpu_harness.cpp runs
 // the same functions on the CPU.
 #include "attention.cuh"

@@ -1,6 +1,8 @@
 // Attention of each query token over its own sequence's cached keys and values, read in place
-// from the native engine's slot cache (row `position * slots + slot` of `[rows, kv_heads * d]`):
-// no gathered copies, no mask tensor (a query at position p reads positions 0..=p of its slot),
+// from the native engine's paged cache through the token's block table: position j of key/value
+// head h is row `(table[j / size] * kv_heads + h) * size + j % size` of `[rows, d]`, so one
+// block's keys of one head are `size * d` contiguous elements. No gathered copies, no mask
+// tensor (a query at position p reads positions 0..=p of its sequence),
 // the same code for prompt chunks and decode steps. Written once for nvcc (attention.cu: one
 // thread block per (query token, key/value head)) and for the CPU harness (cpu_harness.cpp),
 // which runs each phase for every thread id in turn, as in token_stats.cuh.
@@ -31,7 +33,7 @@ struct AttShape {
   uint32_t heads;     // query heads
   uint32_t kv_heads;  // key/value heads
   uint32_t head_dim;  // width of a head
-  uint32_t slots;     // slots of the cache
+  uint32_t block_size;  // positions per cache block
   float scale;        // 1 / sqrt(head_dim)
 };
 
@@ -62,18 +64,26 @@ ENT_HD void att_store(uint16_t* p, uint64_t i, float x) { p[i] = att_float_to_bf
 // e^x in float32 for x <= 0, through common.cuh's float64 exp (one rounding).
 ENT_HD float att_exp(float x) { return (float)ent_exp((double)x); }
 
-// The block's query token, key/value head, and that token's slot and position.
+// The thread block's query token, key/value head, that token's position and its block table.
+// `queries` is `[table offset, position]` per token, then the tables.
 struct AttBlock {
-  uint32_t token, kv_head, slot, position;
+  uint32_t token, kv_head, position;
+  const uint32_t* table;
 };
 
 ENT_HD AttBlock att_block(uint32_t block, const AttShape& a, const uint32_t* queries) {
   AttBlock b;
   b.token = block / a.kv_heads;
   b.kv_head = block % a.kv_heads;
-  b.slot = queries[2 * b.token];
+  b.table = queries + 2 * (uint64_t)a.queries + queries[2 * b.token];
   b.position = queries[2 * b.token + 1];
   return b;
+}
+
+// The first element of position j's row for the block's key/value head.
+ENT_HD uint64_t att_row(const AttShape& a, const AttBlock& b, uint32_t j) {
+  uint64_t block = b.table[j / a.block_size];
+  return ((block * a.kv_heads + b.kv_head) * a.block_size + j % a.block_size) * a.head_dim;
 }
 
 // Loads the block's query heads (as float) and clears the accumulators.
@@ -92,18 +102,21 @@ ENT_HD void att_phase_begin(uint32_t t, uint32_t n, const AttShape& a, const Att
   }
 }
 
-// The scores of the tile's positions, a thread per position, each a dot product in index order.
+// The scores of the tile's positions, a thread per position: each key element is loaded once
+// for every query head of the key/value head, each dot product summed in index order.
 template <class T>
 ENT_HD void att_phase_scores(uint32_t t, uint32_t n, const AttShape& a, const AttBlock& b,
                              uint32_t start, uint32_t len, const T* k, AttShared& s) {
-  uint32_t groups = a.heads / a.kv_heads, d = a.head_dim, width = a.kv_heads * d;
+  uint32_t groups = a.heads / a.kv_heads, d = a.head_dim;
   for (uint32_t j = t; j < len; j += n) {
-    uint64_t row = ((uint64_t)(start + j) * a.slots + b.slot) * width + (uint64_t)b.kv_head * d;
-    for (uint32_t g = 0; g < groups; ++g) {
-      float dot = 0.0f;
-      for (uint32_t i = 0; i < d; ++i) dot = dot + s.q[g * d + i] * att_load(k, row + i);
-      s.w[g][j] = dot * a.scale;
+    uint64_t row = att_row(a, b, start + j);
+    float dot[ATT_MAX_GROUPS];
+    for (uint32_t g = 0; g < groups; ++g) dot[g] = 0.0f;
+    for (uint32_t i = 0; i < d; ++i) {
+      float key = att_load(k, row + i);
+      for (uint32_t g = 0; g < groups; ++g) dot[g] = dot[g] + s.q[g * d + i] * key;
     }
+    for (uint32_t g = 0; g < groups; ++g) s.w[g][j] = dot[g] * a.scale;
   }
 }
 
@@ -140,14 +153,11 @@ ENT_HD void att_phase_sum(uint32_t t, const AttShape& a, uint32_t len, AttShared
 template <class T>
 ENT_HD void att_phase_values(uint32_t t, uint32_t n, const AttShape& a, const AttBlock& b,
                              uint32_t start, uint32_t len, const T* v, AttShared& s) {
-  uint32_t groups = a.heads / a.kv_heads, d = a.head_dim, width = a.kv_heads * d;
+  uint32_t groups = a.heads / a.kv_heads, d = a.head_dim;
   for (uint32_t o = t; o < groups * d; o += n) {
     uint32_t g = o / d, i = o % d;
     float acc = s.acc[o] * s.alpha[g];
-    for (uint32_t j = 0; j < len; ++j) {
-      uint64_t row = ((uint64_t)(start + j) * a.slots + b.slot) * width + (uint64_t)b.kv_head * d;
-      acc = acc + s.w[g][j] * att_load(v, row + i);
-    }
+    for (uint32_t j = 0; j < len; ++j) acc = acc + s.w[g][j] * att_load(v, att_row(a, b, start + j) + i);
     s.acc[o] = acc;
   }
 }
@@ -185,7 +195,7 @@ ENT_HD void att_run(Each each, uint32_t n, uint32_t block, const AttShape& a,
 }
 
 // Copies row `from[i]` of `src` to row `to[i]` of `dst` for each i, `width` elements a row
-// (element type T as raw bits): a cache write or a copy between slots in one launch, each
+// (element type T as raw bits): a cache write or a copy between blocks in one launch, each
 // element by its own thread.
 template <class T>
 ENT_HD void att_copy_rows(uint64_t e, uint32_t width, const uint32_t* from, const uint32_t* to,

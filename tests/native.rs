@@ -85,7 +85,7 @@ async fn sequences_join_and_leave_a_running_batch() {
 }
 
 #[tokio::test]
-async fn a_later_sequence_copies_the_cached_prompt_of_a_running_one() {
+async fn a_later_sequence_reuses_the_prompt_blocks_of_a_running_one() {
     let server = spawn(&["--engine", "native"]);
     let request = json!({
         "prompts": [{"messages": [{"role": "user", "content": "Count from one to twenty in words."}],
@@ -114,9 +114,15 @@ async fn a_later_sequence_copies_the_cached_prompt_of_a_running_one() {
         .unwrap()
         .is_empty());
     // Had the first finished before the second arrived, the second would have computed its
-    // whole prompt; it computed one token.
-    assert_eq!(computed - computed_first, 1.0, "prompt of {len} tokens");
-    // Same seed, same key: the copied cache gives the same tokens and the same bits of every
+    // whole prompt; it referenced the full blocks of 16 the first holds (all but the last
+    // position at least) and computed the rest.
+    let reused = 16.0 * ((len - 1.0) / 16.0).floor();
+    assert_eq!(
+        computed - computed_first,
+        len - reused,
+        "prompt of {len} tokens"
+    );
+    // Same seed, same key: the shared blocks give the same tokens and the same bits of every
     // statistic (a token's computation does not depend on the batch or the chunk it runs in).
     let a = &first["groups"][0]["samples"][0];
     let b = &second["groups"][0]["samples"][0];

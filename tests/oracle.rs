@@ -631,3 +631,151 @@ async fn bf16_on_the_cpu_matches_the_oracle_and_does_not_depend_on_the_batch() {
     greedy_groups_agree_and_match_the_oracle(&rounded.0, 16, 1, 600, BF16).await;
     random_scenarios(&rounded.0, 5, 4, BF16).await;
 }
+
+/// A copy of the checkpoint at `from` whose `config.json` declares a context of `context`
+/// positions: the engine's smallest KV cache is one such sequence, so a small context makes
+/// memory scarce on a small request.
+fn with_context(from: &Path, to: &Path, context: usize) {
+    transformed_checkpoint(from, to, |t| t);
+    let path = to.join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["max_position_embeddings"] = json!(context);
+    std::fs::write(&path, config.to_string()).unwrap();
+}
+
+/// The native engine's KV cache as `/info` reports it.
+async fn kv_cache(base: &str) -> Value {
+    common::get_json(base, "/info").await["kv_cache"].clone()
+}
+
+#[tokio::test]
+async fn preempted_samples_equal_an_unpreempted_run_and_the_oracle() {
+    let dir = TempDir(std::env::temp_dir().join(format!("entroll-kv-{}", std::process::id())));
+    let model = dir.0.join("qwen2-128");
+    with_context(&common::tiny_random_model("qwen2"), &model, 128);
+    let oracle = Oracle::load(&model).unwrap();
+    // Eight blocks of 16 (the context): a group of 6 needs 6 × 4 blocks to finish.
+    let scarce = spawn_model(
+        &model,
+        &[
+            "--engine",
+            "native",
+            "--prefill-chunk",
+            "8",
+            "--max-running-sequences",
+            "8",
+            "--kv-cache-tokens",
+            "128",
+        ],
+    );
+    let ample = server(&model, 8, 8);
+    let info = kv_cache(&scarce.base).await;
+    assert_eq!(
+        (info["block_size"].clone(), info["blocks_total"].clone()),
+        (json!(16), json!(8))
+    );
+    let mut rng = Rng(77);
+    let mut worst = 0.0f64;
+    for (len, g, sampling) in [
+        (21, 6, json!({"temperature": 1.0})),
+        (7, 5, json!({"temperature": 1.0, "top_k": 1})),
+        (40, 3, json!({"temperature": 0.7, "top_p": 0.9})),
+    ] {
+        let mut sampling = sampling;
+        sampling["max_tokens"] = json!(44);
+        sampling["seed"] = json!(len);
+        let request = json!({
+            "prompts": [{"token_ids": rng.tokens(len), "group_size": g}],
+            "sampling": sampling,
+        });
+        let preempted = rollout(&scarce.base, &request).await;
+        let unpreempted = rollout(&ample.base, &request).await;
+        assert_eq!(
+            preempted["groups"], unpreempted["groups"],
+            "a {len}-token prompt, G {g}: preempted samples differ from unpreempted ones"
+        );
+        worst = worst.max(check_oracle(&oracle, &request, &preempted, "preempted"));
+        if request["sampling"]["top_k"] == 1 {
+            check_greedy_groups(&preempted, "preempted greedy group");
+        }
+    }
+    let info = kv_cache(&scarce.base).await;
+    assert!(info["preemptions"].as_u64().unwrap() > 0, "{info}");
+    assert_eq!(kv_cache(&ample.base).await["preemptions"], 0);
+    assert!(
+        metric(&scarce.base, "entroll_engine_kv_preemptions_total").await > 0.0,
+        "the metric counts them"
+    );
+    eprintln!(
+        "preemptions {}, oracle within {worst:.2e}",
+        info["preemptions"]
+    );
+}
+
+#[tokio::test]
+async fn a_prompt_from_the_prefix_cache_gives_the_same_bytes_until_flushed() {
+    let model = common::tiny_random_model("llama");
+    let cached = spawn_model(
+        &model,
+        &[
+            "--engine",
+            "native",
+            "--prefill-chunk",
+            "16",
+            "--max-running-sequences",
+            "4",
+            "--prefix-cache",
+            "true",
+        ],
+    );
+    let fresh = server(&model, 16, 4);
+    let mut rng = Rng(9);
+    // 70 prompt tokens: four full blocks can come from the cache, the rest is computed. One
+    // sample: no other sequence of the request shares its blocks while it runs.
+    let request = json!({
+        "prompts": [{"token_ids": rng.tokens(70), "group_size": 1}],
+        "sampling": {"temperature": 1.0, "max_tokens": 9, "seed": 3},
+    });
+    let first = rollout(&cached.base, &request).await;
+    assert_eq!(kv_cache(&cached.base).await["prefix_hit_blocks"], 0);
+    let second = rollout(&cached.base, &request).await;
+    assert_eq!(first["groups"], second["groups"]);
+    assert_eq!(
+        first["groups"],
+        rollout(&fresh.base, &request).await["groups"]
+    );
+    let info = kv_cache(&cached.base).await;
+    assert_eq!(info["prefix_hit_blocks"], 4, "{info}");
+    assert!(info["blocks_cached"].as_u64().unwrap() >= 4, "{info}");
+    assert_eq!(info["blocks_used"], 0, "{info}");
+    // A server without the prefix cache keeps nothing once a request is done.
+    let info = kv_cache(&fresh.base).await;
+    assert_eq!(
+        (
+            info["blocks_cached"].clone(),
+            info["prefix_hit_blocks"].clone()
+        ),
+        (json!(0), json!(0))
+    );
+    // Flushed (SGLang's route), the next request computes the whole prompt again.
+    let (status, body) = common::post_path(&cached.base, "/flush_cache", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(kv_cache(&cached.base).await["blocks_cached"], 0);
+    let third = rollout(&cached.base, &request).await;
+    assert_eq!(first["groups"], third["groups"]);
+    assert_eq!(kv_cache(&cached.base).await["prefix_hit_blocks"], 4);
+    // vLLM's route empties it as well.
+    assert!(
+        kv_cache(&cached.base).await["blocks_cached"]
+            .as_u64()
+            .unwrap()
+            >= 4
+    );
+    let reset = common::client()
+        .post(format!("{}/reset_prefix_cache", cached.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reset.status(), 200);
+    assert_eq!(kv_cache(&cached.base).await["blocks_cached"], 0);
+}

@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::rollouts::{AdvantageSpec, StatsParams};
+pub use crate::engine::KvCacheState;
 
 /// `GET /info` response.
 #[derive(Debug, Clone, Serialize)]
@@ -27,6 +28,10 @@ pub struct InfoResponse {
     pub engine_batch: usize,
     /// Current weights version.
     pub weights_version: u64,
+    /// The paged KV cache's blocks (the native engine; absent for mistral.rs): block size,
+    /// total, allocated, used, shared and cached, preemptions and prefix-cache hits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_cache: Option<KvCacheState>,
     /// Defaults applied to absent request fields.
     pub defaults: Defaults,
     /// Limits enforced on requests.

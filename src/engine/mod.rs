@@ -258,6 +258,27 @@ pub enum EngineError {
     Unavailable(String),
 }
 
+/// The state of an engine's paged KV cache (the native engine's), for `/info`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KvCacheState {
+    /// Positions per block.
+    pub block_size: usize,
+    /// Most blocks the cache may hold.
+    pub blocks_total: usize,
+    /// Blocks its memory holds now (its tensors' size).
+    pub blocks_allocated: usize,
+    /// Blocks referenced by a sequence.
+    pub blocks_used: usize,
+    /// Blocks referenced by more than one sequence (a group's prompt, a reused prefix).
+    pub blocks_shared: usize,
+    /// Blocks in the prefix cache (used or not).
+    pub blocks_cached: usize,
+    /// Sequences preempted for lack of blocks since the engine started.
+    pub preemptions: u64,
+    /// Blocks found in the prefix cache instead of computed since the engine started.
+    pub prefix_hit_blocks: u64,
+}
+
 /// An inference engine.
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
@@ -282,6 +303,17 @@ pub trait Engine: Send + Sync + 'static {
             texts.push(self.detokenize(&[id], false).await?);
         }
         Ok(texts)
+    }
+
+    /// The paged KV cache's state, for an engine that keeps one (the native engine).
+    fn kv_cache(&self) -> Option<KvCacheState> {
+        None
+    }
+
+    /// Empties the engine's prefix cache (sequences running keep their blocks); returns the
+    /// blocks it dropped, or `None` for an engine whose prefix cache cannot be flushed.
+    async fn flush_cache(&self) -> Result<Option<usize>, EngineError> {
+        Ok(None)
     }
 }
 

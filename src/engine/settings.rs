@@ -90,4 +90,7 @@ pub struct EngineSettings {
     pub prefill_chunk: usize,
     /// Keep finished sequences' KV in the engine's prefix cache.
     pub prefix_cache: bool,
+    /// Positions the native engine's KV cache may hold in all (0: every running sequence at
+    /// the model's whole context).
+    pub kv_cache_tokens: usize,
 }

@@ -111,6 +111,11 @@ settings! {
     /// Prompt tokens the native engine computes per forward (and per iteration of its loop):
     /// a longer prompt runs in chunks, so it delays running sequences by one chunk at most.
     prefill_chunk: usize = 512, env "ENTROLL_PREFILL_CHUNK";
+    /// Positions the native engine's KV cache may hold, all sequences together (rounded up to
+    /// blocks of 16; at least the model's context). Sequences are admitted while their blocks
+    /// fit, and a running one is preempted and recomputed later when the cache runs out.
+    /// 0: `max_running_sequences` times the model's context, so no sequence is ever preempted.
+    kv_cache_tokens: usize = 0, env "ENTROLL_KV_CACHE_TOKENS";
     /// Requests admitted at once (running or queued); beyond this `/rollouts` answers 429.
     max_requests: usize = 64, env "ENTROLL_MAX_REQUESTS";
     /// Most prompts in one request.
@@ -151,8 +156,11 @@ settings! {
     reward_correct: f64 = 1.0, env "ENTROLL_REWARD_CORRECT";
     /// Reward of any other sample (wrong, no answer, unparsable, timed out).
     reward_wrong: f64 = 0.0, env "ENTROLL_REWARD_WRONG";
-    /// Keep finished sequences' KV in the engine's prefix cache (off: every prompt is
-    /// recomputed, which keeps seeded samples identical across runs).
+    /// Keep finished sequences' KV in the engine's prefix cache for later requests with the
+    /// same leading tokens. Native engine: reused blocks hold the same bits a recomputation
+    /// would (its attention and products are batch-invariant on the CPU); without it, a prompt's
+    /// blocks are shared only while a running sequence holds them. mistral.rs: off keeps seeded
+    /// samples identical across runs.
     prefix_cache: bool = false, env "ENTROLL_PREFIX_CACHE";
     /// On SIGTERM/SIGINT, how long accepted requests may run on before they are cancelled and
     /// answered 503 `shutting_down` (milliseconds).
@@ -194,6 +202,7 @@ impl Config {
             max_running_sequences: self.max_running_sequences,
             prefill_chunk: self.prefill_chunk,
             prefix_cache: self.prefix_cache,
+            kv_cache_tokens: self.kv_cache_tokens,
         }
     }
 

@@ -42,3 +42,12 @@ pub async fn pause(state: &AppState, mode: PauseMode) {
         state.service.drained(mode).await;
     }
 }
+
+/// Empties the engine's prefix cache (what vLLM's `/reset_prefix_cache` and SGLang's
+/// `/flush_cache` ask for); returns the blocks dropped (`None`: the engine keeps no cache it
+/// can flush, mistral.rs). Running sequences keep their blocks; a later request for the same
+/// prompt computes it again.
+pub async fn flush_cache(state: &AppState) -> Result<Option<usize>, ApiError> {
+    let engine = state.service.live().engine.clone();
+    Ok(engine.flush_cache().await?)
+}

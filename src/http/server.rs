@@ -260,6 +260,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<InfoResponse> {
         max_context: model.max_context,
         engine_batch: model.max_batch,
         weights_version: live.version,
+        kv_cache: live.engine.kv_cache(),
         defaults: Defaults {
             group_size: c.default_group_size,
             sampling: SamplingDefaults {

@@ -596,10 +596,13 @@ pub async fn continue_generation(State(state): State<Arc<AppState>>) -> Json<Don
     done("Generation continued successfully.")
 }
 
-/// `POST /flush_cache`: nothing to drop. A swap starts an empty prefix cache, and on the same
-/// weights a cached prefix gives the same bits as a computed one.
-pub async fn flush_cache() -> Json<Done> {
-    done("Cache flushed.")
+/// `POST /flush_cache`: empties the engine's prefix cache (a swap starts an empty one anyway).
+pub async fn flush_cache(State(state): State<Arc<AppState>>) -> Result<Json<Done>, SglangError> {
+    let message = match control::flush_cache(&state).await? {
+        Some(blocks) => format!("Cache flushed: {blocks} blocks dropped."),
+        None => "Cache flushed.".to_string(),
+    };
+    Ok(done(&message))
 }
 
 /// `POST /abort_request {abort_all: true}`: every running sample ends with what it drew (as

@@ -330,8 +330,11 @@ pub async fn world_size() -> Json<WorldSize> {
     Json(WorldSize { world_size: 1 })
 }
 
-/// `POST /reset_prefix_cache`: nothing to drop. A swap starts an empty prefix cache, and on
-/// the same weights a cached prefix gives the same bits as a computed one.
-pub async fn reset_prefix_cache() -> StatusCode {
-    StatusCode::OK
+/// `POST /reset_prefix_cache`: empties the engine's prefix cache (a swap starts an empty one
+/// anyway).
+pub async fn reset_prefix_cache(
+    State(state): State<Arc<AppState>>,
+) -> Result<StatusCode, OpenAiError> {
+    control::flush_cache(&state).await?;
+    Ok(StatusCode::OK)
 }

@@ -90,6 +90,14 @@ pub const SAMPLES_INTERRUPTED: &str = "entroll_samples_interrupted_total";
 pub const WEIGHT_LOAD_DURATION: &str = "entroll_weight_load_seconds";
 /// Prompt tokens the engine computed (native engine; a group's shared prompt counts once).
 pub const PREFILL_TOKENS: &str = "entroll_engine_prefill_tokens_total";
+/// The native engine's KV cache blocks, by `state`: `limit` (most it may hold), `allocated`
+/// (its tensors' size), `used` (referenced by a sequence), `shared` (by more than one: a
+/// group's prompt, a reused prefix), `cached` (in the prefix cache, used or not).
+pub const KV_BLOCKS: &str = "entroll_engine_kv_blocks";
+/// Sequences the native engine preempted for lack of cache blocks (recomputed later).
+pub const KV_PREEMPTIONS: &str = "entroll_engine_kv_preemptions_total";
+/// Cache blocks found in the prefix cache instead of computed.
+pub const KV_PREFIX_HITS: &str = "entroll_engine_kv_prefix_hit_blocks_total";
 /// Sequences in each decode forward (native engine).
 pub const DECODE_BATCH: &str = "entroll_engine_decode_batch";
 /// What decode steps cost the host, by `kind`: `upload` (host data copied to the device),
@@ -326,6 +334,21 @@ fn describe() {
         Unit::Count,
         "Prompt tokens computed by the engine (shared prompts once)."
     );
+    describe_gauge!(
+        KV_BLOCKS,
+        Unit::Count,
+        "KV cache blocks by state (limit, allocated, used, shared, cached)."
+    );
+    describe_counter!(
+        KV_PREEMPTIONS,
+        Unit::Count,
+        "Sequences preempted for lack of KV cache blocks."
+    );
+    describe_counter!(
+        KV_PREFIX_HITS,
+        Unit::Count,
+        "KV cache blocks reused from the prefix cache."
+    );
     describe_counter!(
         DECODE_HOST_CALLS,
         Unit::Count,
@@ -368,6 +391,8 @@ fn export_counters_at_zero(error_types: &[&'static str]) {
         GROUPS,
         ZERO_VARIANCE_GROUPS,
         PREFILL_TOKENS,
+        KV_PREEMPTIONS,
+        KV_PREFIX_HITS,
         CONNECTIONS_REFUSED,
     ] {
         counter!(name).absolute(0);
@@ -496,6 +521,25 @@ pub fn decode_step(batch: usize, forward: Duration, copy: Duration, draw: Durati
     histogram!(ENGINE_PHASE, "phase" => "forward").record(forward.as_secs_f64());
     histogram!(ENGINE_PHASE, "phase" => "copy").record(copy.as_secs_f64());
     histogram!(ENGINE_PHASE, "phase" => "draw").record(draw.as_secs_f64());
+}
+
+/// The native engine's KV cache blocks now.
+pub fn kv_blocks(limit: usize, allocated: usize, used: usize, shared: usize, cached: usize) {
+    for (state, n) in [
+        ("limit", limit),
+        ("allocated", allocated),
+        ("used", used),
+        ("shared", shared),
+        ("cached", cached),
+    ] {
+        gauge!(KV_BLOCKS, "state" => state).set(n as f64);
+    }
+}
+
+/// Sequences preempted and prefix-cache blocks reused since the last call.
+pub fn kv_events(preemptions: u64, prefix_hits: u64) {
+    counter!(KV_PREEMPTIONS).increment(preemptions);
+    counter!(KV_PREFIX_HITS).increment(prefix_hits);
 }
 
 /// The uploads, launches and synchronisations of one decode step.

@@ -1,7 +1,10 @@
 //! Attention of each query token over the cached keys and values of its own sequence.
 //!
+//! A query token reads its sequence's keys and values through the block table of its row
+//! ([`Queries`]): position `j` is at offset `j mod size` of block `table[j / size]`.
+//!
 //! On the CPU every query token is computed on its own ([`RowwiseAttention`]): its scores over
-//! positions `0..=p` of its slot, a softmax and the weighted sum of values, each reduction in a
+//! positions `0..=p` of its sequence, a softmax and the weighted sum of values, each reduction in a
 //! fixed order that depends on nothing but the token's own position. A token's result is
 //! therefore the same bits whether it runs in a decode step beside 1 or 31 other sequences, as
 //! the last row of a prompt chunk or alone, which is what makes seeded samples independent of
@@ -25,13 +28,14 @@ use super::config::Architecture;
 use super::device_index::DeviceIndex;
 use super::kernel_attention::{self, AttShape, KernelAttention};
 use super::kv::{Access, KvCache};
+use super::queries::Queries;
 
 /// How one forward's query tokens attend: decided once, used by every layer.
 pub enum Attention {
-    /// The CPU kernel: `(slot, position)` of each query token.
-    Rowwise(Vec<(usize, usize)>),
-    /// The device kernel: `(slot, position)` of each query token, and the same on the device.
-    Kernel(Vec<(usize, usize)>, DeviceIndex),
+    /// The CPU kernel: each query token's position and block table.
+    Rowwise(Queries),
+    /// The device kernel: the same, and its flat form on the device.
+    Kernel(Queries, DeviceIndex),
     /// Candle operations on other devices.
     Gathered(Gathered),
 }
@@ -45,19 +49,20 @@ impl Attention {
         device: &Device,
         dtype: DType,
         access: Access,
+        block_size: usize,
         a: &Architecture,
     ) -> candle_core::Result<Self> {
         if access == Access::Kernels
             && kernel_attention::supports(a.heads, a.kv_heads, a.head_dim, dtype)
         {
             let queries = batch.queries();
-            let index = DeviceIndex::upload(kernel_attention::flat_queries(&queries), device)?;
+            let index = DeviceIndex::upload(queries.flat().to_vec(), device)?;
             return Ok(Self::Kernel(queries, index));
         }
         if device.is_cpu() {
             return Ok(Self::Rowwise(batch.queries()));
         }
-        Gathered::plan(batch, device, dtype).map(Self::Gathered)
+        Gathered::plan(batch, device, dtype, block_size, a.kv_heads).map(Self::Gathered)
     }
 
     /// Attention of queries `q` (`[n, heads, head_dim]`) over layer `layer` of the cache:
@@ -74,7 +79,7 @@ impl Attention {
                 let (k, v) = cache.layer(layer);
                 let op = RowwiseAttention {
                     queries,
-                    slots: cache.slots(),
+                    block_size: cache.block_size(),
                     heads: a.heads,
                     kv_heads: a.kv_heads,
                     head_dim: a.head_dim,
@@ -91,7 +96,7 @@ impl Attention {
                         heads: a.heads as u32,
                         kv_heads: a.kv_heads as u32,
                         head_dim: a.head_dim as u32,
-                        slots: cache.slots() as u32,
+                        block_size: cache.block_size() as u32,
                         scale: 1.0 / (a.head_dim as f32).sqrt(),
                     },
                 };
@@ -104,10 +109,10 @@ impl Attention {
 
 /// The CPU attention kernel (see the module's documentation).
 pub struct RowwiseAttention<'a> {
-    /// `(slot, position)` of each query token: it attends to positions `0..=position`.
-    pub queries: &'a [(usize, usize)],
-    /// Slots of the cache (rows are `position · slots + slot`).
-    pub slots: usize,
+    /// Each query token's block table and position: it attends to positions `0..=position`.
+    pub queries: &'a Queries,
+    /// Positions per block (cache rows are `(block · kv_heads + head) · size + offset`).
+    pub block_size: usize,
     /// Query heads.
     pub heads: usize,
     /// Key/value heads.
@@ -192,13 +197,12 @@ impl RowwiseAttention<'_> {
     fn run<T: Element>(&self, q: &[T], k: &[T], v: &[T]) -> candle_core::Result<Vec<T>> {
         let (d, heads, kv_heads) = (self.head_dim, self.heads, self.kv_heads);
         let groups = heads / kv_heads;
-        let width = kv_heads * d;
-        let rows = k.len() / width.max(1);
-        for &(slot, position) in self.queries {
-            if slot >= self.slots || (position + 1) * self.slots > rows {
-                candle_core::bail!("attention: position {position} of slot {slot} is not cached");
-            }
+        let size = self.block_size;
+        let blocks = k.len() / (kv_heads * size * d).max(1);
+        if k.len() != v.len() {
+            candle_core::bail!("attention: {} keys, {} values", k.len(), v.len());
         }
+        self.queries.check(size, blocks)?;
         let scale = 1.0 / (d as f32).sqrt();
         let mut out = vec![T::from_f32(0.0); self.queries.len() * heads * d];
         // One chunk per (query token, key/value head): the `groups` query heads that share
@@ -207,15 +211,16 @@ impl RowwiseAttention<'_> {
             Scratch::default,
             |s, (c, out)| {
                 let (t, h) = (c / kv_heads, c % kv_heads);
-                let (slot, position) = self.queries[t];
-                let len = position + 1;
+                let (table, len) = (self.queries.table(t), self.queries.position(t) + 1);
+                let at =
+                    |p: usize| ((table[p / size] as usize * kv_heads + h) * size + p % size) * d;
                 s.q.clear();
                 let first = (t * heads + h * groups) * d;
                 s.q.extend(q[first..first + groups * d].iter().map(|x| x.to_f32()));
                 s.scores.clear();
                 s.scores.resize(groups * len, 0.0);
                 for p in 0..len {
-                    let at = (p * self.slots + slot) * width + h * d;
+                    let at = at(p);
                     let key = T::as_f32(&k[at..at + d], &mut s.k);
                     for g in 0..groups {
                         s.scores[g * len + p] = dot(&s.q[g * d..(g + 1) * d], key) * scale;
@@ -234,7 +239,7 @@ impl RowwiseAttention<'_> {
                 s.acc.clear();
                 s.acc.resize(groups * d, 0.0);
                 for p in 0..len {
-                    let at = (p * self.slots + slot) * width + h * d;
+                    let at = at(p);
                     let value = T::as_f32(&v[at..at + d], &mut s.v);
                     for g in 0..groups {
                         let w = s.scores[g * len + p];
@@ -306,29 +311,64 @@ impl CustomOp3 for RowwiseAttention<'_> {
 /// Attention through candle operations over gathered cache rows, for devices without the
 /// row-wise kernel.
 pub enum Gathered {
-    /// A prompt chunk of one slot at positions `start..start + n`.
+    /// A prompt chunk of `n` tokens at positions `start..start + n`: its keys' rows, position
+    /// by position and head by head.
     Chunk {
-        slot: usize,
         start: usize,
         n: usize,
+        rows: Tensor,
         mask: Option<Tensor>,
     },
-    /// One token for each of `slots`, attending to `max_len` rows each under `mask`.
+    /// One token for each of `n` sequences, attending to `max_len` rows each under `mask`:
+    /// the rows `[max_len, n, kv_heads]` (beyond a sequence's length, its first row, masked).
     Decode {
-        slots: Tensor,
+        n: usize,
         max_len: usize,
+        rows: Tensor,
         mask: Tensor,
     },
 }
 
+/// The cache row of `head` at position `p` through `table` (blocks of `size`), or an error
+/// when the table does not reach `p`.
+fn table_row(
+    table: &[u32],
+    p: usize,
+    head: usize,
+    size: usize,
+    kv_heads: usize,
+) -> candle_core::Result<u32> {
+    match table.get(p / size) {
+        Some(&b) => Ok(((b as usize * kv_heads + head) * size + p % size) as u32),
+        None => candle_core::bail!("attention: position {p} is beyond its block table"),
+    }
+}
+
+/// Cache rows of positions `0..len` through `table`, head by head.
+fn table_rows(
+    table: &[u32],
+    len: usize,
+    size: usize,
+    kv_heads: usize,
+) -> candle_core::Result<Vec<u32>> {
+    (0..len)
+        .flat_map(|p| (0..kv_heads).map(move |h| table_row(table, p, h, size, kv_heads)))
+        .collect()
+}
+
 impl Gathered {
-    fn plan(batch: &Batch, device: &Device, dtype: DType) -> candle_core::Result<Self> {
+    fn plan(
+        batch: &Batch,
+        device: &Device,
+        dtype: DType,
+        size: usize,
+        kv_heads: usize,
+    ) -> candle_core::Result<Self> {
         Ok(match batch {
             Batch::Prompt {
-                slot,
+                blocks,
                 start,
                 tokens,
-                ..
             } => {
                 let (start, n) = (*start, tokens.len());
                 // Causal mask over `start + n` keys for the `n` queries.
@@ -347,10 +387,11 @@ impl Gathered {
                         .collect();
                     Tensor::from_vec(m, (n, keys), device).and_then(|t| t.to_dtype(dtype))
                 });
+                let rows = table_rows(blocks, start + n, size, kv_heads)?;
                 Self::Chunk {
-                    slot: *slot,
                     start,
                     n,
+                    rows: Tensor::new(rows, device)?,
                     mask: mask.transpose()?,
                 }
             }
@@ -369,12 +410,19 @@ impl Gathered {
                         })
                     })
                     .collect();
+                let mut index = Vec::with_capacity(max_len * n * kv_heads);
+                for p in 0..max_len {
+                    for r in rows {
+                        let p = if p <= r.position { p } else { 0 };
+                        for h in 0..kv_heads {
+                            index.push(table_row(&r.blocks, p, h, size, kv_heads)?);
+                        }
+                    }
+                }
                 Self::Decode {
-                    slots: Tensor::new(
-                        rows.iter().map(|r| r.slot as u32).collect::<Vec<_>>(),
-                        device,
-                    )?,
+                    n,
                     max_len,
+                    rows: Tensor::new(index, device)?,
                     mask: Tensor::from_vec(m, (n, 1, 1, max_len), device)?.to_dtype(dtype)?,
                 }
             }
@@ -392,14 +440,14 @@ impl Gathered {
         let scale = 1.0 / (a.head_dim as f64).sqrt();
         match self {
             Self::Chunk {
-                slot,
                 start,
                 n,
+                rows,
                 mask,
             } => {
                 let keys = start + n;
-                // [keys, kv_heads, d] → [kv_heads, keys, d]
-                let (k, v) = cache.slot_rows(layer, *slot, keys)?;
+                // [keys · kv_heads, d] → [kv_heads, keys, d]
+                let (k, v) = cache.gather(layer, rows)?;
                 let heads_first = |t: Tensor| {
                     t.reshape((keys, a.kv_heads, a.head_dim))?
                         .transpose(0, 1)?
@@ -429,13 +477,14 @@ impl Gathered {
                     .reshape((*n, a.heads * a.head_dim))
             }
             Self::Decode {
-                slots,
+                n,
                 max_len,
+                rows,
                 mask,
             } => {
-                let n = slots.dim(0)?;
-                // [max_len, n, kv_width] → [n, kv_heads, max_len, d]
-                let (k, v) = cache.gather(layer, slots, *max_len)?;
+                let n = *n;
+                // [max_len · n · kv_heads, d] → [n, kv_heads, max_len, d]
+                let (k, v) = cache.gather(layer, rows)?;
                 let to_heads = |t: Tensor| {
                     t.reshape((*max_len, n, a.kv_heads, a.head_dim))?
                         .permute((1, 2, 0, 3))?
@@ -464,6 +513,7 @@ mod tests {
     use super::*;
     use crate::engine::native::batch::DecodeRow;
     use crate::engine::native::config::RopeStyle;
+    use crate::engine::native::kv::CacheShape;
 
     fn arch(heads: usize, kv_heads: usize, head_dim: usize) -> Architecture {
         Architecture {
@@ -495,19 +545,29 @@ mod tests {
             .collect()
     }
 
-    /// A cache of 4 slots × 40 positions filled with random keys and values.
+    /// Positions per block in these tests.
+    const SIZE: usize = 16;
+
+    /// Sequence `seq`'s block table over `positions` positions: its blocks interleaved with
+    /// the other three sequences' and out of order, so a wrong table entry reads another
+    /// sequence's rows.
+    fn table(seq: usize, positions: usize) -> Vec<u32> {
+        (0..positions.div_ceil(SIZE))
+            .map(|k| (k * 4 + (seq + k) % 4) as u32)
+            .collect()
+    }
+
+    /// A cache for 4 sequences × 40 positions filled with random keys and values.
     fn filled_cache(a: &Architecture) -> KvCache {
         cache_of(a, 40, DType::F32, Access::Candle)
     }
 
-    /// A cache of 4 slots × `positions` in `dtype`, read as `access` says, filled with random
-    /// keys and values.
+    /// A cache for 4 sequences × `positions` in `dtype`, read as `access` says, every block
+    /// filled with random keys and values.
     fn cache_of(a: &Architecture, positions: usize, dtype: DType, access: Access) -> KvCache {
-        let mut cache = KvCache::new(1, 4, a.kv_width(), 512, dtype, &Device::Cpu, access);
-        cache.reserve(positions).unwrap();
-        let n = 4 * positions;
-        let rows: Vec<usize> = (0..n).collect();
-        let writes = cache.plan_writes(&rows, n).unwrap();
+        let blocks = 4 * positions.div_ceil(SIZE);
+        let mut cache = empty(a, blocks, dtype, access);
+        let n = blocks * SIZE;
         let random = |seed| {
             Tensor::from_vec(
                 values(n * a.kv_width(), seed),
@@ -515,9 +575,31 @@ mod tests {
                 &Device::Cpu,
             )
             .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
         };
-        cache.write(0, &writes, &random(1), &random(2)).unwrap();
+        fill(&mut cache, a, &random(1), &random(2));
         cache
+    }
+
+    fn empty(a: &Architecture, blocks: usize, dtype: DType, access: Access) -> KvCache {
+        let shape = CacheShape {
+            layers: 1,
+            kv_heads: a.kv_heads,
+            head_dim: a.head_dim,
+            block_size: SIZE,
+            max_blocks: blocks,
+        };
+        let mut cache = KvCache::new(shape, dtype, &Device::Cpu, access);
+        cache.reserve(blocks).unwrap();
+        cache
+    }
+
+    /// Writes every row of the cache: `k` and `v` are `[blocks · size, kv_width]`.
+    fn fill(cache: &mut KvCache, a: &Architecture, k: &Tensor, v: &Tensor) {
+        let rows = k.dim(0).unwrap() * a.kv_heads;
+        let writes = cache.plan_writes((0..rows as u32).collect()).unwrap();
+        cache.write(0, &writes, k, v).unwrap();
     }
 
     fn queries_tensor(a: &Architecture, n: usize, seed: u64) -> Tensor {
@@ -532,21 +614,22 @@ mod tests {
     /// A cache's values again, read as `access` says (the same keys and values).
     fn reread(cache: &KvCache, a: &Architecture, access: Access) -> KvCache {
         let (k, v) = cache.layer(0);
-        let rows = k.dim(0).unwrap();
-        let mut copy = KvCache::new(1, 4, a.kv_width(), 512, k.dtype(), &Device::Cpu, access);
-        copy.reserve(rows / 4).unwrap();
-        let all: Vec<usize> = (0..rows).collect();
-        let writes = copy.plan_writes(&all, rows).unwrap();
-        copy.write(0, &writes, k, v).unwrap();
+        let mut copy = empty(a, cache.capacity(), k.dtype(), access);
+        let as_tokens = |t: &Tensor| {
+            t.reshape((t.dim(0).unwrap() / a.kv_heads, a.kv_width()))
+                .unwrap()
+        };
+        fill(&mut copy, a, &as_tokens(k), &as_tokens(v));
         copy
     }
 
+    /// A decode step of `(sequence, position)` rows over tables reaching 300 positions.
     fn decode(rows: &[(usize, usize)]) -> Batch {
         Batch::Decode {
             rows: rows
                 .iter()
-                .map(|&(slot, position)| DecodeRow {
-                    slot,
+                .map(|&(seq, position)| DecodeRow {
+                    blocks: table(seq, 300),
                     position,
                     token: 0,
                 })
@@ -554,23 +637,28 @@ mod tests {
         }
     }
 
+    /// A prompt chunk of `n` tokens of sequence `seq` from `start`.
+    fn chunk(seq: usize, start: usize, n: usize) -> Batch {
+        Batch::Prompt {
+            blocks: table(seq, start + n),
+            start,
+            tokens: vec![0; n],
+        }
+    }
+
     fn attend_on(batch: &Batch, q: &Tensor, cache: &KvCache, a: &Architecture) -> Vec<Vec<f32>> {
-        let plan = Attention::plan(batch, &Device::Cpu, q.dtype(), cache.access(), a).unwrap();
+        let plan =
+            Attention::plan(batch, &Device::Cpu, q.dtype(), cache.access(), SIZE, a).unwrap();
         let out = plan.attend(0, q, cache, a).unwrap();
         out.to_dtype(DType::F32).unwrap().to_vec2().unwrap()
     }
 
-    /// A decode step over slots of lengths on both sides of the kernel's tiles of 128, and a
-    /// prompt chunk that crosses one.
+    /// A decode step over sequences of lengths on both sides of the kernel's tiles of 128, and
+    /// a prompt chunk that crosses one.
     fn tiled_batches() -> [Batch; 2] {
         [
             decode(&[(2, 299), (0, 127), (1, 128), (3, 0), (0, 255)]),
-            Batch::Prompt {
-                slot: 1,
-                start: 250,
-                tokens: vec![0; 5],
-                copies: vec![],
-            },
+            chunk(1, 250, 5),
         ]
     }
 
@@ -615,19 +703,17 @@ mod tests {
         );
         assert_eq!(alone[0], crowd[0]);
         let chunk_q = Tensor::cat(&[&q.narrow(0, 1, 3).unwrap(), &mine], 0).unwrap();
-        let chunk = Batch::Prompt {
-            slot: 2,
-            start: 257,
-            tokens: vec![0; 4],
-            copies: vec![],
-        };
-        assert_eq!(alone[0], attend_on(&chunk, &chunk_q, &cache, &a)[3]);
-        // A position beyond the cache is refused, not read.
+        assert_eq!(
+            alone[0],
+            attend_on(&chunk(2, 257, 4), &chunk_q, &cache, &a)[3]
+        );
+        // A position beyond the table is refused, not read.
         let plan = Attention::plan(
-            &decode(&[(1, 300)]),
+            &decode(&[(1, 304)]),
             &Device::Cpu,
             DType::F32,
             Access::Kernels,
+            SIZE,
             &a,
         )
         .unwrap();
@@ -640,7 +726,7 @@ mod tests {
         for (heads, kv_heads, d) in [(4, 2, 32), (9, 3, 64), (2, 2, 12)] {
             let a = arch(heads, kv_heads, d);
             let cache = filled_cache(&a);
-            // Slot 2 at position 30, with different neighbours and as a chunk's last row.
+            // Sequence 2 at position 30, with different neighbours and as a chunk's last row.
             let q = queries_tensor(&a, 4, 7);
             let mine = q.narrow(0, 0, 1).unwrap();
             let alone = attend_on(&decode(&[(2, 30)]), &mine, &cache, &a);
@@ -650,13 +736,7 @@ mod tests {
                 "{heads}/{kv_heads}/{d}: decode neighbours"
             );
             let chunk_q = Tensor::cat(&[&q.narrow(0, 1, 3).unwrap(), &mine], 0).unwrap();
-            let chunk = Batch::Prompt {
-                slot: 2,
-                start: 27,
-                tokens: vec![0; 4],
-                copies: vec![],
-            };
-            let chunk = attend_on(&chunk, &chunk_q, &cache, &a);
+            let chunk = attend_on(&chunk(2, 27, 4), &chunk_q, &cache, &a);
             assert_eq!(alone[0], chunk[3], "{heads}/{kv_heads}/{d}: prompt chunk");
         }
     }
@@ -666,16 +746,11 @@ mod tests {
         let a = arch(4, 2, 32);
         let cache = filled_cache(&a);
         let q = queries_tensor(&a, 4, 11);
-        let chunk = Batch::Prompt {
-            slot: 1,
-            start: 5,
-            tokens: vec![0; 4],
-            copies: vec![],
-        };
-        // A decode step over slots of other lengths, and a prompt chunk (causal within it).
-        for batch in [decode(&[(2, 30), (0, 3), (1, 39), (3, 0)]), chunk] {
+        // A decode step over sequences of other lengths, and a prompt chunk (causal within it).
+        for batch in [decode(&[(2, 30), (0, 3), (1, 39), (3, 0)]), chunk(1, 5, 4)] {
             let kernel = attend_on(&batch, &q, &cache, &a);
-            let gathered = Gathered::plan(&batch, &Device::Cpu, DType::F32).unwrap();
+            let gathered =
+                Gathered::plan(&batch, &Device::Cpu, DType::F32, SIZE, a.kv_heads).unwrap();
             let reference: Vec<Vec<f32>> = gathered
                 .attend(0, &q, &cache, &a)
                 .unwrap()
@@ -692,15 +767,32 @@ mod tests {
         let a = arch(4, 2, 32);
         let cache = filled_cache(&a);
         let q = queries_tensor(&a, 1, 3);
-        let plan = Attention::plan(
-            &decode(&[(1, 64)]),
-            &Device::Cpu,
-            DType::F32,
-            Access::Candle,
-            &a,
-        )
-        .unwrap();
-        assert!(plan.attend(0, &q, &cache, &a).is_err());
+        // The cache holds 12 blocks: a table naming block 12 is refused, as is a position
+        // beyond the table.
+        let beyond = Batch::Decode {
+            rows: vec![DecodeRow {
+                blocks: vec![3, 12],
+                position: 17,
+                token: 0,
+            }],
+        };
+        let short = Batch::Decode {
+            rows: vec![DecodeRow {
+                blocks: vec![3],
+                position: 16,
+                token: 0,
+            }],
+        };
+        for batch in [beyond, short] {
+            for access in [Access::Candle, Access::Kernels] {
+                let cache = reread(&cache, &a, access);
+                let plan = Attention::plan(&batch, &Device::Cpu, DType::F32, access, SIZE, &a);
+                assert!(
+                    plan.and_then(|p| p.attend(0, &q, &cache, &a)).is_err(),
+                    "{access:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The attention and cache-copy kernels of `kernels/attention.cuh` as candle operations. On
-//! CUDA the PTX runs (attention: one block per query token and key/value head, reading the slot
-//! cache in place; copies: a thread per element); on the CPU the harness runs the same source.
+//! CUDA the PTX runs (attention: one block per query token and key/value head, reading the
+//! paged cache in place through each token's block table; copies: a thread per element); on the CPU the harness runs the same source.
 //! The native engine uses them when its device kernels are on (`device_kernels`).
 
 use candle_core::{CpuStorage, CustomOp3, DType, InplaceOp2, Layout, Shape};
 
 use super::device_index::DeviceIndex;
+use super::queries::Queries;
 use super::step_counts;
 
 /// The problem every block of an attention launch shares (`AttShape` in the kernel source).
@@ -20,8 +21,8 @@ pub struct AttShape {
     pub kv_heads: u32,
     /// Width of a head.
     pub head_dim: u32,
-    /// Slots of the cache.
-    pub slots: u32,
+    /// Positions per cache block.
+    pub block_size: u32,
     /// `1 / sqrt(head_dim)`.
     pub scale: f32,
 }
@@ -87,23 +88,15 @@ pub fn supports(heads: usize, kv_heads: usize, head_dim: usize, dtype: DType) ->
         && matches!(dtype, DType::F32 | DType::BF16)
 }
 
-/// Attention of each query token (`queries[t]` = its slot and position) over positions
-/// `0..=position` of its slot in one layer's cache, read in place.
+/// Attention of each query token over positions `0..=position` of its sequence in one layer's
+/// cache, read in place through its block table.
 pub struct KernelAttention<'a> {
-    /// `(slot, position)` of each query token.
-    pub queries: &'a [(usize, usize)],
-    /// The same as the kernel reads them ([`flat_queries`]), uploaded once per forward.
+    /// Each query token's position and block table.
+    pub queries: &'a Queries,
+    /// The same as the kernel reads them (`queries.flat()`), uploaded once per forward.
     pub index: &'a DeviceIndex,
     /// The problem's shape (its `queries` is `queries.len()`).
     pub shape: AttShape,
-}
-
-/// The queries as the kernel reads them: `[slot, position]` pairs.
-pub fn flat_queries(queries: &[(usize, usize)]) -> Vec<u32> {
-    queries
-        .iter()
-        .flat_map(|&(slot, position)| [slot as u32, position as u32])
-        .collect()
 }
 
 impl KernelAttention<'_> {
@@ -113,9 +106,24 @@ impl KernelAttention<'_> {
         let a = &self.shape;
         let width = (a.kv_heads * a.head_dim) as usize;
         let outputs = self.queries.len() * (a.heads * a.head_dim) as usize;
+        // The kernel's per-block arrays hold ATT_MAX_GROUPS heads and ATT_MAX_OUTPUTS outputs
+        // (the dtype is checked where the storage is matched).
+        if !supports(
+            a.heads as usize,
+            a.kv_heads as usize,
+            a.head_dim as usize,
+            DType::F32,
+        ) {
+            candle_core::bail!(
+                "attention: {} heads over {} of width {} exceed the kernel",
+                a.heads,
+                a.kv_heads,
+                a.head_dim
+            );
+        }
         if lq.shape().elem_count() != outputs
             || a.queries as usize != self.queries.len()
-            || self.index.host().len() != 2 * self.queries.len()
+            || self.index.host() != self.queries.flat()
         {
             candle_core::bail!("attention: queries of shape {:?}", lq.shape());
         }
@@ -124,15 +132,11 @@ impl KernelAttention<'_> {
                 candle_core::bail!("attention: inputs must be contiguous");
             }
         }
-        let rows = lk.shape().elem_count() / width.max(1);
         if lk.shape() != lv.shape() {
             candle_core::bail!("attention: keys {:?}, values {:?}", lk.shape(), lv.shape());
         }
-        for &(slot, position) in self.queries {
-            if slot >= a.slots as usize || (position + 1) * a.slots as usize > rows {
-                candle_core::bail!("attention: position {position} of slot {slot} is not cached");
-            }
-        }
+        let blocks = lk.shape().elem_count() / (width * a.block_size as usize).max(1);
+        self.queries.check(a.block_size as usize, blocks)?;
         Ok(outputs)
     }
 }
@@ -264,8 +268,8 @@ impl KernelAttention<'_> {
 }
 
 /// Copies row `from[i]` of the source to row `to[i]` of the tensor it is applied to, in place,
-/// for every `i` at once (a layer's cache write: the new rows to their cache rows, a group's
-/// prompt rows to each copy slot). Rows are the last dimension; any 32- or 16-bit dtype.
+/// for every `i` at once (a layer's cache write: the new rows to their cache rows; a shared
+/// block's rows to the copy of it). Rows are the last dimension; any 32- or 16-bit dtype.
 pub struct CopyRows {
     /// `from` then `to`, uploaded once and read by every layer's copies.
     index: DeviceIndex,

@@ -14,7 +14,8 @@ use super::batch::{Batch, DecodeRow};
 use super::config::Architecture;
 use super::kernel_attention;
 use super::kernels::RowIn;
-use super::kv::{Access, KvCache};
+use super::kv::{Access, CacheShape, KvCache};
+use super::scheduler::BLOCK_SIZE;
 use super::{step_counts, token_stats};
 use crate::stats::distribution::{NucleusParams, NucleusRule, Truncation};
 use crate::stats::sampling::DrawKey;
@@ -148,8 +149,8 @@ pub fn token_stats(device: &Device, sizes: &Sizes) -> candle_core::Result<Vec<Ti
     Ok(out)
 }
 
-/// The attention kernel for `rows` query tokens, one per slot at the last position of each
-/// context, on the Qwen2-1.5B shape (12 query heads, 2 key/value heads of 128) in bf16 on a GPU
+/// The attention kernel for `rows` query tokens, one per sequence at the last position of each
+/// context (each sequence's blocks its own, interleaved with the others'), on the Qwen2-1.5B shape (12 query heads, 2 key/value heads of 128) in bf16 on a GPU
 /// (float32 on the CPU).
 pub fn attention(device: &Device, sizes: &Sizes) -> candle_core::Result<Vec<Timing>> {
     let dtype = if device.is_cpu() {
@@ -171,29 +172,31 @@ pub fn attention(device: &Device, sizes: &Sizes) -> candle_core::Result<Vec<Timi
         rope_style: super::config::RopeStyle::Halves,
         max_context: 32_768,
     };
-    let max_context = sizes.contexts.iter().copied().max().unwrap_or(1);
     let mut out = Vec::new();
     for &context in &sizes.contexts {
-        let mut cache = KvCache::new(
-            1,
-            sizes.rows,
-            arch.kv_width(),
-            max_context,
-            dtype,
-            device,
-            Access::Kernels,
-        );
-        cache.reserve(context)?;
+        let per_sequence = context.div_ceil(BLOCK_SIZE);
+        let blocks = sizes.rows * per_sequence;
+        let shape = CacheShape {
+            layers: 1,
+            kv_heads: arch.kv_heads,
+            head_dim: arch.head_dim,
+            block_size: BLOCK_SIZE,
+            max_blocks: blocks,
+        };
+        let mut cache = KvCache::new(shape, dtype, device, Access::Kernels);
+        cache.reserve(blocks)?;
         let batch = Batch::Decode {
             rows: (0..sizes.rows)
-                .map(|slot| DecodeRow {
-                    slot,
+                .map(|seq| DecodeRow {
+                    blocks: (0..per_sequence)
+                        .map(|k| (k * sizes.rows + seq) as u32)
+                        .collect(),
                     position: context - 1,
                     token: 0,
                 })
                 .collect(),
         };
-        let plan = Attention::plan(&batch, device, dtype, Access::Kernels, &arch)?;
+        let plan = Attention::plan(&batch, device, dtype, Access::Kernels, BLOCK_SIZE, &arch)?;
         let q = Tensor::randn(0f32, 1.0, (sizes.rows, arch.heads, arch.head_dim), device)?
             .to_dtype(dtype)?;
         let ms = time(device, sizes.iterations, || {

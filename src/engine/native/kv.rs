@@ -1,12 +1,15 @@
-//! The native engine's KV cache: per layer, one key and one value tensor of
-//! `[capacity · slots, kv_width]` rows, row `position · slots + slot`.
+//! The native engine's KV cache: per layer, one key and one value tensor of blocks, each block
+//! `[kv_heads, size, head_dim]`, stored as rows of `head_dim`: row
+//! `(block · kv_heads + head) · size + offset` holds one head of one position.
 //!
-//! Position-major rows make the first `L` positions of every slot one contiguous prefix. With
-//! entroll's device kernels ([`Access::Kernels`]) attention reads the rows in place and writes
-//! are one parallel row copy per layer ([`CopyRows`]); otherwise a decode step gathers its
-//! slots' rows with candle's operations and writes are candle's scatter. The capacity grows (by
-//! doubling, up to the model's context) only when a sequence needs it, so memory follows the
-//! longest live sequence.
+//! Which block holds which positions of which sequence is the batcher's business (block
+//! tables, [`super::plan`]; counts, [`super::blocks`]); this module holds the memory. One
+//! block's keys (and values) for one key/value head are `size · head_dim` contiguous elements,
+//! so attention reads a block of a head in one sweep. With entroll's device kernels
+//! ([`Access::Kernels`]) attention reads the blocks in place and writes are one parallel row
+//! copy per layer ([`CopyRows`]); otherwise candle's scatter writes and gathered reads. The
+//! tensors grow (by doubling, up to the block limit) only when a block beyond them is handed
+//! out, so memory follows the blocks in use, not the longest sequence times the batch.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -24,46 +27,48 @@ pub enum Access {
 
 /// Where one forward's new keys and values go, prepared once for every layer.
 pub enum Writes {
-    /// candle's scatter, with its index `[rows, kv_width]`.
+    /// candle's scatter, with its index `[rows, head_dim]`.
     Scatter(Tensor),
-    /// The row copy: new row `i mod n` to cache row `to[i]`.
+    /// The row copy: new row `i` to cache row `to[i]`.
     Copy(CopyRows),
 }
 
-/// Keys and values of every layer for a fixed number of sequence slots.
+/// The shape of the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheShape {
+    /// Layers.
+    pub layers: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Width of a head.
+    pub head_dim: usize,
+    /// Positions per block.
+    pub block_size: usize,
+    /// Most blocks.
+    pub max_blocks: usize,
+}
+
+/// Keys and values of every layer, in blocks.
 pub struct KvCache {
-    /// One tensor per layer, or none while the capacity is 0 (CUDA cannot allocate 0 bytes).
+    /// One tensor per layer, or none while no block is held (CUDA cannot allocate 0 bytes).
     keys: Vec<Tensor>,
     values: Vec<Tensor>,
-    layers: usize,
-    slots: usize,
-    width: usize,
+    shape: CacheShape,
+    /// Blocks the tensors hold.
     capacity: usize,
-    max_capacity: usize,
     dtype: DType,
     device: Device,
     access: Access,
 }
 
 impl KvCache {
-    /// An empty cache for `slots` sequences of up to `max_capacity` positions.
-    pub fn new(
-        layers: usize,
-        slots: usize,
-        width: usize,
-        max_capacity: usize,
-        dtype: DType,
-        device: &Device,
-        access: Access,
-    ) -> Self {
+    /// An empty cache of `shape` on `device`.
+    pub fn new(shape: CacheShape, dtype: DType, device: &Device, access: Access) -> Self {
         Self {
             keys: Vec::new(),
             values: Vec::new(),
-            layers,
-            slots,
-            width,
+            shape,
             capacity: 0,
-            max_capacity,
             dtype,
             device: device.clone(),
             access,
@@ -75,104 +80,120 @@ impl KvCache {
         self.access
     }
 
-    /// Grows the cache so that every slot holds `positions` positions.
-    pub fn reserve(&mut self, positions: usize) -> candle_core::Result<()> {
-        if positions <= self.capacity {
+    /// Positions per block.
+    pub fn block_size(&self) -> usize {
+        self.shape.block_size
+    }
+
+    /// Key/value heads.
+    pub fn kv_heads(&self) -> usize {
+        self.shape.kv_heads
+    }
+
+    /// Blocks the tensors hold now.
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Rows (of `head_dim`) per block.
+    fn block_rows(&self) -> usize {
+        self.shape.kv_heads * self.shape.block_size
+    }
+
+    /// Grows the tensors to hold blocks `0..blocks`, keeping what they hold.
+    pub fn reserve(&mut self, blocks: usize) -> candle_core::Result<()> {
+        if blocks <= self.capacity {
             return Ok(());
         }
-        if positions > self.max_capacity {
+        if blocks > self.shape.max_blocks {
             candle_core::bail!(
-                "position {positions} is beyond the model's context of {}",
-                self.max_capacity
+                "{blocks} cache blocks are beyond the limit of {}",
+                self.shape.max_blocks
             );
         }
-        let capacity = positions
+        let capacity = blocks
             .max(self.capacity * 2)
-            .max(64)
-            .min(self.max_capacity);
+            .max(4)
+            .min(self.shape.max_blocks);
+        let rows = capacity * self.block_rows();
         let grow = |old: Option<&Tensor>| -> candle_core::Result<Tensor> {
-            let grown = Tensor::zeros(
-                (capacity * self.slots, self.width),
-                self.dtype,
-                &self.device,
-            )?;
+            let grown = Tensor::zeros((rows, self.shape.head_dim), self.dtype, &self.device)?;
             if let Some(old) = old {
                 grown.slice_set(old, 0, 0)?;
             }
             Ok(grown)
         };
-        let keys = (0..self.layers)
+        let keys = (0..self.shape.layers)
             .map(|l| grow(self.keys.get(l)))
             .collect::<candle_core::Result<_>>()?;
-        let values = (0..self.layers)
+        let values = (0..self.shape.layers)
             .map(|l| grow(self.values.get(l)))
             .collect::<candle_core::Result<_>>()?;
         (self.keys, self.values, self.capacity) = (keys, values, capacity);
         Ok(())
     }
 
-    /// Frees every row (the capacity returns to 0), for when no sequence is running.
+    /// Frees the tensors (capacity 0), for when no block is held.
     pub fn clear(&mut self) {
         self.keys.clear();
         self.values.clear();
         self.capacity = 0;
     }
 
-    /// Copies positions `0..len` of slot `from` into slot `to`, in every layer.
-    pub fn copy_prefix(&mut self, from: usize, to: usize, len: usize) -> candle_core::Result<()> {
-        if len == 0 {
+    /// The row of `head` at `offset` of `block`.
+    pub fn row(&self, block: u32, head: usize, offset: usize) -> usize {
+        (block as usize * self.shape.kv_heads + head) * self.shape.block_size + offset
+    }
+
+    /// Copies positions `0..rows` of block `from` into block `to`, every head of every layer
+    /// (a shared block copied for the sequence about to write into it).
+    pub fn copy_block(&mut self, from: u32, to: u32, rows: usize) -> candle_core::Result<()> {
+        if rows == 0 {
             return Ok(());
         }
-        let source: Vec<u32> = (0..len).map(|p| self.row(from, p) as u32).collect();
+        let pairs = (0..self.shape.kv_heads).flat_map(|h| (0..rows).map(move |o| (h, o)));
+        let source: Vec<u32> = pairs
+            .clone()
+            .map(|(h, o)| self.row(from, h, o) as u32)
+            .collect();
+        let target: Vec<u32> = pairs.map(|(h, o)| self.row(to, h, o) as u32).collect();
         let source = Tensor::new(source, &self.device)?;
-        let target: Vec<usize> = (0..len).map(|p| self.row(to, p)).collect();
-        let writes = self.plan_writes(&target, len)?;
+        let writes = self.plan_writes(target)?;
         for t in self.keys.iter().chain(self.values.iter()) {
             Self::put(t, &writes, &t.index_select(&source, 0)?)?;
         }
         Ok(())
     }
 
-    /// Keys and values of layer `layer`, `[capacity · slots, kv_width]` each (the capacity
-    /// must be positive).
+    /// Keys and values of layer `layer`, `[rows, head_dim]` each (the capacity must be
+    /// positive).
     pub fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
         (&self.keys[layer], &self.values[layer])
     }
 
-    /// Sequence slots.
-    pub fn slots(&self) -> usize {
-        self.slots
-    }
-
-    /// The row of `slot` at `position`.
-    pub fn row(&self, slot: usize, position: usize) -> usize {
-        position * self.slots + slot
-    }
-
-    /// Prepares writing `n` new rows to the cache rows `rows` (`c · n` of them: the same `n`
-    /// rows go to each of the `c` row groups, a prompt chunk's rows to its copy slots).
-    pub fn plan_writes(&self, rows: &[usize], n: usize) -> candle_core::Result<Writes> {
-        if n == 0 || !rows.len().is_multiple_of(n) {
-            candle_core::bail!("{} cache rows for {n} new rows", rows.len());
+    /// Prepares writing new rows `0..to.len()` (a forward's keys, one row per head of each
+    /// token, [`super::batch::Batch::writes`]) to cache rows `to`.
+    pub fn plan_writes(&self, to: Vec<u32>) -> candle_core::Result<Writes> {
+        let n = to.len();
+        if n == 0 {
+            candle_core::bail!("no cache rows to write");
         }
-        let to: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         Ok(match self.access {
-            Access::Kernels => Writes::Copy(CopyRows::new(
-                (0..rows.len()).map(|i| (i % n) as u32).collect(),
-                to,
-                &self.device,
-            )?),
+            Access::Kernels => {
+                Writes::Copy(CopyRows::new((0..n as u32).collect(), to, &self.device)?)
+            }
             Access::Candle => {
-                let index = Tensor::from_vec(to, (rows.len(), 1), &self.device)?
-                    .broadcast_as((rows.len(), self.width))?
+                let index = Tensor::from_vec(to, (n, 1), &self.device)?
+                    .broadcast_as((n, self.shape.head_dim))?
                     .contiguous()?;
                 Writes::Scatter(index)
             }
         })
     }
 
-    /// Writes `keys` and `values` (`[n, kv_width]` each) of layer `layer` where `writes`
-    /// (from [`KvCache::plan_writes`]) says.
+    /// Writes `keys` and `values` (`[n, kv_heads · head_dim]` each) of layer `layer` where
+    /// `writes` (from [`KvCache::plan_writes`], `n · kv_heads` rows) says.
     pub fn write(
         &mut self,
         layer: usize,
@@ -180,8 +201,14 @@ impl KvCache {
         keys: &Tensor,
         values: &Tensor,
     ) -> candle_core::Result<()> {
-        Self::put(&self.keys[layer], writes, &keys.to_dtype(self.dtype)?)?;
-        Self::put(&self.values[layer], writes, &values.to_dtype(self.dtype)?)
+        let heads = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let n = t.dim(0)?;
+            t.to_dtype(self.dtype)?
+                .contiguous()?
+                .reshape((n * self.shape.kv_heads, self.shape.head_dim))
+        };
+        Self::put(&self.keys[layer], writes, &heads(keys)?)?;
+        Self::put(&self.values[layer], writes, &heads(values)?)
     }
 
     /// Writes the rows of `new` into `tensor` as `writes` says.
@@ -189,48 +216,16 @@ impl KvCache {
         let new = new.contiguous()?;
         match writes {
             Writes::Copy(copy) => tensor.inplace_op2(&new, copy),
-            Writes::Scatter(index) => {
-                let (total, n) = (index.dim(0)?, new.dim(0)?);
-                if total == n {
-                    tensor.scatter_set(index, &new, 0)
-                } else {
-                    tensor.scatter_set(index, &Tensor::cat(&vec![&new; total / n], 0)?, 0)
-                }
-            }
+            Writes::Scatter(index) => tensor.scatter_set(index, &new, 0),
         }
     }
 
-    /// Keys and values of positions `0..len` of one slot: `[len, kv_width]` each.
-    pub fn slot_rows(
-        &self,
-        layer: usize,
-        slot: usize,
-        len: usize,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
-        let pick = |t: &Tensor| {
-            t.narrow(0, 0, len * self.slots)?
-                .reshape((len, self.slots, self.width))?
-                .narrow(1, slot, 1)?
-                .contiguous()?
-                .reshape((len, self.width))
-        };
-        Ok((pick(&self.keys[layer])?, pick(&self.values[layer])?))
-    }
-
-    /// Keys and values of positions `0..len` of the slots in `slots` (`u32`, `[n]`):
-    /// `[len, n, kv_width]` each.
-    pub fn gather(
-        &self,
-        layer: usize,
-        slots: &Tensor,
-        len: usize,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
-        let pick = |t: &Tensor| {
-            t.narrow(0, 0, len * self.slots)?
-                .reshape((len, self.slots, self.width))?
-                .index_select(slots, 1)
-        };
-        Ok((pick(&self.keys[layer])?, pick(&self.values[layer])?))
+    /// Rows `rows` (`u32`) of layer `layer`'s keys and values: `[rows, head_dim]` each.
+    pub fn gather(&self, layer: usize, rows: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((
+            self.keys[layer].index_select(rows, 0)?,
+            self.values[layer].index_select(rows, 0)?,
+        ))
     }
 }
 
@@ -238,29 +233,56 @@ impl KvCache {
 mod tests {
     use super::*;
 
-    /// A row whose every entry encodes (layer, slot, position).
-    fn row(layer: usize, slot: usize, position: usize, width: usize) -> Vec<f32> {
-        vec![(layer * 10_000 + slot * 1_000 + position) as f32; width]
+    const SHAPE: CacheShape = CacheShape {
+        layers: 2,
+        kv_heads: 2,
+        head_dim: 3,
+        block_size: 4,
+        max_blocks: 64,
+    };
+
+    /// The value every element of (layer, block, head, offset) gets.
+    fn mark(layer: usize, block: u32, head: usize, offset: usize) -> f32 {
+        (layer * 10_000 + block as usize * 100 + head * 10 + offset) as f32
     }
 
-    fn write(cache: &mut KvCache, layer: usize, slot: usize, positions: std::ops::Range<usize>) {
-        let width = cache.width;
-        let rows: Vec<usize> = positions.clone().map(|p| cache.row(slot, p)).collect();
-        let writes = cache.plan_writes(&rows, rows.len()).unwrap();
-        let data: Vec<f32> = positions.flat_map(|p| row(layer, slot, p, width)).collect();
-        let t = Tensor::from_vec(data, (rows.len(), width), &Device::Cpu).unwrap();
+    /// Writes positions `offsets` of `block` in `layer`, as a forward's rows would.
+    fn write(cache: &mut KvCache, layer: usize, block: u32, offsets: std::ops::Range<usize>) {
+        let d = SHAPE.head_dim;
+        let to: Vec<u32> = offsets
+            .clone()
+            .flat_map(|o| (0..SHAPE.kv_heads).map(move |h| (o, h)))
+            .map(|(o, h)| cache.row(block, h, o) as u32)
+            .collect();
+        let data: Vec<f32> = offsets
+            .clone()
+            .flat_map(|o| (0..SHAPE.kv_heads).flat_map(move |h| vec![mark(layer, block, h, o); d]))
+            .collect();
+        let n = offsets.len();
+        let t = Tensor::from_vec(data, (n, SHAPE.kv_heads * d), &Device::Cpu).unwrap();
+        let writes = cache.plan_writes(to).unwrap();
         cache
             .write(layer, &writes, &t, &(&t + 0.5).unwrap())
             .unwrap();
     }
 
-    fn first_column(t: &Tensor) -> Vec<f32> {
-        t.narrow(t.rank() - 1, 0, 1)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
+    /// The first element of each row of (layer, block, head), offsets 0..size.
+    fn read(cache: &KvCache, layer: usize, block: u32, head: usize) -> (Vec<f32>, Vec<f32>) {
+        let rows: Vec<u32> = (0..SHAPE.block_size)
+            .map(|o| cache.row(block, head, o) as u32)
+            .collect();
+        let (k, v) = cache
+            .gather(layer, &Tensor::new(rows, &Device::Cpu).unwrap())
+            .unwrap();
+        let first = |t: Tensor| {
+            t.narrow(1, 0, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        (first(k), first(v))
     }
 
     /// Both ways of writing: the device kernels' row copy (its CPU harness) and candle's
@@ -268,95 +290,59 @@ mod tests {
     const ACCESS: [Access; 2] = [Access::Kernels, Access::Candle];
 
     #[test]
-    fn rows_survive_growth_and_are_read_back_per_slot() {
+    fn rows_go_to_their_block_head_and_offset_and_survive_growth() {
         for access in ACCESS {
-            rows_survive_growth(access);
-        }
-    }
-
-    fn rows_survive_growth(access: Access) {
-        let mut cache = KvCache::new(2, 3, 4, 1_000, DType::F32, &Device::Cpu, access);
-        cache.reserve(10).unwrap();
-        write(&mut cache, 1, 2, 0..10);
-        write(&mut cache, 1, 0, 0..5);
-        // Growing past the first capacity keeps what was written.
-        cache.reserve(300).unwrap();
-        assert!(cache.capacity >= 300);
-        write(&mut cache, 1, 2, 10..300);
-        let (k, v) = cache.slot_rows(1, 2, 300).unwrap();
-        let expected: Vec<f32> = (0..300).map(|p| (10_000 + 2_000 + p) as f32).collect();
-        assert_eq!(first_column(&k), expected);
-        assert_eq!(
-            first_column(&v),
-            expected.iter().map(|x| x + 0.5).collect::<Vec<_>>()
-        );
-        // Layer 0 was never written.
-        assert!(first_column(&cache.slot_rows(0, 2, 300).unwrap().0)
-            .iter()
-            .all(|&x| x == 0.0));
-        assert!(cache.reserve(1_001).is_err());
-    }
-
-    #[test]
-    fn a_chunk_s_rows_reach_every_copy_slot() {
-        for access in ACCESS {
-            let mut cache = KvCache::new(1, 3, 2, 64, DType::F32, &Device::Cpu, access);
-            cache.reserve(4).unwrap();
-            // Four new rows to positions 0..4 of slots 0 and 2; slot 1 untouched.
-            let rows: Vec<usize> = [0, 2]
-                .iter()
-                .flat_map(|&slot| (0..4).map(move |p| p * 3 + slot))
-                .collect();
-            let values: Vec<f32> = (0..8).map(|x| x as f32).collect();
-            let new = Tensor::from_vec(values, (4, 2), &Device::Cpu).unwrap();
-            let writes = cache.plan_writes(&rows, 4).unwrap();
-            cache.write(0, &writes, &new, &new).unwrap();
-            for slot in [0, 2] {
-                let (k, v) = cache.slot_rows(0, slot, 4).unwrap();
-                assert_eq!(first_column(&k), [0.0, 2.0, 4.0, 6.0], "{access:?}");
-                assert_eq!(first_column(&v), [0.0, 2.0, 4.0, 6.0], "{access:?}");
+            let mut cache = KvCache::new(SHAPE, DType::F32, &Device::Cpu, access);
+            cache.reserve(2).unwrap();
+            assert_eq!(cache.capacity(), 4);
+            write(&mut cache, 1, 3, 0..4);
+            write(&mut cache, 1, 0, 1..3);
+            // Growing past the first capacity keeps what was written.
+            cache.reserve(9).unwrap();
+            assert_eq!(cache.capacity(), 9);
+            write(&mut cache, 1, 8, 2..3);
+            for head in 0..2 {
+                let (k, v) = read(&cache, 1, 3, head);
+                let expected: Vec<f32> = (0..4).map(|o| mark(1, 3, head, o)).collect();
+                assert_eq!(k, expected, "{access:?}");
+                assert_eq!(v, expected.iter().map(|x| x + 0.5).collect::<Vec<_>>());
+                let (k, _) = read(&cache, 1, 0, head);
+                assert_eq!(k, vec![0.0, mark(1, 0, head, 1), mark(1, 0, head, 2), 0.0]);
+                assert_eq!(read(&cache, 1, 8, head).0[2], mark(1, 8, head, 2));
             }
-            let (untouched, _) = cache.slot_rows(0, 1, 4).unwrap();
-            assert!(first_column(&untouched).iter().all(|&x| x == 0.0));
-            assert!(cache.plan_writes(&rows, 3).is_err());
+            // Layer 0 was never written.
+            assert!(read(&cache, 0, 3, 1).0.iter().all(|&x| x == 0.0));
+            assert!(cache.reserve(65).is_err());
         }
     }
 
     #[test]
-    fn gather_and_copy_address_the_right_slots() {
+    fn a_block_copy_copies_its_filled_rows_of_every_head_and_layer() {
         for access in ACCESS {
-            gather_and_copy(access);
+            let mut cache = KvCache::new(SHAPE, DType::F32, &Device::Cpu, access);
+            cache.reserve(4).unwrap();
+            for layer in 0..2 {
+                write(&mut cache, layer, 1, 0..4);
+            }
+            cache.copy_block(1, 2, 3).unwrap();
+            for layer in 0..2 {
+                for head in 0..2 {
+                    let (k, v) = read(&cache, layer, 2, head);
+                    let mut expected: Vec<f32> = (0..3).map(|o| mark(layer, 1, head, o)).collect();
+                    expected.push(0.0);
+                    assert_eq!(k, expected, "{access:?}");
+                    assert_eq!(
+                        v[..3],
+                        expected[..3].iter().map(|x| x + 0.5).collect::<Vec<_>>()
+                    );
+                }
+            }
+            cache.clear();
+            assert_eq!(cache.capacity(), 0);
+            // Usable again after a clear.
+            cache.reserve(1).unwrap();
+            write(&mut cache, 0, 0, 0..1);
+            assert_eq!(read(&cache, 0, 0, 1).0[0], mark(0, 0, 1, 0));
         }
-    }
-
-    fn gather_and_copy(access: Access) {
-        let mut cache = KvCache::new(1, 4, 2, 64, DType::F32, &Device::Cpu, access);
-        cache.reserve(8).unwrap();
-        write(&mut cache, 0, 1, 0..8);
-        write(&mut cache, 0, 3, 0..8);
-        // Positions 0..5 of slot 3 into slot 0; position 5 and later stay empty there.
-        cache.copy_prefix(3, 0, 5).unwrap();
-        let (k, _) = cache.slot_rows(0, 0, 8).unwrap();
-        let copied: Vec<f32> = (0..8)
-            .map(|p| if p < 5 { (3_000 + p) as f32 } else { 0.0 })
-            .collect();
-        assert_eq!(first_column(&k), copied);
-        // A decode gather of slots [3, 1] over 6 positions: [6, 2, width], position-major.
-        let slots = Tensor::new(&[3u32, 1], &Device::Cpu).unwrap();
-        let (k, _) = cache.gather(0, &slots, 6).unwrap();
-        assert_eq!(k.dims(), &[6, 2, 2]);
-        let expected: Vec<f32> = (0..6)
-            .flat_map(|p| [(3_000 + p) as f32, (1_000 + p) as f32])
-            .collect();
-        assert_eq!(first_column(&k), expected);
-        cache.clear();
-        assert_eq!(cache.capacity, 0);
-        // Usable again after a clear.
-        cache.reserve(3).unwrap();
-        write(&mut cache, 0, 2, 0..3);
-        assert_eq!(
-            first_column(&cache.slot_rows(0, 2, 3).unwrap().0),
-            vec![2_000.0, 2_001.0, 2_002.0]
-        );
     }
 }

@@ -2,20 +2,23 @@
 //!
 //! The model: [`config`] (its architecture), [`load`] (its weights), [`model`] (the forward),
 //! [`batch`] (what one forward computes), [`attention`]. A thread runs the batching loop
-//! ([`scheduler`]): every decode step is one forward for all running sequences over a slot KV
-//! cache ([`kv`]); new prompts are prefilled between steps,
-//! once per group of samples that share them. With the device kernels off (the default on the
+//! ([`scheduler`]): every decode step is one forward for all running sequences over a paged KV
+//! cache ([`kv`] holds the memory, [`blocks`] counts it, [`plan`] keeps each sequence's block
+//! table); new prompts are prefilled between steps, once per group of samples that share them
+//! (and share their blocks), and a prompt whose leading blocks the prefix cache holds computes
+//! only the rest. With the device kernels off (the default on the
 //! CPU) each logits row is measured and drawn on the host by the same
 //! [`crate::stats::sampling::TokenSampler`] as under mistral.rs (both engines report identical
 //! statistics for identical logits); with them on (`device_kernels`, the default on CUDA) by the
 //! token-statistics kernel where the logits are ([`token_stats`]: the same tokens, statistics
 //! equal within float32 rounding), attention by [`kernel_attention`] over the cache in place.
-//! Dropping a `generate` future closes its answer channel; the loop frees that sequence's slot
-//! at the next step. Setting its interrupt answers it there with what it drew; a request with
+//! Dropping a `generate` future closes its answer channel; the loop releases that sequence's
+//! blocks at the next step. Setting its interrupt answers it there with what it drew; a request with
 //! tokens already drawn prefills them after its prompt and draws on from their count.
 
 mod attention;
 mod batch;
+mod blocks;
 mod config;
 mod device_index;
 pub mod gpu;
@@ -28,6 +31,7 @@ mod load;
 mod model;
 mod oracle;
 mod plan;
+mod queries;
 mod scheduler;
 pub mod step_counts;
 mod text;
@@ -40,18 +44,22 @@ use async_trait::async_trait;
 use candle_core::{DType, Device};
 
 use super::settings::{DeviceKernels, DeviceKind, EngineSettings, WeightsDType};
-use super::{Engine, EngineError, ModelInfo, PromptInput, SequenceOutput, SequenceRequest};
+use super::{
+    Engine, EngineError, KvCacheState, ModelInfo, PromptInput, SequenceOutput, SequenceRequest,
+};
 pub use config::{Architecture, HfConfig, ModelError};
 use model::Transformer;
 pub use oracle::{Oracle, Rescored};
-use scheduler::{Job, Limits, Scheduler};
+use scheduler::{Job, Limits, Message, Scheduler};
 use text::TextCodec;
 
 /// The native engine serving one model.
 pub struct NativeEngine {
     info: ModelInfo,
     text: Arc<TextCodec>,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Message>,
+    /// The KV cache's state, as the loop last published it.
+    cache: Arc<std::sync::Mutex<KvCacheState>>,
 }
 
 /// The architecture of the model at `path` if the native engine can serve it, or why not.
@@ -65,6 +73,18 @@ pub fn architecture(path: &Path) -> Result<Architecture, ModelError> {
             Some(why) => Err(ModelError::Unsupported(why)),
             None => Ok(arch),
         }
+    }
+}
+
+/// The KV cache's block limit: `kv_cache_tokens` in blocks, or by default enough for every
+/// running sequence at the model's whole context (the most the engine could ever hold at once;
+/// the tensors grow only as blocks are used). Never less than one whole context, so that any
+/// one sequence fits.
+fn kv_blocks(settings: &EngineSettings, slots: usize, max_context: usize) -> usize {
+    let per_sequence = max_context.div_ceil(scheduler::BLOCK_SIZE);
+    match settings.kv_cache_tokens {
+        0 => slots * per_sequence,
+        n => n.div_ceil(scheduler::BLOCK_SIZE).max(per_sequence),
     }
 }
 
@@ -123,11 +143,14 @@ impl NativeEngine {
             DeviceKernels::Auto => !device.is_cpu(),
         };
         let text = Arc::new(text);
+        let kv_blocks = kv_blocks(settings, slots, arch.max_context);
         let mut scheduler = Scheduler::new(
             model,
             text.clone(),
             Limits {
-                slots,
+                max_running: slots,
+                kv_blocks,
+                prefix_cache: settings.prefix_cache,
                 prefill_chunk: settings.prefill_chunk,
                 device_kernels,
             },
@@ -139,16 +162,20 @@ impl NativeEngine {
                 settings.device
             )
         })?;
+        let cache = scheduler.cache_state();
         let (jobs, receiver) = mpsc::channel();
         std::thread::Builder::new()
             .name("entroll-native".into())
             .spawn(move || scheduler.run(receiver))?;
         let id = super::model_id(path);
         tracing::info!(
-            "native engine: {} ({} layers, V = {}), {slots} slots on {:?}, device kernels {}",
+            "native engine: {} ({} layers, V = {}), {slots} sequences at once over at most {} \
+             KV blocks of {} on {:?}, device kernels {}",
             arch.family,
             arch.layers,
             arch.vocab,
+            kv_blocks,
+            scheduler::BLOCK_SIZE,
             settings.device,
             if device_kernels { "on" } else { "off" }
         );
@@ -167,6 +194,7 @@ impl NativeEngine {
             },
             text,
             jobs,
+            cache,
         })
     }
 }
@@ -190,7 +218,7 @@ impl Engine for NativeEngine {
     async fn generate(&self, request: SequenceRequest) -> Result<SequenceOutput, EngineError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.jobs
-            .send(Job { request, reply })
+            .send(Message::Generate(Job { request, reply }))
             .map_err(|_| EngineError::Unavailable("the engine loop has stopped".into()))?;
         answer
             .await
@@ -202,6 +230,21 @@ impl Engine for NativeEngine {
         tokio::task::spawn_blocking(move || text.decode_with(&ids, skip_special))
             .await
             .map_err(|e| EngineError::Unavailable(format!("detokenization task failed: {e}")))?
+    }
+
+    fn kv_cache(&self) -> Option<KvCacheState> {
+        Some(*self.cache.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    async fn flush_cache(&self) -> Result<Option<usize>, EngineError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Message::Flush(reply))
+            .map_err(|_| EngineError::Unavailable("the engine loop has stopped".into()))?;
+        let dropped = answer
+            .await
+            .map_err(|_| EngineError::Unavailable("the engine loop stopped".into()))?;
+        Ok(Some(dropped))
     }
 
     async fn token_texts(&self, ids: &[u32]) -> Result<Vec<String>, EngineError> {

@@ -1,6 +1,6 @@
 //! The Llama-family decoder (Llama, Qwen2, Qwen3) that entroll's native engine runs: one
 //! forward for a prompt chunk of one sequence, or one forward for one new token of each of many
-//! sequences, both over the slot KV cache of [`super::kv`].
+//! sequences, both over the paged KV cache of [`super::kv`].
 //!
 //! The architecture comes from [`super::config`]; the weights, from a GGUF file or a safetensors
 //! directory, are loaded by [`super::load`]; the forward is the same for both, and what it
@@ -247,9 +247,9 @@ impl Transformer {
         self.dtype
     }
 
-    /// Runs `batch`: each row's token at its slot and position, attending to that slot's
-    /// cached positions up to its own; writes the rows' keys and values into the cache (and a
-    /// prompt chunk's into its copy slots), and returns the `f32` logits `[rows.len(), V]` of
+    /// Runs `batch`: each row's token at its position, attending to its sequence's cached
+    /// positions up to its own through its block table; writes the rows' keys and values into
+    /// the cache, and returns the `f32` logits `[rows.len(), V]` of
     /// the rows listed in `rows`.
     pub fn forward(
         &self,
@@ -259,19 +259,29 @@ impl Transformer {
     ) -> candle_core::Result<Tensor> {
         let a = &self.arch;
         let tokens = batch.tokens();
-        let queries = batch.queries();
         let n = tokens.len();
         let ids = upload(tokens.as_slice(), &self.device)?;
         let pos = upload(
-            &queries.iter().map(|&(_, p)| p as u32).collect::<Vec<_>>(),
+            &batch
+                .positions()
+                .iter()
+                .map(|&p| p as u32)
+                .collect::<Vec<_>>(),
             &self.device,
         )?;
         let half = a.head_dim / 2;
         let cos = self.cos.index_select(&pos, 0)?.reshape((n, 1, half))?;
         let sin = self.sin.index_select(&pos, 0)?.reshape((n, 1, half))?;
-        cache.reserve(queries.iter().map(|&(_, p)| p + 1).max().unwrap_or(0))?;
-        let writes = cache.plan_writes(&batch.writes(cache), n)?;
-        let attention = Attention::plan(batch, &self.device, self.dtype, cache.access(), a)?;
+        cache.reserve(batch.blocks_spanned())?;
+        let writes = cache.plan_writes(batch.writes(cache))?;
+        let attention = Attention::plan(
+            batch,
+            &self.device,
+            self.dtype,
+            cache.access(),
+            cache.block_size(),
+            a,
+        )?;
         let mut x = self.embed.index_select(&ids, 0)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, a.rms_eps as f32)?;

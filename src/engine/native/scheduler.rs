@@ -1,16 +1,18 @@
 //! The native engine's batching loop, on a thread of its own.
 //!
 //! Each iteration: take the sequences that arrived, drop the ones whose caller left, answer
-//! the interrupted ones with what they drew, admit waiting sequences into free cache slots
-//! (samples of one prompt that arrive together are prefilled once and the prompt's keys and
-//! values copied to each of them), then run one decode forward for every running sequence,
-//! measure and draw each row, and answer the sequences that finished. Prompt tokens per
-//! iteration are bounded, so a long prompt delays the running sequences by one chunk at most.
+//! the interrupted ones with what they drew, admit waiting sequences while seats and cache
+//! blocks last (samples of one prompt that arrive together are prefilled once and share the
+//! prompt's blocks), give every decoding sequence the block its next position needs (copying a
+//! shared one, or preempting the newest sequence when none is left), then run one decode
+//! forward for every running sequence, measure and draw each row, and answer the sequences
+//! that finished. Prompt tokens per iteration are bounded, so a long prompt delays the running
+//! sequences by one chunk at most.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
@@ -18,15 +20,16 @@ use rayon::prelude::*;
 use tokio::sync::oneshot;
 
 use super::batch::{Batch, DecodeRow};
+use super::blocks::Blocks;
 use super::kernels::{RowIn, MAX_TOP};
-use super::kv::{Access, KvCache};
+use super::kv::{Access, CacheShape, KvCache};
 use super::model::Transformer;
-use super::plan::{Batcher, SeqId};
+use super::plan::{Batcher, CacheEvents, SeqId};
 use super::step_counts::{self, StepCounts};
 use super::text::TextCodec;
 use super::token_stats;
 use crate::engine::FinishReason;
-use crate::engine::{Drawing, EngineError, SequenceOutput, SequenceRequest};
+use crate::engine::{Drawing, EngineError, KvCacheState, SequenceOutput, SequenceRequest};
 use crate::stats::distribution::{Alternative, Truncation, Workspace};
 use crate::stats::sampling::{SamplingMask, TokenRecord, TokenSampler};
 use crate::telemetry::metrics;
@@ -40,11 +43,25 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<SequenceOutput, EngineError>>,
 }
 
+/// What the loop is sent.
+pub enum Message {
+    /// A sequence to generate.
+    Generate(Job),
+    /// Empty the prefix cache; the count of blocks dropped goes back.
+    Flush(oneshot::Sender<usize>),
+}
+
 /// Limits of the loop.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Cache slots: sequences running at once.
-    pub slots: usize,
+    /// Sequences running at once.
+    pub max_running: usize,
+    /// Most KV cache blocks (of [`BLOCK_SIZE`] positions): at least one sequence of the
+    /// model's whole context, so that any one sequence fits and preemption always ends.
+    pub kv_blocks: usize,
+    /// Keep the full blocks of finished sequences for later requests (the prefix cache); off,
+    /// blocks are found only while a running sequence holds them.
+    pub prefix_cache: bool,
     /// Prompt tokens prefilled per iteration (and per forward).
     pub prefill_chunk: usize,
     /// entroll's device kernels: rows measured and drawn where the logits are, the cache read
@@ -52,6 +69,10 @@ pub struct Limits {
     /// thread per row; the cache through candle's operations.
     pub device_kernels: bool,
 }
+
+/// Positions per KV cache block (vLLM's default; a block of one key/value head is then
+/// `16 · head_dim` contiguous elements, 2 KB at 64 in bf16).
+pub const BLOCK_SIZE: usize = 16;
 
 /// What the loop keeps of a sequence besides the bookkeeping in [`Batcher`].
 struct Sequence {
@@ -76,17 +97,29 @@ pub struct Scheduler {
     next_id: SeqId,
     /// Source of keys for sequences drawn without a seed (the engine-sampler baseline).
     unseeded: u64,
+    /// The cache events last counted in the metrics.
+    published: CacheEvents,
+    /// The cache's state as `/info` reads it.
+    state: Arc<Mutex<KvCacheState>>,
 }
 
 impl Scheduler {
     /// A loop over `model` with an empty cache.
     pub fn new(model: Transformer, text: Arc<TextCodec>, limits: Limits) -> Self {
         let a = model.arch();
+        let kv_blocks = limits.kv_blocks;
+        assert!(
+            kv_blocks * BLOCK_SIZE >= a.max_context,
+            "a KV cache of {kv_blocks} blocks cannot hold one sequence of the model's context"
+        );
         let cache = KvCache::new(
-            a.layers,
-            limits.slots,
-            a.kv_width(),
-            a.max_context,
+            CacheShape {
+                layers: a.layers,
+                kv_heads: a.kv_heads,
+                head_dim: a.head_dim,
+                block_size: BLOCK_SIZE,
+                max_blocks: kv_blocks,
+            },
             model.dtype(),
             model.device(),
             if limits.device_kernels {
@@ -95,8 +128,9 @@ impl Scheduler {
                 Access::Candle
             },
         );
+        let blocks = Blocks::new(BLOCK_SIZE, kv_blocks, limits.prefix_cache);
         Self {
-            batcher: Batcher::new(limits.slots, limits.prefill_chunk),
+            batcher: Batcher::new(limits.max_running, limits.prefill_chunk, blocks),
             model,
             text,
             cache,
@@ -106,22 +140,28 @@ impl Scheduler {
             unseeded: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
+            published: CacheEvents::default(),
+            state: Arc::default(),
         }
     }
 
-    /// Runs a one-token prompt and one decode step on slot 0, then empties the cache: a setting
+    /// The cache's state, updated after every iteration.
+    pub fn cache_state(&self) -> Arc<Mutex<KvCacheState>> {
+        self.state.clone()
+    }
+
+    /// Runs a one-token prompt and one decode step in block 0, then empties the cache: a setting
     /// the model cannot run on its device (a dtype with an operation missing, say) fails here,
     /// when the server starts, instead of failing every request.
     pub fn probe(&mut self) -> Result<(), String> {
         let prompt = Batch::Prompt {
-            slot: 0,
+            blocks: vec![0],
             start: 0,
             tokens: vec![0],
-            copies: Vec::new(),
         };
         let decode = Batch::Decode {
             rows: vec![DecodeRow {
-                slot: 0,
+                blocks: vec![0],
                 position: 1,
                 token: 0,
             }],
@@ -147,19 +187,24 @@ impl Scheduler {
     }
 
     /// Runs until every sender of `jobs` is gone and no sequence is left.
-    pub fn run(mut self, jobs: Receiver<Job>) {
+    pub fn run(mut self, jobs: Receiver<Message>) {
+        self.publish_cache();
         loop {
             if self.batcher.is_idle() {
-                // Idle: give the cache's memory back until the next sequence arrives.
-                self.cache.clear();
+                // Idle: give the cache's memory back until the next sequence arrives, unless
+                // the prefix cache holds blocks.
+                if self.batcher.release_memory() {
+                    self.cache.clear();
+                    self.publish_cache();
+                }
                 match jobs.recv() {
-                    Ok(job) => self.accept_job(job),
+                    Ok(message) => self.accept(message),
                     Err(_) => return,
                 }
             }
             loop {
                 match jobs.try_recv() {
-                    Ok(job) => self.accept_job(job),
+                    Ok(message) => self.accept(message),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) if self.batcher.is_idle() => return,
                     Err(TryRecvError::Disconnected) => break,
@@ -184,8 +229,21 @@ impl Scheduler {
                     "the engine panicked (a bug); the server's log has the details".to_string()
                 }
             };
-            for id in self.batcher.clear_running() {
+            let failed = self.batcher.clear_running();
+            self.publish_cache();
+            for id in failed {
                 self.answer(id, Err(EngineError::Generation(failure.clone())));
+            }
+        }
+    }
+
+    fn accept(&mut self, message: Message) {
+        match message {
+            Message::Generate(job) => self.accept_job(job),
+            Message::Flush(reply) => {
+                let dropped = self.batcher.flush();
+                self.publish_cache();
+                let _ = reply.send(dropped);
             }
         }
     }
@@ -197,6 +255,16 @@ impl Scheduler {
             let _ = job.reply.send(Err(EngineError::InvalidPrompt(
                 "the prompt has no tokens".into(),
             )));
+            return;
+        }
+        // A context beyond the model's would never be admitted and would hold up the queue
+        // (the HTTP layer refuses such prompts first).
+        let context = job.request.prompt.len() + job.request.drawn.len();
+        if context > self.model.arch().max_context {
+            let _ = job.reply.send(Err(EngineError::InvalidPrompt(format!(
+                "{context} tokens are beyond the model's context of {}",
+                self.model.arch().max_context
+            ))));
             return;
         }
         // Tokens drawn before an interruption are prefilled after the prompt and go on counting
@@ -224,11 +292,32 @@ impl Scheduler {
     fn step(&mut self) -> candle_core::Result<()> {
         self.drop_cancelled();
         self.answer_interrupted();
-        for copy in self.batcher.admit() {
-            self.cache.copy_prefix(copy.from, copy.to, copy.rows)?;
-        }
-        self.prefill()?;
-        self.decode()
+        self.batcher.admit();
+        let result = self.prefill().and_then(|()| self.decode());
+        self.publish_cache();
+        result
+    }
+
+    /// The cache's block counts and events, to the metrics and the state `/info` reads.
+    fn publish_cache(&mut self) {
+        let c = self.batcher.counts();
+        metrics::kv_blocks(c.limit, c.allocated, c.used, c.shared, c.cached);
+        let events = self.batcher.events();
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = KvCacheState {
+            block_size: BLOCK_SIZE,
+            blocks_total: c.limit,
+            blocks_allocated: c.allocated,
+            blocks_used: c.used,
+            blocks_shared: c.shared,
+            blocks_cached: c.cached,
+            preemptions: events.preemptions,
+            prefix_hit_blocks: events.prefix_hits,
+        };
+        metrics::kv_events(
+            events.preemptions - self.published.preemptions,
+            events.prefix_hits - self.published.prefix_hits,
+        );
+        self.published = events;
     }
 
     /// Forgets the sequences whose caller left (their answer channel is closed).
@@ -247,7 +336,7 @@ impl Scheduler {
     }
 
     /// Answers the sequences whose [`crate::engine::Interrupt`] was set with what they drew so
-    /// far, and frees their slots.
+    /// far, and releases their blocks.
     fn answer_interrupted(&mut self) {
         let interrupted: Vec<SeqId> = self
             .sequences
@@ -289,8 +378,16 @@ impl Scheduler {
         Ok(())
     }
 
-    /// One forward for the last drawn token of every sequence that has one.
+    /// One forward for the last drawn token of every sequence that has one, after giving each
+    /// the block its position needs.
     fn decode(&mut self) -> candle_core::Result<()> {
+        let prep = self.batcher.prepare_decode();
+        if !prep.copies.is_empty() {
+            self.cache.reserve(self.batcher.blocks().allocated())?;
+        }
+        for copy in prep.copies {
+            self.cache.copy_block(copy.from, copy.to, copy.rows)?;
+        }
         let (ids, batch) = self.batcher.next_decode();
         if ids.is_empty() {
             return Ok(());
@@ -466,10 +563,17 @@ impl Scheduler {
         None
     }
 
-    /// Answers the ended sequences, with their output or their failure, and frees their slots.
+    /// Answers the ended sequences, with their output or their failure, after releasing their
+    /// blocks (what a caller reads of the cache once answered counts them released).
     fn retire(&mut self, ended: Vec<(SeqId, Result<(), EngineError>)>) {
+        if ended.is_empty() {
+            return;
+        }
+        for (id, _) in &ended {
+            self.batcher.remove(*id);
+        }
+        self.publish_cache();
         for (id, end) in ended {
-            self.batcher.remove(id);
             let answer = end.map(|()| self.output(&self.sequences[&id]));
             self.answer(id, answer);
         }

@@ -104,18 +104,25 @@ mod tests {
     fn the_engine_waits_for_the_device_only_through_this_module() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine/native");
         let mut read = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.file_name() == Some(std::ffi::OsStr::new("step_counts.rs")) {
-                continue;
+        let mut folders = vec![dir.clone()];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    folders.push(path);
+                    continue;
+                }
+                if path.file_name() == Some(std::ffi::OsStr::new("step_counts.rs")) {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                read += 1;
+                assert!(
+                    !text.contains(".synchronize()"),
+                    "{} waits for the device directly: use step_counts::synchronize",
+                    path.display()
+                );
             }
-            let text = std::fs::read_to_string(&path).unwrap();
-            read += 1;
-            assert!(
-                !text.contains(".synchronize()"),
-                "{} waits for the device directly: use step_counts::synchronize",
-                path.display()
-            );
         }
         assert!(read > 10, "{read} files of {}", dir.display());
     }
