@@ -157,7 +157,8 @@ ENT_HD void att_phase_values(uint32_t t, uint32_t n, const AttShape& a, const At
   for (uint32_t o = t; o < groups * d; o += n) {
     uint32_t g = o / d, i = o % d;
     float acc = s.acc[o] * s.alpha[g];
-    for (uint32_t j = 0; j < len; ++j) acc = acc + s.w[g][j] * att_load(v, att_row(a, b, start + j) + i);
+    for (uint32_t j = 0; j < len; ++j)
+      acc = acc + s.w[g][j] * att_load(v, att_row(a, b, start + j) + i);
     s.acc[o] = acc;
   }
 }

@@ -8,8 +8,8 @@
 //! every position of which was computed is registered under a key derived from its tokens and
 //! every token before it; when its last reference goes it stays cached (with `retain`) until a
 //! block is needed and none is free (least recently used first out, before the tensors grow) or
-//! the cache is flushed. So the prefix cache lives in the memory the sequences needed anyway. [`super::kv`] holds the
-//! tensors; block `b` is the same block there.
+//! the cache is flushed. So the prefix cache lives in the memory the sequences needed anyway.
+//! [`super::kv`] holds the tensors; block `b` is the same block there.
 
 use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;

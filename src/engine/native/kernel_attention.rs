@@ -1,7 +1,8 @@
 //! The attention and cache-copy kernels of `kernels/attention.cuh` as candle operations. On
 //! CUDA the PTX runs (attention: one block per query token and key/value head, reading the
-//! paged cache in place through each token's block table; copies: a thread per element); on the CPU the harness runs the same source.
-//! The native engine uses them when its device kernels are on (`device_kernels`).
+//! paged cache in place through each token's block table; copies: a thread per element); on
+//! the CPU the harness runs the same source. The native engine uses them when its device
+//! kernels are on (`device_kernels`).
 
 use candle_core::{CpuStorage, CustomOp3, DType, InplaceOp2, Layout, Shape};
 

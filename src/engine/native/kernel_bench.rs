@@ -150,8 +150,8 @@ pub fn token_stats(device: &Device, sizes: &Sizes) -> candle_core::Result<Vec<Ti
 }
 
 /// The attention kernel for `rows` query tokens, one per sequence at the last position of each
-/// context (each sequence's blocks its own, interleaved with the others'), on the Qwen2-1.5B shape (12 query heads, 2 key/value heads of 128) in bf16 on a GPU
-/// (float32 on the CPU).
+/// context (each sequence's blocks its own, interleaved with the others'), on the Qwen2-1.5B
+/// shape (12 query heads, 2 key/value heads of 128) in bf16 on a GPU (float32 on the CPU).
 pub fn attention(device: &Device, sizes: &Sizes) -> candle_core::Result<Vec<Timing>> {
     let dtype = if device.is_cpu() {
         DType::F32

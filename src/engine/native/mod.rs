@@ -13,8 +13,8 @@
 //! token-statistics kernel where the logits are ([`token_stats`]: the same tokens, statistics
 //! equal within float32 rounding), attention by [`kernel_attention`] over the cache in place.
 //! Dropping a `generate` future closes its answer channel; the loop releases that sequence's
-//! blocks at the next step. Setting its interrupt answers it there with what it drew; a request with
-//! tokens already drawn prefills them after its prompt and draws on from their count.
+//! blocks at the next step. Setting its interrupt answers it there with what it drew; a request
+//! with tokens already drawn prefills them after its prompt and draws on from their count.
 
 mod attention;
 mod batch;

@@ -13,8 +13,9 @@
 //! prompt their leader prefilled; the partial last block is copied when a sample first writes
 //! into it. When a decode step finds no block, the most recently admitted sequence is preempted:
 //! its blocks go back (with the prefix cache on, its full ones stay findable until reused) and
-//! it waits at the front of the queue with its prompt and every token it drew, to be prefilled again and to draw on at the
-//! same index, so its tokens and statistics are those of a run that was never preempted.
+//! it waits at the front of the queue with its prompt and every token it drew, to be prefilled
+//! again and to draw on at the same index, so its tokens and statistics are those of a run that
+//! was never preempted.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
