@@ -64,10 +64,11 @@ def smooth(xs: list[float], window: int = 5) -> list[float]:
 
 
 def plot(before: dict, runs: dict[str, list[dict]], png: str) -> None:
-    """Six panels: rollout pass rate, token-mean entropy and top-p entropy (5-step means, as
-    single steps of a few prompts are noisy), AER's α, SIREN's peak top-p entropy against its
-    anchor, held-out pass@1 before and after."""
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    """Eight panels: rollout pass rate, token-mean entropy and top-p entropy (5-step means, as
+    single steps of a few prompts are noisy), the gradient norm of each term, AER's α, SIREN's
+    peak top-p entropy against its anchor, the ratio's drift over a step's updates, held-out
+    pass@1 before and after."""
+    fig, axes = plt.subplots(2, 4, figsize=(20, 8))
     panels = [
         ("pass_rate", "rollout pass rate (5-step mean; band: seeds)"),
         ("entropy_mean", "token-mean entropy, nats (5-step mean)"),
@@ -83,6 +84,17 @@ def plot(before: dict, runs: dict[str, list[dict]], png: str) -> None:
             if len(runs[method]) > 1:
                 ax.fill_between(steps, low, high, color=COLOURS[method], alpha=0.2)
         ax.set_title(title)
+    ax = axes[0, 3]
+    for method in METHODS:
+        for i, r in enumerate(runs.get(method, [])):
+            steps = [s["step"] for s in r["steps"]]
+            ax.plot(steps, [s["grad_norm_policy"] for s in r["steps"]], color=COLOURS[method], alpha=0.6,
+                    label=f"{NAMES[method]}: policy loss" if i == 0 else None)
+            if method != "drgrpo":
+                ax.plot(steps, [s["grad_norm_entropy_term"] for s in r["steps"]], color=COLOURS[method], alpha=0.6,
+                        linestyle="--", label=f"{NAMES[method]}: entropy term" if i == 0 else None)
+    ax.set_yscale("log")
+    ax.set_title("gradient norm of each term, first update of a step")
     if "aer" in runs:
         ax = axes[1, 0]
         for r in runs["aer"]:
@@ -96,9 +108,15 @@ def plot(before: dict, runs: dict[str, list[dict]], png: str) -> None:
         for r in runs["siren"]:
             steps = [s["step"] for s in r["steps"]]
             ax.plot(steps, [s["siren_anchor"] for s in r["steps"]], color=COLOURS["siren"], alpha=0.7)
-            ax.axhline(r["steps"][0]["siren_anchor_step1"], color=COLOURS["siren"], linestyle=":")
+            ax.axhline(r["steps"][0]["siren_anchor_initial"], color=COLOURS["siren"], linestyle=":")
         ax.set_title("SIREN: peak top-p entropy of the rollouts (dotted: anchor)")
     ax = axes[1, 2]
+    for method in METHODS:
+        for i, r in enumerate(runs.get(method, [])):
+            ax.plot([s["step"] for s in r["steps"]], [s["ratio_drift_max"] for s in r["steps"]], color=COLOURS[method],
+                    alpha=0.7, label=NAMES[method] if i == 0 else None)
+    ax.set_title("largest mean |ln π_θ − ln π_old| over a step's updates")
+    ax = axes[1, 3]
     labels, values, colours = ["initial"], [before["overall"]["pass@1"]], ["black"]
     for method in METHODS:
         for r in runs.get(method, []):
@@ -110,13 +128,13 @@ def plot(before: dict, runs: dict[str, list[dict]], png: str) -> None:
     ax.set_title(f"held-out pass@1 ({before['overall']['problems']} problems × {before['k']})")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-        if ax is not axes[1, 2]:
+        if ax is not axes[1, 3]:
             ax.set_xlabel("step")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle("SmolLM2-135M-Instruct on generated arithmetic: Dr.GRPO vs SIREN vs AER through entroll")
     fig.tight_layout()
-    fig.savefig(png, dpi=90)
+    fig.savefig(png, dpi=80)
     plt.close(fig)
 
 
@@ -164,6 +182,34 @@ def table(before: dict, runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def updates_table(runs: dict[str, list[dict]]) -> str:
+    """The Markdown table of what each term does to the update: per method, the gradient norms
+    of the policy loss and of the entropy term at each step's first update (their median over
+    steps, per seed), their ratio, and over all updates the ratio's largest drift and the share
+    of tokens the clip acted on."""
+    lines = [
+        "| run | steps | ‖∇ policy loss‖, median | ‖∇ entropy term‖, median | entropy / policy, median (range over steps) | largest mean \\|ln π_θ − ln π_old\\| | clipped tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method in METHODS:
+        for r in runs.get(method, []):
+            steps = r["steps"]
+            ratios = [s["grad_norm_entropy_term"] / s["grad_norm_policy"] for s in steps if s["grad_norm_policy"] > 0]
+            lines.append(
+                "| {} s{} | {} | {:.3g} | {} | {} | {:.3g} | {:.2%} |".format(
+                    NAMES[method],
+                    r["seed"],
+                    len(steps),
+                    statistics.median(s["grad_norm_policy"] for s in steps),
+                    "–" if method == "drgrpo" else f"{statistics.median(s['grad_norm_entropy_term'] for s in steps):.3g}",
+                    "–" if method == "drgrpo" or not ratios else f"{statistics.median(ratios):.3g} ({min(ratios):.2g}–{max(ratios):.2g})",
+                    max(s["ratio_drift_max"] for s in steps),
+                    statistics.fmean(s["clip_fraction"] for s in steps),
+                )
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Plot and tabulate the learning demo")
     p.add_argument("out")
@@ -174,7 +220,7 @@ def main(argv=None) -> int:
     if not runs:
         raise SystemExit(f"{args.out}/runs holds no runs")
     plot(before, runs, args.png)
-    text = table(before, runs)
+    text = table(before, runs) + "\n" + updates_table(runs)
     with open(args.table, "w") as f:
         f.write(text)
     print(text, end="")

@@ -69,3 +69,19 @@ def test_table_windows_are_over_the_first_and_last_five_steps(tmp_path):
     assert row[3] == "0.350 (0.300–0.400) → 0.550 (0.500–0.600)"
     assert row[6] == "0.250 (0.200–0.300)"
     assert row[9].startswith("2.0")
+
+
+def test_updates_table_reports_each_terms_gradient_norm_and_the_drift():
+    def step(i, g_pg, g_term, drift, clipped):
+        return {"step": i, "grad_norm_policy": g_pg, "grad_norm_entropy_term": g_term, "ratio_drift_max": drift, "clip_fraction": clipped}
+
+    runs = {
+        "siren": [{"seed": 0, "steps": [step(1, 2.0, 1.0, 0.01, 0.0), step(2, 4.0, 0.4, 0.03, 0.1), step(3, 1.0, 0.3, 0.02, 0.2)]}],
+        "drgrpo": [{"seed": 1, "steps": [step(1, 3.0, 0.0, 0.05, 0.3)]}],
+    }
+    rows = learning.updates_table(runs).splitlines()
+    assert rows[2].split(" | ")[0] == "| Dr.GRPO s1" and rows[2].split(" | ")[3] == "–"
+    siren = rows[3].split(" | ")
+    # Medians: policy 2.0, entropy term 0.4; ratios 0.5, 0.1, 0.3 -> median 0.3.
+    assert siren[2:6] == ["2", "0.4", "0.3 (0.1–0.5)", "0.03"]
+    assert siren[6] == "10.00% |"
