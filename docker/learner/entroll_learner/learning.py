@@ -87,12 +87,13 @@ def plot(before: dict, runs: dict[str, list[dict]], png: str) -> None:
     ax = axes[0, 3]
     for method in METHODS:
         for i, r in enumerate(runs.get(method, [])):
-            steps = [s["step"] for s in r["steps"]]
-            ax.plot(steps, [s["grad_norm_policy"] for s in r["steps"]], color=COLOURS[method], alpha=0.6,
+            measured = [s for s in r["steps"] if s["grad_norm_policy"] is not None]
+            steps = [s["step"] for s in measured]
+            ax.plot(steps, [s["grad_norm_policy"] for s in measured], color=COLOURS[method], alpha=0.6, marker=".",
                     label=f"{NAMES[method]}: policy loss" if i == 0 else None)
             if method != "drgrpo":
-                ax.plot(steps, [s["grad_norm_entropy_term"] for s in r["steps"]], color=COLOURS[method], alpha=0.6,
-                        linestyle="--", label=f"{NAMES[method]}: entropy term" if i == 0 else None)
+                ax.plot(steps, [max(s["grad_norm_entropy_term"], 1e-6) for s in measured], color=COLOURS[method], alpha=0.6,
+                        marker=".", linestyle="--", label=f"{NAMES[method]}: entropy term" if i == 0 else None)
     ax.set_yscale("log")
     ax.set_title("gradient norm of each term, first update of a step")
     if "aer" in runs:
@@ -188,12 +189,12 @@ def updates_table(runs: dict[str, list[dict]]) -> str:
     steps, per seed), their ratio, and over all updates the ratio's largest drift and the share
     of tokens the clip acted on."""
     lines = [
-        "| run | steps | ‖∇ policy loss‖, median | ‖∇ entropy term‖, median | entropy / policy, median (range over steps) | largest mean \\|ln π_θ − ln π_old\\| | clipped tokens |",
+        "| run | steps measured | ‖∇ policy loss‖, median | ‖∇ entropy term‖, median | entropy / policy, median (range over steps) | largest mean \\|ln π_θ − ln π_old\\| | clipped tokens |",
         "|---|---|---|---|---|---|---|",
     ]
     for method in METHODS:
         for r in runs.get(method, []):
-            steps = r["steps"]
+            steps = [s for s in r["steps"] if s["grad_norm_policy"] is not None]
             ratios = [s["grad_norm_entropy_term"] / s["grad_norm_policy"] for s in steps if s["grad_norm_policy"] > 0]
             lines.append(
                 "| {} s{} | {} | {:.3g} | {} | {} | {:.3g} | {:.2%} |".format(
@@ -203,8 +204,8 @@ def updates_table(runs: dict[str, list[dict]]) -> str:
                     statistics.median(s["grad_norm_policy"] for s in steps),
                     "–" if method == "drgrpo" else f"{statistics.median(s['grad_norm_entropy_term'] for s in steps):.3g}",
                     "–" if method == "drgrpo" or not ratios else f"{statistics.median(ratios):.3g} ({min(ratios):.2g}–{max(ratios):.2g})",
-                    max(s["ratio_drift_max"] for s in steps),
-                    statistics.fmean(s["clip_fraction"] for s in steps),
+                    max(s["ratio_drift_max"] for s in r["steps"]),
+                    statistics.fmean(s["clip_fraction"] for s in r["steps"]),
                 )
             )
     return "\n".join(lines) + "\n"

@@ -186,6 +186,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--siren-anchor", type=float, help="SIREN's anchor, as recorded by an earlier run (skips the initial batch)")
     p.add_argument("--aer-h0", type=float, help="AER's initial entropy H0, as recorded by an earlier run (skips the initial batch)")
+    p.add_argument(
+        "--grad-norms-every",
+        type=int,
+        default=1,
+        help="log the gradient norm of each term apart every this many steps (at the step's first update; it costs a second backward pass)",
+    )
     p.add_argument("--mini-batches", type=int, default=1, help="policy updates per epoch over each step's batch")
     p.add_argument("--epochs", type=int, default=1, help="passes over each step's batch")
     # AER's paper could not be read (docs/learning.md): every AER setting below is this
@@ -206,7 +212,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--replicas", default="", help="comma-separated replica URLs to wait for (default: --url)")
     p.add_argument("--max-staleness", type=int, help="off-policy: accept rollouts this many versions old; default: wait for every replica")
     args = p.parse_args(argv)
-    for name in ("mini_batches", "epochs", "steps", "prompts_per_step", "group_size"):
+    for name in ("mini_batches", "epochs", "steps", "prompts_per_step", "group_size", "grad_norms_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.micro_batch_tokens < 0:
@@ -285,7 +291,8 @@ def main(argv=None) -> int:
         t1 = time.time()
         if not samples:
             raise SystemExit(f"step {step}: every sample came back empty")
-        updates, norms = [], (0.0, 0.0)
+        updates, norms = [], (None, None)
+        measure = (step - 1) % args.grad_norms_every == 0
         for epoch in range(args.epochs):
             for chunk in range(args.mini_batches):
                 members = [s for s in samples if chunk_of[s[0]] == chunk]
@@ -297,10 +304,12 @@ def main(argv=None) -> int:
                     terms = [losses.sequence_terms(model, ids, smp, args.temperature, stats, args.method) for _, ids, smp, _ in members]
                 pg, entropy_term, current, micro = objective(terms, [w for *_, w in members], args, initial["siren_anchor"], alpha)
                 optimizer.zero_grad()
-                if updates:
+                if updates or not measure:
                     (pg + entropy_term).backward()
                 else:
-                    norms = backward_with_term_norms(pg, entropy_term, params)
+                    # AER's term at α = 0 is 0 with a zero gradient: no second pass needed.
+                    term = entropy_term if alpha != 0 else entropy_term.detach()
+                    norms = backward_with_term_norms(pg, term, params)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).item()
                 optimizer.step()
                 tokens = sum(t.length for t in terms)
