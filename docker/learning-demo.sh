@@ -35,8 +35,8 @@ OUT=$(realpath -m "${OUT:-target/learning-demo}")
 # last number (an instruction to box the answer lowered its pass rate).
 INSTRUCTION=${INSTRUCTION:-}
 # SIREN's beta and AER's controller are set for this task (docs/learning.md says why). One
-# update per step: with `--mini-batches 4` a step's training takes about twice as long here
-# (the forward passes no longer run while entroll streams).
+# update per step, as the runs before; `--mini-batches 4` took about as long a step here
+# (docs/learning.md).
 # Each term's gradient norm every third step (steps 1, 4, ..., 16): each costs a second backward
 # pass, about 25 s here.
 read -r -a extra <<< "${LEARNER_ARGS:---prompts-per-step 4 --group-size 8 --lr 2e-5 --beta 1 --aer-alpha 0.005 --aer-eta 0.1 --aer-alpha-max 1 --grad-norms-every 3}"

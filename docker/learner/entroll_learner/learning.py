@@ -89,13 +89,13 @@ def plot(before: dict, runs: dict[str, list[dict]], png: str) -> None:
         for i, r in enumerate(runs.get(method, [])):
             measured = [s for s in r["steps"] if s["grad_norm_policy"] is not None]
             steps = [s["step"] for s in measured]
-            ax.plot(steps, [s["grad_norm_policy"] for s in measured], color=COLOURS[method], alpha=0.6, marker=".",
+            ax.plot(steps, [max(s["grad_norm_policy"], 1e-6) for s in measured], color=COLOURS[method], alpha=0.6, marker=".",
                     label=f"{NAMES[method]}: policy loss" if i == 0 else None)
             if method != "drgrpo":
                 ax.plot(steps, [max(s["grad_norm_entropy_term"], 1e-6) for s in measured], color=COLOURS[method], alpha=0.6,
                         marker=".", linestyle="--", label=f"{NAMES[method]}: entropy term" if i == 0 else None)
     ax.set_yscale("log")
-    ax.set_title("gradient norm of each term, first update of a step")
+    ax.set_title("each term's gradient norm, 1st update (0 at 1e-6)")
     if "aer" in runs:
         ax = axes[1, 0]
         for r in runs["aer"]:
@@ -133,7 +133,8 @@ def plot(before: dict, runs: dict[str, list[dict]], png: str) -> None:
             ax.set_xlabel("step")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle("SmolLM2-135M-Instruct on generated arithmetic: Dr.GRPO vs SIREN vs AER through entroll")
+    names = " vs ".join(NAMES[m] for m in METHODS if m in runs)
+    fig.suptitle(f"SmolLM2-135M-Instruct on generated arithmetic: {names} through entroll")
     fig.tight_layout()
     fig.savefig(png, dpi=80)
     plt.close(fig)
