@@ -253,7 +253,6 @@ def main(argv=None) -> int:
         aer.h0 = initial["aer_h0"]
     saved: list[str] = []
     per_step = args.prompts_per_step * args.group_size
-    updates_per_step = args.mini_batches * args.epochs
     # The sample at request position k (prompt · G + sample) belongs to mini-batch k·M // N, so
     # mini-batches hold whole groups when M divides the prompts, in request order as verl splits
     # its batch; the first one's forward passes run while entroll streams.
@@ -383,8 +382,8 @@ def main(argv=None) -> int:
             "logprob_gap": head["ratio_drift"],
             "ratio_drift_max": max(u["ratio_drift"] for u in updates),
             "clip_fraction": sum(u["clip_fraction"] * u["tokens"] for u in updates) / sum(u["tokens"] for u in updates),
-            "updates": len(updates) if updates_per_step > 1 else 1,
-            "per_update": updates if updates_per_step > 1 else None,
+            "updates": len(updates),
+            "per_update": updates if len(updates) > 1 else None,
             "grad_norm": head["grad_norm"],
             "rollout_s": round(rollout_s, 2),
             "forward_while_streaming_s": round(forward_s, 2),
