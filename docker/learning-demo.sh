@@ -13,8 +13,8 @@
 # HELDOUT the most held-out questions (distinct, never trained on; level 1 has 43); K samples
 # per held-out question; MAX_TOKENS per sample; LEARNER_ARGS more learner flags.
 # Output in $OUT (default target/learning-demo): data/, before.json, runs/<method>-s<seed>/
-# (steps.jsonl, after.json, entroll.log), training.png, results.md; with DOCS set, the plot and
-# the table are copied there too.
+# (steps.jsonl, after.json, entroll.log), training.png, results.md; with DOCS set, the runs' data
+# are copied there and the plot and the table drawn from all the runs it holds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source loadtest/lib.sh
@@ -61,6 +61,23 @@ echo "== the initial policy on $HELDOUT held-out problems" >&2
 start_entroll "$bin" "$OUT/entroll-before.log" --model "$model"
 evaluate "$ENTROLL_URL" "$OUT/before.json"
 stop
+if [ -n "${DOCS:-}" ]; then
+  # Runs join those in $DOCS only where the initial policy's evaluation is the same one: the
+  # same scores and, per problem, the same samples' outcomes, lengths and entropies: the same
+  # problems, model, binary and settings, and the same CPU (on an Intel Xeon the evaluation
+  # counted 80 correct samples of 344 where AMD EPYCs counted 79: docs/learning.md). The wall
+  # time, the URL and the files' paths may differ.
+  DOCS=$(realpath -m "$DOCS")
+  same_evaluation='import json, sys
+def key(path):
+    r = json.load(open(path))
+    return r["k"], r["sampling"], r["overall"], [d["problems"] for d in r["datasets"].values()]
+sys.exit(key(sys.argv[1]) != key(sys.argv[2]))'
+  if [ -f "$DOCS/before.json" ] && ! "$python" -c "$same_evaluation" "$DOCS/before.json" "$OUT/before.json"; then
+    echo "learning-demo: $DOCS/before.json is another initial evaluation than this run's; move $DOCS/before.json and $DOCS/runs away to start afresh there" >&2
+    exit 1
+  fi
+fi
 
 for seed in $SEEDS; do
   for method in $METHODS; do
@@ -83,7 +100,17 @@ done
 
 (cd docker/learner && "$python" -m entroll_learner.learning "$OUT" --png "$OUT/training.png" --table "$OUT/results.md")
 if [ -n "${DOCS:-}" ]; then
-  mkdir -p "$DOCS"
-  cp "$OUT/training.png" "$DOCS/training.png"
-  cp "$OUT/results.md" "$DOCS/results.md"
+  # The figures' data go with them (each run's steps, evaluation, anchor, wall time and commit),
+  # so the plot and the table can be drawn again, and a method run later (METHODS=...) joins
+  # the runs already there (checked above: the same initial evaluation).
+  mkdir -p "$DOCS/runs"
+  cp "$OUT/before.json" "$DOCS/before.json"
+  for run in "$OUT"/runs/*-s*; do
+    rm -rf "$DOCS/runs/${run##*/}"
+    mkdir -p "$DOCS/runs/${run##*/}"
+    cp "$run"/{steps.jsonl,after.json,seconds} "$DOCS/runs/${run##*/}/"
+    [ ! -f "$run/anchor.json" ] || cp "$run/anchor.json" "$DOCS/runs/${run##*/}/"
+    git rev-parse HEAD > "$DOCS/runs/${run##*/}/commit"
+  done
+  (cd docker/learner && "$python" -m entroll_learner.learning "$DOCS" --png "$DOCS/training.png" --table "$DOCS/results.md")
 fi
