@@ -127,7 +127,7 @@ def main():
                  f"{equal}/{len(answer['groups'])} groups", equal == len(answer["groups"])))
 
     # On the CPU the engine's reductions do not depend on the batch, so a group draws the same
-    # bytes alone and beside others (tests/oracle.rs proves it); on a GPU that is what this
+    # bytes alone and beside others (tests/model/oracle.rs proves it); on a GPU that is what this
     # check finds out, so there it is reported.
     alone = call(url, "/rollouts", dict(sampled, prompts=sampled["prompts"][:1]))
     batched = samples(first)[:4]

@@ -3,8 +3,8 @@
 //! flight, streamed answers, sampling masks, what errors and logs reveal) on servers in this
 //! process (the `entroll` binary where a test needs its environment or its log), on a tiny
 //! random Llama, in one test binary.
-//! `scripts/test-fast` runs it with the unit tests; the real-model tier (the other files of
-//! `tests/`) runs the `entroll` binary on the default model.
+//! `scripts/test-fast` runs it with the unit tests; the real-model tier (`tests/model`) runs
+//! the `entroll` binary on the default model.
 
 #[path = "../common/mod.rs"]
 mod common;

@@ -1,7 +1,7 @@
 //! Rewards on the tiny random model: its samples hold no answer, so every verdict is checked
 //! against the verifier run here and every group field and advantage against its definition on
 //! an all-wrong group (zero variance: advantages 0 under every estimator). The real-model tier
-//! (`tests/rewards.rs`) covers groups with correct samples.
+//! (`tests/model/rewards.rs`) covers groups with correct samples.
 
 use serde_json::json;
 

@@ -245,7 +245,9 @@ def main(argv=None) -> int:
     stats = server.info()["defaults"]["stats"]
     params = [p for p in model.parameters() if p.requires_grad]
     initial = {"siren_anchor": args.siren_anchor, "aer_h0": args.aer_h0, "from": "the command line"}
-    if args.method != "drgrpo" and (args.siren_anchor if args.method == "siren" else args.aer_h0) is None:
+    if args.method == "drgrpo":
+        initial["from"] = "none: Dr.GRPO takes no anchor"
+    elif (args.siren_anchor if args.method == "siren" else args.aer_h0) is None:
         initial = dict(initial_batch(server, problems, args, stats, version), **{"from": "the initial batch"})
     with open(os.path.join(args.out, "anchor.json"), "w") as f:
         json.dump(initial, f, indent=2)

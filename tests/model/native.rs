@@ -1,7 +1,7 @@
 //! The native engine's batching, seen through the public API and its metrics: the samples of
 //! a group share one prefill, and sequences join and leave a running batch between steps.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

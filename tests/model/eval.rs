@@ -4,7 +4,7 @@
 //! /rollouts directly, with the seed the report gives, must draw the same samples and the same
 //! verdicts; and the report must not depend on how many problems were in flight.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

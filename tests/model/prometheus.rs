@@ -1,7 +1,7 @@
 //! A real Prometheus (Debian's `prometheus` package) scrapes a real entroll serving the real
 //! model; what it stores must agree with the rollout responses.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

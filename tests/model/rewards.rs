@@ -4,7 +4,7 @@
 //! seeded request, takes the answer the verifier extracts from one sample as the gold answer,
 //! and runs the same request again (same seed, same samples) under each estimator.
 
-mod common;
+use crate::common;
 
 use common::{check_rewards, rollout, samples, server};
 use serde_json::{json, Value};

@@ -1,6 +1,6 @@
 //! `/rollouts`, `/health` and `/info` on the real server, engine and model.
 
-mod common;
+use crate::common;
 
 use common::{check_sample, floats, quantile_linear, rollout, samples, server};
 use serde_json::json;

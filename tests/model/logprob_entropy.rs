@@ -2,7 +2,7 @@
 //! drawn from: at T = 1 and top_p = 1, E[-ln pi(y_t)] = H_t at every step, so over many tokens
 //! the mean of d_t = -logprob_t - entropy_t is zero within its standard error.
 
-mod common;
+use crate::common;
 
 use common::{floats, rollout, samples, server};
 use serde_json::json;

@@ -13,7 +13,7 @@
 //! attention and matmuls in a different order); a wrong RoPE pairing, mask or head grouping
 //! moves them by 0.01–1 nats.
 
-mod common;
+use crate::common;
 
 use serde_json::{json, Value};
 
