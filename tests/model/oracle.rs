@@ -567,14 +567,19 @@ async fn leader_leaves(during_prefill: bool) {
         });
         let start = metric(&s.base, PREFILL).await;
         let holding = send(&holder);
-        // Its prompt is computed (the counter then holds nothing of the two requests).
         wait_metric(&s.base, PREFILL, start + 5.0).await;
         wait_metric(&s.base, "entroll_sequences_running", 2.0).await;
+        let steps = metric(&s.base, "entroll_engine_decode_batch_count").await;
+        wait_metric(&s.base, "entroll_engine_decode_batch_count", steps + 2.0).await;
+        // Both of its samples run and decode, so its prompt is computed: 5 tokens, or 10 where
+        // its second sample reached the engine after the first's prefill and computed the
+        // prompt's partial block again (a loaded machine). From here the count is the two
+        // requests' alone.
+        let before = metric(&s.base, PREFILL).await;
         let leader = send(&request);
         tokio::time::sleep(Duration::from_millis(100)).await;
         let follower = send(&request);
         wait_metric(&s.base, "entroll_sequences_waiting", 2.0).await;
-        let before = start + 5.0;
         holding.abort();
         if during_prefill {
             wait_metric(&s.base, PREFILL, before + 64.0).await;
