@@ -230,6 +230,26 @@ pub fn floats(sample: &Value, field: &str) -> Vec<f64> {
         .collect()
 }
 
+/// A JSON array of token ids.
+pub fn ids(array: &Value) -> Vec<u32> {
+    array
+        .as_array()
+        .unwrap_or_else(|| panic!("{array} is not an array of token ids"))
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// A boolean array field (such as `peak`).
+pub fn flags(sample: &Value, field: &str) -> Vec<bool> {
+    sample[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("{field} is not an array"))
+        .iter()
+        .map(|b| b.as_bool().unwrap())
+        .collect()
+}
+
 /// `GET {base}{path}`: the response.
 async fn get(base: &str, path: &str) -> reqwest::Response {
     client()
@@ -308,12 +328,7 @@ pub fn check_sample(s: &Value, vocab: usize, max_tokens: usize, untruncated: boo
     let sum_hp: f64 = hp.iter().sum();
     assert!((s["top_p_entropy_sum"].as_f64().unwrap() - sum_hp).abs() < 1e-3);
     // Peak flags (default: response scope on top_p_entropy, q = 0.8) recomputed independently.
-    let flags: Vec<bool> = s["peak"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b.as_bool().unwrap())
-        .collect();
+    let flags = flags(s, "peak");
     let th = quantile_linear(&hp, 0.8);
     let expect: Vec<bool> = hp.iter().map(|&x| x > th).collect();
     assert_eq!(flags, expect);

@@ -10,7 +10,7 @@ use entroll::engine::native::Oracle;
 use entroll::engine::settings::DeviceKernels;
 use serde_json::{json, Value};
 
-use crate::common::{floats, post_path, rollout, samples};
+use crate::common::{floats, ids, post_path, rollout, samples};
 use crate::harness;
 
 /// The requests' sampling temperature.
@@ -25,14 +25,6 @@ fn request(top: usize) -> Value {
         "sampling": {"max_tokens": 16, "seed": 5, "temperature": TEMPERATURE, "top_p": 0.8, "top_k": 4},
         "top_logprobs": top
     })
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect()
 }
 
 /// Checks every token's alternatives in `response` against the oracle's distributions: the

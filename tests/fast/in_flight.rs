@@ -19,7 +19,7 @@ use entroll::engine::{
 };
 use serde_json::{json, Value};
 
-use crate::common::{floats, post_to, samples, Lines};
+use crate::common::{floats, ids, post_to, samples, Lines};
 use crate::harness::{self, InProcess};
 use crate::weights::{post_weights, served_version, sharper, variant};
 
@@ -303,12 +303,6 @@ async fn continue_onto_the_same_weights_draws_the_same_tokens() {
             .await,
         SAMPLES as f64
     );
-}
-
-/// A JSON array of token ids.
-fn ids(array: &Value) -> Vec<u32> {
-    let ids = array.as_array().unwrap().iter();
-    ids.map(|t| t.as_u64().unwrap() as u32).collect()
 }
 
 /// The largest difference between `logprobs` and the oracle's re-scoring of the same tokens.

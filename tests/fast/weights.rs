@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::common::{floats, post_to, samples};
+use crate::common::{floats, ids, post_to, samples};
 use crate::harness;
 use entroll::engine::native::Oracle;
 use entroll::weights::confine::REFUSED;
@@ -83,14 +83,9 @@ pub(crate) fn sharper(model: &Path, dir: &Path) {
 fn largest_difference(oracle: &Oracle, body: &Value) -> f64 {
     let mut largest = 0.0f64;
     for group in body["groups"].as_array().unwrap() {
-        let prompt: Vec<u32> = group["prompt_token_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_u64().unwrap() as u32)
-            .collect();
+        let prompt = ids(&group["prompt_token_ids"]);
         for s in group["samples"].as_array().unwrap() {
-            let tokens: Vec<u32> = floats(s, "token_ids").iter().map(|&t| t as u32).collect();
+            let tokens = ids(&s["token_ids"]);
             let rescored = oracle.rescore(&prompt, &tokens, 1.0).unwrap();
             for (a, b) in floats(s, "logprobs").iter().zip(&rescored) {
                 largest = largest.max((a - b.logprob).abs());

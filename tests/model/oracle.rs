@@ -21,7 +21,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{floats, metric, post_to, spawn_model, Server};
+use common::{floats, ids, metric, post_to, spawn_model, Server};
 use entroll::engine::native::Oracle;
 use serde_json::{json, Value};
 
@@ -81,14 +81,6 @@ impl Rng {
     fn tokens(&mut self, len: usize) -> Vec<u32> {
         (0..len).map(|_| 100 + self.below(40_000) as u32).collect()
     }
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 /// Checks every sample of `response` against the oracle (or the first of each group, for

@@ -114,12 +114,7 @@ async fn batch_peak_scope_and_inclusive_nucleus() {
     let th = quantile_linear(&every, 0.8);
     for sample in all {
         let h = floats(sample, "entropy");
-        let flags: Vec<bool> = sample["peak"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b.as_bool().unwrap())
-            .collect();
+        let flags = common::flags(sample, "peak");
         assert_eq!(flags, h.iter().map(|&x| x > th).collect::<Vec<_>>());
         // Inclusive nucleus: it reaches p unless capped, so it always has a member.
         for (&size, &mass) in floats(sample, "top_p_size")
