@@ -81,24 +81,45 @@ def test_greedy_generation_is_the_rollouts_sample(server, engine, loop):
 
 
 def test_a_disk_update_with_a_request_in_flight_as_the_trainer_sends_it(server, engine, loop):
-    ids = prompt_ids(server, "Count to twenty.")
+    # A count to go on: at temperature 1 SmolLM2 ends "Count to twenty." at once in one sample
+    # of eight, this continuation before its 30th token in about one of 64.
+    ids = prompt_ids(server, "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,")
     new_tokens = 120
     gconfig = GenerationHyperparameters(max_new_tokens=new_tokens, temperature=1.0, stop_token_ids=[EOS])
     weight_dir = os.path.join(os.path.dirname(server.model_path), "SmolLM2-135M-Instruct-hf")
+    decoded = "entroll_engine_decode_batch_sum"
     aborted = 'entroll_samples_interrupted_total{in_flight="pause"}'
 
+    async def paused_in_flight():
+        """Sends the request and pauses the server (SGLang's default mode, abort) once it has
+        decoded 5 tokens; the request, aborted and waiting to be resubmitted. A sample that
+        ended before the pause reached it is drawn again: the pause is checked on one that was
+        still decoding."""
+        for _ in range(5):
+            before = (server.metric(decoded), server.metric(aborted))
+            in_flight = asyncio.create_task(engine.agenerate(ModelRequest(input_ids=ids, gconfig=gconfig)))
+            deadline = time.monotonic() + 60
+            # Polled off the event loop, which the client's request needs.
+            while await asyncio.to_thread(server.metric, decoded) < before[0] + 5 and not in_flight.done():
+                assert time.monotonic() < deadline, "the request never ran"
+                await asyncio.sleep(0.05)
+            steps_at_pause = float("inf")
+            if not in_flight.done():
+                await asyncio.to_thread(engine.pause_generation)
+                if server.metric(aborted) == before[1] + 1:
+                    return in_flight
+                steps_at_pause = server.metric(decoded) - before[0]
+                await asyncio.to_thread(engine.continue_generation)
+            # Not aborted: the sample must have ended before the pause (the first token comes
+            # from the prefill, the rest one per decoding step); a failed request raises here.
+            ended = await in_flight
+            assert len(ended.output_tokens) <= steps_at_pause + 1, "the pause did not stop the request"
+        pytest.fail("5 samples in a row ended before the pause reached them")
+
     async def run():
-        before = (server.metric("entroll_engine_decode_batch_sum"), server.metric(aborted))
-        in_flight = asyncio.create_task(engine.agenerate(ModelRequest(input_ids=ids, gconfig=gconfig)))
-        deadline = time.monotonic() + 60
-        # Polled off the event loop, which the client's request needs.
-        while await asyncio.to_thread(server.metric, "entroll_engine_decode_batch_sum") < before[0] + 5:
-            assert time.monotonic() < deadline, "the request never ran"
-            await asyncio.sleep(0.05)
+        in_flight = await paused_in_flight()
         version = engine.get_version()
-        # FSDPEngine's disk update: pause (SGLang's default mode, abort), load, continue.
-        await asyncio.to_thread(engine.pause_generation)
-        assert server.metric(aborted) == before[1] + 1, "the pause did not stop the request"
+        # The rest of FSDPEngine's disk update, after the pause: load, continue.
         meta = WeightUpdateMeta(type="disk", path=weight_dir, clear_checkpoint_after_load=False)
         update = engine.update_weights_from_disk(meta)
         name_resolve.add(
