@@ -53,6 +53,24 @@ extern "C" void entroll_token_stats_cpu(const float* logits, size_t rows, uint32
 
 // The threads of a row's block, and the scratch keys (and weights) a row needs: what the GPU
 // launch sizes.
+// Where the cumulative weight of `m` ranked weights crosses `target` (the ranks through it, 0
+// when it is not crossed): as the chunk sums of phase 14b and ent_crossing place it, whether
+// that answer is certain, and as phase 15 takes it (walked when not). For tests of the crossing
+// on weights built for it.
+extern "C" void entroll_crossing_cpu(const double* weights, uint32_t m, double target,
+                                     int32_t strict, uint32_t* by_chunks, int32_t* certain,
+                                     uint32_t* taken) {
+  std::unique_ptr<EntShared> s(new EntShared());
+  s->status = 0;
+  s->candidates = m;
+  for (uint32_t t = 0; t < ENT_THREADS; ++t) ent_phase_weight_chunks(t, ENT_THREADS, *s, weights);
+  EntCrossing chunked = ent_crossing(*s, ENT_THREADS, weights, m, target, strict != 0);
+  EntCrossing host = ent_host_crossing(*s, ENT_THREADS, weights, m, target, strict != 0);
+  *by_chunks = chunked.reached ? chunked.len : 0;
+  *certain = chunked.certain;
+  *taken = host.reached ? host.len : 0;
+}
+
 extern "C" uint32_t entroll_threads() { return ENT_THREADS; }
 extern "C" uint32_t entroll_scratch_keys(const EntRowIn* in, uint32_t vocab) {
   return scratch_for(*in, vocab);

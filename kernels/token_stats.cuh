@@ -103,7 +103,15 @@ struct EntShared {
   float part_max[ENT_THREADS];
   int32_t part_bad[ENT_THREADS];
   double part_sum[ENT_THREADS];
-  double part_weighted[ENT_THREADS];
+  // The per-thread sums of p ln p (phases 2 and 16), or the ranked candidates' weights summed
+  // per thread over contiguous chunks of ranks (phase 14b), so that thread 0 finds where a
+  // cumulative weight crosses a target by stepping over whole chunks, then walking one
+  // (ent_crossing). One space: the rows' shared memory stays under 44.5 KB, five rows an H100
+  // SM holds at once.
+  union {
+    double part_weighted[ENT_THREADS];
+    double chunk_weight[ENT_THREADS];
+  };
   float max_logit;
   int32_t status;
   double inv_t;
@@ -614,31 +622,116 @@ ENT_HD void ent_phase_weights(uint32_t t, uint32_t n, const float* z, EntShared&
   for (uint32_t j = t; j < s.candidates; j += n) weights[j] = ent_weight(z, (uint32_t)keys[j], s);
 }
 
-// 15. Thread 0: the nucleus's size, walking the ranked candidates' weights as the host does. The
-// ranked candidates are the first of the row's ranking, so when the walk reaches p within them,
-// or they are all min(K, V) candidates, the size is the one the full walk would give.
-ENT_HD void ent_phase_nucleus_size(uint32_t t, const EntRowIn& in, uint32_t vocab, EntShared& s,
-                                   const double* weights, EntRowOut& out) {
+// 14b. Each thread: the sum of the weights of its contiguous chunk of the ranked candidates
+// (ent_chunk_begin over ranks), in rank order.
+ENT_HD void ent_phase_weight_chunks(uint32_t t, uint32_t n, EntShared& s, const double* weights) {
+  if (s.status != 0) return;
+  double sum = 0.0;
+  const uint32_t end = ent_chunk_begin(t + 1, n, s.candidates);
+  for (uint32_t j = ent_chunk_begin(t, n, s.candidates); j < end; ++j) sum += weights[j];
+  s.chunk_weight[t] = sum;
+}
+
+// --- Where a cumulative weight in rank order crosses a target ---------------------------------
+//
+// The host walks the ranked weights one by one, adding each to the sum of those before it, and
+// stops at the first rank where the sum reaches the target (or passes it, `strict`). Thread 0
+// gives the same answer in far fewer steps: it adds the chunk sums of phase 14b while a whole
+// chunk does not cross, then walks the one chunk that does. Its sums add the same weights in
+// another order, so each differs from the host's by at most (terms - 1) roundings of the
+// largest (weights are >= 0): under `ent_crossing_margin`. An answer is `certain` when the sums
+// on both sides of the crossing are that far from the target, so the host's, which are as near
+// the exact sums, fall on the same sides; otherwise the caller walks as the host does. Only
+// rows built to put a boundary on a rounding (exactly representable weights and targets, as in
+// the adversarial tests) come near it.
+
+// A crossing: the ranks through it (`limit` when none), the cumulative weight through them, and
+// whether the target was crossed and the answer is the host's walk's.
+struct EntCrossing {
+  uint32_t len;
+  double through;
+  bool reached;
+  bool certain;
+};
+
+// Whether `acc` crosses `target`.
+ENT_HD bool ent_crosses(double acc, double target, bool strict) {
+  return strict ? acc > target : acc >= target;
+}
+
+// How far from a target a cumulative weight of the first `terms` ranks must be for the host's
+// walk to fall on the same side: 8 units in the last place of 2^-53 per term, of the weight of
+// every candidate (a bound on every prefix), three times over (the sum, and a target that may
+// itself be such a sum, and its product with p or u).
+ENT_HD double ent_crossing_margin(uint32_t terms, double total) {
+  return 3.0 * (8.0 * 1.1102230246251565e-16) * (double)terms * total;
+}
+
+// The crossing of `target` among the first `limit` ranked candidates, by chunks (thread 0).
+ENT_HD EntCrossing ent_crossing(const EntShared& s, uint32_t n, const double* weights,
+                                uint32_t limit, double target, bool strict) {
+  double total = 0.0;
+  for (uint32_t i = 0; i < n; ++i) total += s.chunk_weight[i];
+  const double margin = ent_crossing_margin(limit, total);
+  double acc = 0.0;
+  uint32_t whole = 0;
+  for (uint32_t t = 0; t < n; ++t) {
+    const uint32_t begin = whole;
+    whole = ent_chunk_begin(t + 1, n, s.candidates);
+    if (begin >= limit) break;
+    const uint32_t end = whole < limit ? whole : limit;
+    if (end == whole && !ent_crosses(acc + s.chunk_weight[t], target, strict)) {
+      acc += s.chunk_weight[t];
+      continue;
+    }
+    for (uint32_t j = begin; j < end; ++j) {
+      const double before = acc;
+      acc += weights[j];
+      if (ent_crosses(acc, target, strict)) {
+        const bool above = strict ? acc - margin > target : acc - margin >= target;
+        const bool below = strict ? before + margin <= target : before + margin < target;
+        return {j + 1, acc, true, above && below};
+      }
+    }
+  }
+  const bool below = strict ? acc + margin <= target : acc + margin < target;
+  return {limit, acc, false, below};
+}
+
+// The crossing as the host walks it, rank by rank (thread 0), for when ent_crossing is not
+// certain.
+ENT_HD EntCrossing ent_walk(const double* weights, uint32_t limit, double target, bool strict) {
+  double acc = 0.0;
+  for (uint32_t j = 0; j < limit; ++j) {
+    acc += weights[j];
+    if (ent_crosses(acc, target, strict)) return {j + 1, acc, true, true};
+  }
+  return {limit, acc, false, true};
+}
+
+// The crossing among the first `limit` ranks, the host's: by chunks when that is certain.
+ENT_HD EntCrossing ent_host_crossing(const EntShared& s, uint32_t n, const double* weights,
+                                     uint32_t limit, double target, bool strict) {
+  EntCrossing c = ent_crossing(s, n, weights, limit, target, strict);
+  return c.certain ? c : ent_walk(weights, limit, target, strict);
+}
+
+// 15. Thread 0: the nucleus's size, where the ranked candidates' cumulative weight reaches p
+// (as the host walks it). The ranked candidates are the first of the row's ranking, so when it
+// is reached within them, or they are all min(K, V) candidates, the size is the one the full
+// walk would give.
+ENT_HD void ent_phase_nucleus_size(uint32_t t, uint32_t n, const EntRowIn& in, uint32_t vocab,
+                                   EntShared& s, const double* weights, EntRowOut& out) {
   if (t != 0) return;
   out.status = s.status;
   s.nucleus_final = 1;
   if (s.status != 0) return;
-  double target = in.nucleus_p * s.sum;
-  double acc = 0.0;
-  uint32_t len = 0;
-  bool reached = false;
-  while (len < s.candidates) {
-    acc += weights[len];
-    len += 1;
-    if (acc >= target) {
-      reached = true;
-      break;
-    }
-  }
-  s.nucleus_size = (in.nucleus_rule == 0 && reached) ? len - 1 : len;
+  const EntCrossing c =
+      ent_host_crossing(s, n, weights, s.candidates, in.nucleus_p * s.sum, false);
+  s.nucleus_size = (in.nucleus_rule == 0 && c.reached) ? c.len - 1 : c.len;
   out.nucleus_size = s.nucleus_size;
   uint32_t all = in.max_candidates < vocab ? in.max_candidates : vocab;
-  s.nucleus_final = reached || s.candidates >= (all < 1 ? 1 : all);
+  s.nucleus_final = c.reached || s.candidates >= (all < 1 ? 1 : all);
 }
 
 // 16. Each thread, over the nucleus's ranks j = t, t + n, ...: its part of the nucleus's mass
@@ -696,20 +789,15 @@ ENT_HD double ent_log_small(double x) {
 // ranked anew (rerank 1), with more candidates each time: the nucleus's K if that is more, else
 // all the draw needs; without top-k the draw is made by weighted selects (rerank 2, phases
 // 20-30), which rank nothing.
-ENT_HD void ent_phase_draw_plan(uint32_t t, const EntRowIn& in, uint32_t vocab, EntShared& s,
-                                const double* weights) {
+ENT_HD void ent_phase_draw_plan(uint32_t t, uint32_t n, const EntRowIn& in, uint32_t vocab,
+                                EntShared& s, const double* weights) {
   if (t != 0) return;
   s.draw_cap = ent_draw_cap(in, vocab);
   s.rerank = 0;
   if (s.status != 0 || s.draw_cap <= s.candidates) return;
-  if (s.draw_cap == vocab && in.top_p < 1.0) {
-    double target = in.top_p * s.sum;
-    double weight = 0.0;
-    for (uint32_t j = 0; j < s.candidates; ++j) {
-      weight += weights[j];
-      if (weight >= target) return;
-    }
-  }
+  if (s.draw_cap == vocab && in.top_p < 1.0 &&
+      ent_host_crossing(s, n, weights, s.candidates, in.top_p * s.sum, false).reached)
+    return;
   if (s.draw_cap == vocab) {
     s.rerank = 2;
     return;
@@ -719,10 +807,68 @@ ENT_HD void ent_phase_draw_plan(uint32_t t, const EntRowIn& in, uint32_t vocab, 
   s.rerank_cap = nucleus > s.candidates && nucleus < s.draw_cap ? nucleus : s.draw_cap;
 }
 
-// 19. Thread 0: the truncated draw over the ranked candidates (the top k = min(top_k, V)), as
-// the host does: the top-k weight, the inclusive top-p prefix of it, then the inverse CDF in
-// rank order at u times the kept weight. A ranking that broke its invariant fails the row.
-ENT_HD void ent_phase_truncated_draw(uint32_t t, const EntRowIn& in, const float* z,
+// The truncated draw over the ranked candidates, as the host makes it: how many ranks it keeps
+// (`len`), their weight, and the rank drawn. The kept ranks are the top k = min(top_k, V), or
+// the inclusive top-p prefix of their weight; the drawn rank is where the inverse CDF in rank
+// order passes u times the kept weight, and of positive weight (the last such before it when
+// rounding leaves the sum short).
+struct EntDraw {
+  uint32_t len;
+  double weight;
+  uint32_t rank;
+};
+
+// The draw by chunks (thread 0); false when a crossing is not certain. The weights it divides
+// by are its own sums, within rounding of the host's.
+ENT_HD bool ent_draw_by_chunks(uint32_t n, const EntRowIn& in, uint32_t vocab, const EntShared& s,
+                               const double* weights, EntDraw& d) {
+  const uint32_t k = s.draw_cap;
+  d.len = k;
+  d.weight = ent_crossing(s, n, weights, k, INFINITY, false).through;
+  if (in.top_p < 1.0) {
+    const double top_k_weight = k < vocab ? d.weight : s.sum;
+    const EntCrossing kept = ent_crossing(s, n, weights, k, in.top_p * top_k_weight, false);
+    if (!kept.certain) return false;
+    d.len = kept.len;
+    d.weight = kept.through;
+  }
+  // Where the sum passes the target the weight added is positive: the host draws that rank.
+  const EntCrossing drawn = ent_crossing(s, n, weights, d.len, ent_uniform(in) * d.weight, true);
+  d.rank = drawn.len - 1;
+  return drawn.reached && drawn.certain;
+}
+
+// The draw walked rank by rank, as the host walks it (thread 0).
+ENT_HD EntDraw ent_draw_walked(const EntRowIn& in, uint32_t vocab, const EntShared& s,
+                               const double* weights) {
+  const uint32_t k = s.draw_cap;
+  EntDraw d{k, 0.0, 0};
+  if (in.top_p >= 1.0) {
+    for (uint32_t j = 0; j < k; ++j) d.weight += weights[j];
+  } else {
+    double top_k_weight = s.sum;
+    if (k < vocab) {
+      top_k_weight = 0.0;
+      for (uint32_t j = 0; j < k; ++j) top_k_weight += weights[j];
+    }
+    const EntCrossing kept = ent_walk(weights, k, in.top_p * top_k_weight, false);
+    d.len = kept.len;
+    d.weight = kept.through;
+  }
+  const double target = ent_uniform(in) * d.weight;
+  double acc = 0.0;
+  for (uint32_t j = 0; j < d.len; ++j) {
+    if (weights[j] > 0.0) d.rank = j;
+    acc += weights[j];
+    if (acc > target) break;
+  }
+  return d;
+}
+
+// 19. Thread 0: the truncated draw over the ranked candidates (the top k = min(top_k, V)), the
+// host's: by chunks, or walked when a crossing is within rounding. A ranking that broke its
+// invariant fails the row.
+ENT_HD void ent_phase_truncated_draw(uint32_t t, uint32_t n, const EntRowIn& in, const float* z,
                                      uint32_t vocab, EntShared& s, const uint64_t* keys,
                                      const double* weights, EntRowOut& out, bool keep_kept) {
   if (t != 0) return;
@@ -730,45 +876,16 @@ ENT_HD void ent_phase_truncated_draw(uint32_t t, const EntRowIn& in, const float
     out.status = s.status;
     return;
   }
-  const uint32_t k = s.draw_cap;
-  uint32_t len = k;
-  double weight = 0.0;
-  if (in.top_p >= 1.0) {
-    for (uint32_t j = 0; j < k; ++j) weight += weights[j];
-  } else {
-    double top_k_weight = s.sum;
-    if (k < vocab) {
-      top_k_weight = 0.0;
-      for (uint32_t j = 0; j < k; ++j) top_k_weight += weights[j];
-    }
-    double target = in.top_p * top_k_weight;
-    len = 0;
-    while (len < k) {
-      weight += weights[len];
-      len += 1;
-      if (weight >= target) break;
-    }
-  }
-  double target = ent_uniform(in) * weight;
-  double acc = 0.0;
-  uint32_t token = (uint32_t)keys[0];
-  double token_weight = 0.0;
-  for (uint32_t j = 0; j < len; ++j) {
-    double w = weights[j];
-    if (w > 0.0) {
-      token = (uint32_t)keys[j];
-      token_weight = w;
-    }
-    acc += w;
-    if (acc > target) break;
-  }
+  EntDraw d;
+  if (!ent_draw_by_chunks(n, in, vocab, s, weights, d)) d = ent_draw_walked(in, vocab, s, weights);
+  const uint32_t token = (uint32_t)keys[d.rank];
   out.token = token;
   out.logprob = ent_gap(z[token], s.max_logit, s.inv_t) - s.ln_sum;
-  out.sampling_logprob = ent_log_small(token_weight / weight);
+  out.sampling_logprob = ent_log_small(weights[d.rank] / d.weight);
   // For the alternatives (a constant per kernel: the kernel without them stores nothing).
   if (keep_kept) {
-    s.draw_len = len;
-    s.draw_weight = weight;
+    s.draw_len = d.len;
+    s.draw_weight = d.weight;
   }
 }
 
@@ -1078,25 +1195,32 @@ ENT_HD void ent_row(Each each, uint32_t n, const float* z, uint32_t vocab, const
   each([&](uint32_t t) { ent_phase_totals(t, n, in, s, out); });
   each([&](uint32_t t) { ent_phase_select_totals(t, n, s, s.second_bins); });
   each([&](uint32_t t) { ent_phase_draw(t, n, z, vocab, s, out); });
+  // The ranked candidates' weights, and their sums by chunks.
+  auto weigh = [&]() {
+    each([&](uint32_t t) { ent_phase_weights(t, n, z, s, keys, weights); });
+    each([&](uint32_t t) { ent_phase_weight_chunks(t, n, s, weights); });
+  };
   ent_ranked(each, n, first, z, vocab, s, keys, scratch, true);
-  each([&](uint32_t t) { ent_phase_weights(t, n, z, s, keys, weights); });
-  each([&](uint32_t t) { ent_phase_nucleus_size(t, in, vocab, s, weights, out); });
+  weigh();
+  each([&](uint32_t t) { ent_phase_nucleus_size(t, n, in, vocab, s, weights, out); });
   // s.nucleus_final is read after the barrier: the same branch in every thread.
   if (!s.nucleus_final) {
     ent_ranked(each, n, in.max_candidates, z, vocab, s, keys, scratch, false);
-    each([&](uint32_t t) { ent_phase_weights(t, n, z, s, keys, weights); });
-    each([&](uint32_t t) { ent_phase_nucleus_size(t, in, vocab, s, weights, out); });
+    weigh();
+    each([&](uint32_t t) { ent_phase_nucleus_size(t, n, in, vocab, s, weights, out); });
   }
   each([&](uint32_t t) { ent_phase_nucleus_parts(t, n, z, s, keys); });
   each([&](uint32_t t) { ent_phase_nucleus(t, n, s, out); });
   if (ent_truncated(in)) {
-    each([&](uint32_t t) { ent_phase_draw_plan(t, in, vocab, s, weights); });
+    // The nucleus's parts took the chunk sums' place: summed again.
+    each([&](uint32_t t) { ent_phase_weight_chunks(t, n, s, weights); });
+    each([&](uint32_t t) { ent_phase_draw_plan(t, n, in, vocab, s, weights); });
     // s.rerank is read after the barrier: the same branch in every thread. Each ranking holds
     // more candidates than the one before, so this runs at most twice.
     while (s.rerank == 1) {
       ent_ranked(each, n, s.rerank_cap, z, vocab, s, keys, scratch, false);
-      each([&](uint32_t t) { ent_phase_weights(t, n, z, s, keys, weights); });
-      each([&](uint32_t t) { ent_phase_draw_plan(t, in, vocab, s, weights); });
+      weigh();
+      each([&](uint32_t t) { ent_phase_draw_plan(t, n, in, vocab, s, weights); });
     }
     if (s.rerank == 2) {
       each([&](uint32_t t) { ent_phase_keep_begin(t, in, s); });
@@ -1109,7 +1233,7 @@ ENT_HD void ent_row(Each each, uint32_t n, const float* z, uint32_t vocab, const
       each([&](uint32_t t) { ent_phase_selected_draw(t, z, s, out); });
     } else {
       each([&](uint32_t t) {
-        ent_phase_truncated_draw(t, in, z, vocab, s, keys, weights, out, WithTop);
+        ent_phase_truncated_draw(t, n, in, z, vocab, s, keys, weights, out, WithTop);
       });
     }
   }

@@ -472,6 +472,105 @@ mod tests {
         worst
     }
 
+    extern "C" {
+        fn entroll_crossing_cpu(
+            weights: *const f64,
+            m: u32,
+            target: f64,
+            strict: i32,
+            by_chunks: *mut u32,
+            certain: *mut i32,
+            taken: *mut u32,
+        );
+    }
+
+    /// Where `weights` in order cross `target` in the kernel (phases 14b and 15), as ranks
+    /// through the crossing (0: not crossed): the chunk sums' answer, whether it is certain,
+    /// and the answer the kernel takes.
+    fn crossing(weights: &[f64], target: f64, strict: bool) -> (usize, bool, usize) {
+        let (mut by_chunks, mut certain, mut taken) = (0u32, 0i32, 0u32);
+        // SAFETY: the harness reads `weights.len()` weights and writes the three outputs.
+        unsafe {
+            entroll_crossing_cpu(
+                weights.as_ptr(),
+                weights.len() as u32,
+                target,
+                strict as i32,
+                &mut by_chunks,
+                &mut certain,
+                &mut taken,
+            )
+        };
+        (by_chunks as usize, certain != 0, taken as usize)
+    }
+
+    /// The host's walk, written here: one weight added at a time, up to the first sum that
+    /// reaches `target` (passes it, when `strict`); the ranks through it, 0 when none does.
+    fn walk(weights: &[f64], target: f64, strict: bool) -> usize {
+        let mut acc = 0.0;
+        for (j, w) in weights.iter().enumerate() {
+            acc += w;
+            if if strict { acc > target } else { acc >= target } {
+                return j + 1;
+            }
+        }
+        0
+    }
+
+    #[test]
+    fn crossings_found_by_chunks_are_the_host_walk_s() {
+        let mut rng = Rng(9);
+        let (mut cases, mut certain) = (0, 0);
+        // Ranked weights as the kernel holds them (descending, the first 1), at sizes on both
+        // sides of the 256 chunks.
+        for m in [1, 2, 255, 256, 257, 1_000, 4_096, 16_384] {
+            for scale in [0.3, 3.0] {
+                let mut w: Vec<f64> = (0..m)
+                    .map(|_| kernel_exp(-(rng.normal() * scale).abs()))
+                    .collect();
+                w.sort_by(|a, b| b.total_cmp(a));
+                w[0] = 1.0;
+                let total: f64 = w.iter().sum();
+                for strict in [false, true] {
+                    for p in [0.01, 0.3, 0.9, 0.999, rng.uniform()] {
+                        let (_, sure, taken) = crossing(&w, p * total, strict);
+                        assert_eq!(taken, walk(&w, p * total, strict), "m {m}, p {p}");
+                        cases += 1;
+                        certain += sure as usize;
+                    }
+                    // Targets on the host's own sums: boundaries within rounding, which the
+                    // chunk sums cannot place and leave to the walk.
+                    let mut acc = 0.0;
+                    for (j, x) in w.iter().enumerate() {
+                        acc += x;
+                        if j % 97 == 0 || j + 1 == m {
+                            let (_, _, taken) = crossing(&w, acc, strict);
+                            assert_eq!(taken, walk(&w, acc, strict), "m {m}, rank {j}");
+                        }
+                    }
+                }
+            }
+        }
+        // Away from a boundary the chunks' answer stands.
+        assert!(certain * 10 >= cases * 9, "{certain} of {cases} certain");
+    }
+
+    #[test]
+    fn a_crossing_the_chunk_sums_misplace_is_walked_as_the_host_walks_it() {
+        // 1, then weights of 0.75 units in the last place of 1: each of the host's adds rounds
+        // up by a whole unit, so its sum runs a third ahead of the exact one, which the chunk
+        // sums follow. The host reaches 1 + 1,000 units at rank 1,001; the chunks, later.
+        let unit = 2f64.powi(-52);
+        let mut w = vec![0.75 * unit; 2_001];
+        w[0] = 1.0;
+        let target = 1.0 + 1_000.0 * unit;
+        assert_eq!(walk(&w, target, false), 1_001);
+        let (by_chunks, certain, taken) = crossing(&w, target, false);
+        assert!(by_chunks > 1_200, "{by_chunks}");
+        assert!(!certain);
+        assert_eq!(taken, 1_001);
+    }
+
     fn gaussian_rows(rng: &mut Rng, rows: usize, vocab: usize, scale: f64) -> Vec<Vec<f32>> {
         (0..rows).map(|_| rng.row(vocab, scale)).collect()
     }
