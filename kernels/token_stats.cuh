@@ -660,9 +660,11 @@ ENT_HD bool ent_crosses(double acc, double target, bool strict) {
 }
 
 // How far from a target a cumulative weight of the first `terms` ranks must be for the host's
-// walk to fall on the same side: 8 units in the last place of 2^-53 per term, of the weight of
-// every candidate (a bound on every prefix), three times over (the sum, and a target that may
-// itself be such a sum, and its product with p or u).
+// walk to fall on the same side. Two sums of the same terms >= 0 in two orders are each within
+// (terms - 1) x 2^-53 of the exact sum, relative, and every prefix is at most `total` (all the
+// candidates' weight): B = 8 x 2^-53 x terms x total bounds their difference twice over. Three
+// B: the sum's difference, the target's when it is itself such a sum times p or u, and room.
+// Since the sums grow with the rank, the two sides of the crossing checked cover every rank.
 ENT_HD double ent_crossing_margin(uint32_t terms, double total) {
   return 3.0 * (8.0 * 1.1102230246251565e-16) * (double)terms * total;
 }
