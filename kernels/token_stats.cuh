@@ -826,7 +826,9 @@ ENT_HD bool ent_draw_by_chunks(uint32_t n, const EntRowIn& in, uint32_t vocab, c
                                const double* weights, EntDraw& d) {
   const uint32_t k = s.draw_cap;
   d.len = k;
-  d.weight = ent_crossing(s, n, weights, k, INFINITY, false).through;
+  // The top-k weight (all of it without top-p); a top-p over all V takes the row's sum instead.
+  if (in.top_p >= 1.0 || k < vocab)
+    d.weight = ent_crossing(s, n, weights, k, INFINITY, false).through;
   if (in.top_p < 1.0) {
     const double top_k_weight = k < vocab ? d.weight : s.sum;
     const EntCrossing kept = ent_crossing(s, n, weights, k, in.top_p * top_k_weight, false);
