@@ -1,6 +1,7 @@
 // The GPU attention kernels: one thread block of ATT_THREADS threads per (query token,
 // key/value head), running the phases of attention.cuh (att_run) with a barrier after each;
-// and the row copy (cache writes, copies of shared blocks), a thread per element. build.rs
+// and the row copy (a layer's keys and values written in one launch, copies of shared
+// blocks), a thread per element. build.rs
 // compiles this to PTX under the cuda feature (nvcc -ptx --fmad=false); cpu_harness.cpp runs
 // the same functions on the CPU.
 #include "attention.cuh"
@@ -30,20 +31,22 @@ extern "C" __global__ void entroll_attention_bf16(AttShape a, const uint32_t* qu
 }
 
 template <class T>
-__device__ void copy_rows(uint64_t elements, uint32_t width, const uint32_t* from,
-                          const uint32_t* to, const T* src, T* dst) {
+__device__ void copy_rows(uint64_t elements, AttCopy c, const uint32_t* from, const uint32_t* to,
+                          const T* src, const T* src2, T* dst) {
   uint64_t e = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (e < elements) att_copy_rows(e, width, from, to, src, dst);
+  if (e < elements) att_copy_rows(e, c, from, to, src, src2, dst);
 }
 
-extern "C" __global__ void entroll_copy_rows_32(uint64_t elements, uint32_t width,
+extern "C" __global__ void entroll_copy_rows_32(uint64_t elements, AttCopy c,
                                                 const uint32_t* from, const uint32_t* to,
-                                                const uint32_t* src, uint32_t* dst) {
-  copy_rows(elements, width, from, to, src, dst);
+                                                const uint32_t* src, const uint32_t* src2,
+                                                uint32_t* dst) {
+  copy_rows(elements, c, from, to, src, src2, dst);
 }
 
-extern "C" __global__ void entroll_copy_rows_16(uint64_t elements, uint32_t width,
+extern "C" __global__ void entroll_copy_rows_16(uint64_t elements, AttCopy c,
                                                 const uint32_t* from, const uint32_t* to,
-                                                const uint16_t* src, uint16_t* dst) {
-  copy_rows(elements, width, from, to, src, dst);
+                                                const uint16_t* src, const uint16_t* src2,
+                                                uint16_t* dst) {
+  copy_rows(elements, c, from, to, src, src2, dst);
 }

@@ -195,12 +195,34 @@ ENT_HD void att_run(Each each, uint32_t n, uint32_t block, const AttShape& a,
   each([&](uint32_t t) { att_phase_end(t, n, a, b, s, out); });
 }
 
-// Copies row `from[i]` of `src` to row `to[i]` of `dst` for each i, `width` elements a row
-// (element type T as raw bits): a cache write or a copy between blocks in one launch, each
-// element by its own thread.
+// The row copy: `rows` rows of `width` elements (element type T as raw bits), row `from[i]` of a
+// source to row `to[i]` of `dst`, each element by its own thread. A source's row r is element
+// `(r / per) * stride + (r % per) * width`: `per` rows of width side by side in each of its
+// lines, lines `stride` elements apart (a contiguous source is per 1, stride width; a layer's
+// keys or values as the projection wrote them, [tokens, kv_heads * width] lines of a wider
+// output, are per kv_heads). Elements `rows * width` and beyond copy the second source the
+// same way (its lines `stride2` apart) into the second half of `dst`, `half` rows on: a
+// layer's keys and values written into its one cache tensor, keys' half then values', in one
+// launch.
+struct AttCopy {
+  uint64_t rows;     // rows copied from each source
+  uint32_t width;    // elements a row
+  uint32_t per;      // rows of a source's line
+  uint64_t stride;   // elements from one line of the first source to the next
+  uint64_t stride2;  // the same for the second source
+  uint64_t half;     // rows of dst before the second source's half
+};
+
 template <class T>
-ENT_HD void att_copy_rows(uint64_t e, uint32_t width, const uint32_t* from, const uint32_t* to,
-                          const T* src, T* dst) {
-  uint64_t i = e / width, c = e % width;
-  dst[(uint64_t)to[i] * width + c] = src[(uint64_t)from[i] * width + c];
+ENT_HD void att_copy_rows(uint64_t e, const AttCopy& c, const uint32_t* from, const uint32_t* to,
+                          const T* src, const T* src2, T* dst) {
+  uint64_t i = e / c.width, x = e % c.width, shift = 0, stride = c.stride;
+  if (i >= c.rows) {
+    i -= c.rows;
+    src = src2;
+    shift = c.half;
+    stride = c.stride2;
+  }
+  uint64_t r = from[i];
+  dst[(shift + to[i]) * c.width + x] = src[(r / c.per) * stride + (r % c.per) * c.width + x];
 }

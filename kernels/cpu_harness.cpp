@@ -101,19 +101,21 @@ extern "C" void entroll_attention_cpu_bf16(AttShape a, const uint32_t* queries,
 
 // The row copy of attention.cu, element after element.
 template <class T>
-static void copy_rows_cpu(uint64_t rows, uint32_t width, const uint32_t* from, const uint32_t* to,
-                          const T* src, T* dst) {
-  for (uint64_t e = 0; e < rows * width; ++e) att_copy_rows(e, width, from, to, src, dst);
+static void copy_rows_cpu(uint64_t elements, AttCopy c, const uint32_t* from, const uint32_t* to,
+                          const T* src, const T* src2, T* dst) {
+  for (uint64_t e = 0; e < elements; ++e) att_copy_rows(e, c, from, to, src, src2, dst);
 }
 
-extern "C" void entroll_copy_rows_cpu_32(uint64_t rows, uint32_t width, const uint32_t* from,
-                                         const uint32_t* to, const uint32_t* src, uint32_t* dst) {
-  copy_rows_cpu(rows, width, from, to, src, dst);
+extern "C" void entroll_copy_rows_cpu_32(uint64_t elements, AttCopy c, const uint32_t* from,
+                                         const uint32_t* to, const uint32_t* src,
+                                         const uint32_t* src2, uint32_t* dst) {
+  copy_rows_cpu(elements, c, from, to, src, src2, dst);
 }
 
-extern "C" void entroll_copy_rows_cpu_16(uint64_t rows, uint32_t width, const uint32_t* from,
-                                         const uint32_t* to, const uint16_t* src, uint16_t* dst) {
-  copy_rows_cpu(rows, width, from, to, src, dst);
+extern "C" void entroll_copy_rows_cpu_16(uint64_t elements, AttCopy c, const uint32_t* from,
+                                         const uint32_t* to, const uint16_t* src,
+                                         const uint16_t* src2, uint16_t* dst) {
+  copy_rows_cpu(elements, c, from, to, src, src2, dst);
 }
 
 extern "C" uint32_t entroll_attention_threads() { return ATT_THREADS; }

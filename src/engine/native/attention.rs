@@ -76,7 +76,7 @@ impl Attention {
     ) -> candle_core::Result<Tensor> {
         match self {
             Self::Rowwise(queries) => {
-                let (k, v) = cache.layer(layer);
+                let (k, v) = cache.layer(layer)?;
                 let op = RowwiseAttention {
                     queries,
                     block_size: cache.block_size(),
@@ -84,10 +84,10 @@ impl Attention {
                     kv_heads: a.kv_heads,
                     head_dim: a.head_dim,
                 };
-                q.contiguous()?.apply_op3_no_bwd(k, v, &op)
+                q.contiguous()?.apply_op3_no_bwd(&k, &v, &op)
             }
             Self::Kernel(queries, index) => {
-                let (k, v) = cache.layer(layer);
+                let (k, v) = cache.layer(layer)?;
                 let op = KernelAttention {
                     queries,
                     index,
@@ -100,7 +100,7 @@ impl Attention {
                         scale: 1.0 / (a.head_dim as f32).sqrt(),
                     },
                 };
-                q.contiguous()?.apply_op3_no_bwd(k, v, &op)
+                q.contiguous()?.apply_op3_no_bwd(&k, &v, &op)
             }
             Self::Gathered(g) => g.attend(layer, q, cache, a),
         }
@@ -613,13 +613,13 @@ mod tests {
 
     /// A cache's values again, read as `access` says (the same keys and values).
     fn reread(cache: &KvCache, a: &Architecture, access: Access) -> KvCache {
-        let (k, v) = cache.layer(0);
+        let (k, v) = cache.layer(0).unwrap();
         let mut copy = empty(a, cache.capacity(), k.dtype(), access);
         let as_tokens = |t: &Tensor| {
             t.reshape((t.dim(0).unwrap() / a.kv_heads, a.kv_width()))
                 .unwrap()
         };
-        fill(&mut copy, a, &as_tokens(k), &as_tokens(v));
+        fill(&mut copy, a, &as_tokens(&k), &as_tokens(&v));
         copy
     }
 

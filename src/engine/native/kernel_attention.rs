@@ -4,7 +4,7 @@
 //! the CPU the harness runs the same source. The native engine uses them when its device
 //! kernels are on (`device_kernels`).
 
-use candle_core::{CpuStorage, CustomOp3, DType, InplaceOp2, Layout, Shape};
+use candle_core::{CpuStorage, CustomOp3, DType, InplaceOp2, InplaceOp3, Layout, Shape};
 
 use super::device_index::DeviceIndex;
 use super::queries::Queries;
@@ -50,19 +50,21 @@ extern "C" {
         out: *mut u16,
     );
     fn entroll_copy_rows_cpu_32(
-        rows: u64,
-        width: u32,
+        elements: u64,
+        c: AttCopy,
         from: *const u32,
         to: *const u32,
         src: *const u32,
+        src2: *const u32,
         dst: *mut u32,
     );
     fn entroll_copy_rows_cpu_16(
-        rows: u64,
-        width: u32,
+        elements: u64,
+        c: AttCopy,
         from: *const u32,
         to: *const u32,
         src: *const u16,
+        src2: *const u16,
         dst: *mut u16,
     );
     #[cfg(feature = "cuda")]
@@ -268,12 +270,57 @@ impl KernelAttention<'_> {
     }
 }
 
-/// Copies row `from[i]` of the source to row `to[i]` of the tensor it is applied to, in place,
-/// for every `i` at once (a layer's cache write: the new rows to their cache rows; a shared
-/// block's rows to the copy of it). Rows are the last dimension; any 32- or 16-bit dtype.
+/// Copies row `from[i]` of a source to row `to[i]` of the tensor it is applied to, in place,
+/// for every `i` at once, in one launch. Applied with one source ([`InplaceOp2`]): a shared
+/// block's rows to the copy of it. Applied with two ([`InplaceOp3`]) to a tensor of two
+/// halves: a layer's new keys into its cache's first half and its new values into the second,
+/// each row `to[i]` of its half. Rows are the destination's last dimension; a source is
+/// contiguous rows, or lines of whole rows with any stride between lines (a layer's keys or
+/// values as a stacked projection's output holds them, `[tokens, kv_heads · head_dim]` within
+/// wider lines: read there, not copied to contiguous first). Any 32- or 16-bit dtype.
 pub struct CopyRows {
     /// `from` then `to`, uploaded once and read by every layer's copies.
     index: DeviceIndex,
+}
+
+/// The copy as the kernel reads it (`AttCopy` in the kernel source).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct AttCopy {
+    /// Rows copied from each source.
+    rows: u64,
+    /// Elements a row.
+    width: u32,
+    /// Rows side by side in a line of a source.
+    per: u32,
+    /// Elements from one line of the first source to the next.
+    stride: u64,
+    /// The same for the second source.
+    stride2: u64,
+    /// Rows of the destination before the second source's half.
+    half: u64,
+}
+
+// SAFETY: plain numbers, `repr(C)` as the kernel declares it.
+#[cfg(feature = "cuda")]
+unsafe impl candle_core::cuda_backend::cudarc::driver::DeviceRepr for AttCopy {}
+
+/// How a source's rows lie: rows side by side in a line, elements between lines, rows in all.
+fn source_lines(l: &Layout, width: usize) -> candle_core::Result<(usize, usize, usize)> {
+    let dims = l.dims();
+    if l.is_contiguous() && l.shape().elem_count().is_multiple_of(width) {
+        return Ok((1, width, l.shape().elem_count() / width));
+    }
+    match (dims, l.stride()) {
+        ([lines, line], [stride, 1]) if line.is_multiple_of(width) => {
+            Ok((line / width, *stride, lines * (line / width)))
+        }
+        _ => candle_core::bail!(
+            "copy rows: a source of shape {:?} and strides {:?} is not lines of rows of {width}",
+            l.shape(),
+            l.stride()
+        ),
+    }
 }
 
 impl CopyRows {
@@ -305,33 +352,170 @@ impl CopyRows {
         &self.index.host()[self.rows()..]
     }
 
-    /// Rows copied.
+    /// Rows copied from each source.
     fn rows(&self) -> usize {
         self.index.host().len() / 2
     }
 
-    /// The row width, after checking that both tensors are contiguous rows of one width and
-    /// dtype, and that every row named exists.
-    fn check(&self, dst: &Layout, src: &Layout) -> candle_core::Result<usize> {
+    /// The copy of `sources` (one, or two into the destination's halves) into `dst`, after
+    /// checking that the destination is contiguous rows, that the sources are rows of its
+    /// width lying as the kernel reads them (two alike but for their line strides), and that
+    /// every row named exists.
+    fn plan(&self, dst: &Layout, sources: &[&Layout]) -> candle_core::Result<AttCopy> {
         let width = *dst.dims().last().unwrap_or(&0);
-        if width == 0 || src.dims().last() != Some(&width) {
-            candle_core::bail!("copy rows: {:?} into {:?}", src.shape(), dst.shape());
+        if width == 0 || !dst.is_contiguous() {
+            candle_core::bail!("copy rows: into {:?}, not contiguous rows", dst.shape());
         }
-        if !dst.is_contiguous() || !src.is_contiguous() {
-            candle_core::bail!("copy rows: contiguous rows");
+        let lines = sources
+            .iter()
+            .map(|l| source_lines(l, width))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let (per, stride, src_rows) = lines[0];
+        if lines.iter().any(|&(p, _, r)| (p, r) != (per, src_rows)) {
+            candle_core::bail!("copy rows: two sources of different shapes");
         }
-        let (dst_rows, src_rows) = (
-            dst.shape().elem_count() / width,
-            src.shape().elem_count() / width,
-        );
+        let dst_rows = dst.shape().elem_count() / width;
+        let half = if sources.len() == 2 { dst_rows / 2 } else { 0 };
+        let into = if sources.len() == 2 { half } else { dst_rows };
+        if sources.len() == 2 && !dst_rows.is_multiple_of(2) {
+            candle_core::bail!("copy rows: {dst_rows} rows are not two halves");
+        }
         if self.from().iter().any(|&r| r as usize >= src_rows)
-            || self.to().iter().any(|&r| r as usize >= dst_rows)
+            || self.to().iter().any(|&r| r as usize >= into)
         {
             candle_core::bail!(
-                "copy rows: a row beyond {src_rows} source or {dst_rows} destination rows"
+                "copy rows: a row beyond {src_rows} source or {into} destination rows"
             );
         }
-        Ok(width)
+        Ok(AttCopy {
+            rows: self.rows() as u64,
+            width: width as u32,
+            per: per as u32,
+            stride: stride as u64,
+            stride2: lines.last().map_or(stride, |l| l.1) as u64,
+            half: half as u64,
+        })
+    }
+
+    /// The copy on the CPU, through the kernel's harness.
+    fn cpu(
+        &self,
+        dst: &mut CpuStorage,
+        ld: &Layout,
+        sources: &[(&CpuStorage, &Layout)],
+    ) -> candle_core::Result<()> {
+        use candle_core::backend::BackendStorage;
+
+        let layouts: Vec<&Layout> = sources.iter().map(|s| s.1).collect();
+        let c = self.plan(ld, &layouts)?;
+        step_counts::launch();
+        let elements = c.rows * c.width as u64 * sources.len() as u64;
+        let (from, to) = (self.from().as_ptr(), self.to().as_ptr());
+        let d0 = ld.start_offset();
+        let (first, second) = (sources[0], sources[sources.len() - 1]);
+        macro_rules! copy {
+            ($variant:ident, $bits:ty, $harness:ident) => {{
+                let (CpuStorage::$variant(d), CpuStorage::$variant(s), CpuStorage::$variant(s2)) =
+                    (dst, first.0, second.0)
+                else {
+                    candle_core::bail!("copy rows: float32, bfloat16 or float16 of one dtype");
+                };
+                let (s, s2) = (&s[first.1.start_offset()..], &s2[second.1.start_offset()..]);
+                // SAFETY: `plan` bounds every row read and written (a source's lines lie
+                // within its storage by its layout); the elements are 32 or 16 bits wide and
+                // copied as bits.
+                unsafe {
+                    $harness(
+                        elements,
+                        c,
+                        from,
+                        to,
+                        s.as_ptr().cast::<$bits>(),
+                        s2.as_ptr().cast::<$bits>(),
+                        d[d0..].as_mut_ptr().cast::<$bits>(),
+                    )
+                }
+            }};
+        }
+        match first.0.dtype() {
+            DType::F32 => copy!(F32, u32, entroll_copy_rows_cpu_32),
+            DType::BF16 => copy!(BF16, u16, entroll_copy_rows_cpu_16),
+            DType::F16 => copy!(F16, u16, entroll_copy_rows_cpu_16),
+            _ => candle_core::bail!("copy rows: float32, bfloat16 or float16 of one dtype"),
+        }
+        Ok(())
+    }
+
+    /// The copy on the GPU: one launch of `kernels/attention.cu`'s row copy.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        &self,
+        dst: &mut candle_core::CudaStorage,
+        ld: &Layout,
+        sources: &[(&candle_core::CudaStorage, &Layout)],
+    ) -> candle_core::Result<()> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::WrapErr;
+
+        let layouts: Vec<&Layout> = sources.iter().map(|s| s.1).collect();
+        let c = self.plan(ld, &layouts)?;
+        let elements = c.rows * c.width as u64 * sources.len() as u64;
+        if elements == 0 {
+            return Ok(());
+        }
+        step_counts::launch();
+        let dev = dst.device().clone();
+        let rows = self.rows();
+        let config = LaunchConfig {
+            grid_dim: (elements.div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (first, second) = (sources[0], sources[sources.len() - 1]);
+        macro_rules! launch {
+            ($t:ty, $name:literal) => {{
+                let s = first
+                    .0
+                    .as_cuda_slice::<$t>()?
+                    .slice(first.1.start_offset()..);
+                let s2 = second
+                    .0
+                    .as_cuda_slice::<$t>()?
+                    .slice(second.1.start_offset()..);
+                let mut d = dst
+                    .as_cuda_slice_mut::<$t>()?
+                    .slice_mut(ld.start_offset()..);
+                let func = dev.get_or_load_custom_func(
+                    $name,
+                    "entroll_attention",
+                    super::kernels::ATTENTION_PTX,
+                )?;
+                self.index.with_cuda(0..rows, |from| {
+                    self.index.with_cuda(rows..2 * rows, |to| {
+                        let mut args = func.builder();
+                        args.arg(&elements);
+                        args.arg(&c);
+                        args.arg(from);
+                        args.arg(to);
+                        args.arg(&s);
+                        args.arg(&s2);
+                        args.arg(&mut d);
+                        // SAFETY: the arguments match the kernel's in kernels/attention.cu;
+                        // `plan` bounds every row read and written.
+                        unsafe { args.launch(config) }.w()?;
+                        Ok(())
+                    })
+                })?;
+            }};
+        }
+        match first.0.dtype() {
+            DType::F32 => launch!(f32, "entroll_copy_rows_32"),
+            DType::BF16 => launch!(half::bf16, "entroll_copy_rows_16"),
+            DType::F16 => launch!(half::f16, "entroll_copy_rows_16"),
+            other => candle_core::bail!("copy rows: no kernel for {other:?}"),
+        }
+        Ok(())
     }
 }
 
@@ -347,32 +531,7 @@ impl InplaceOp2 for CopyRows {
         src: &CpuStorage,
         ls: &Layout,
     ) -> candle_core::Result<()> {
-        let width = self.check(ld, ls)?;
-        step_counts::launch();
-        let (d0, s0) = (ld.start_offset(), ls.start_offset());
-        let (rows, width) = (self.rows() as u64, width as u32);
-        let (from, to) = (self.from().as_ptr(), self.to().as_ptr());
-        // SAFETY (both): `check` bounds every row read and written; the elements are 32 or 16
-        // bits wide and copied as bits.
-        let copy32 = |s: *const u32, d: *mut u32| unsafe {
-            entroll_copy_rows_cpu_32(rows, width, from, to, s, d)
-        };
-        let copy16 = |s: *const u16, d: *mut u16| unsafe {
-            entroll_copy_rows_cpu_16(rows, width, from, to, s, d)
-        };
-        match (dst, src) {
-            (CpuStorage::F32(d), CpuStorage::F32(s)) => {
-                copy32(s[s0..].as_ptr().cast(), d[d0..].as_mut_ptr().cast())
-            }
-            (CpuStorage::BF16(d), CpuStorage::BF16(s)) => {
-                copy16(s[s0..].as_ptr().cast(), d[d0..].as_mut_ptr().cast())
-            }
-            (CpuStorage::F16(d), CpuStorage::F16(s)) => {
-                copy16(s[s0..].as_ptr().cast(), d[d0..].as_mut_ptr().cast())
-            }
-            _ => candle_core::bail!("copy rows: float32, bfloat16 or float16 of one dtype"),
-        }
-        Ok(())
+        self.cpu(dst, ld, &[(src, ls)])
     }
 
     #[cfg(feature = "cuda")]
@@ -383,58 +542,37 @@ impl InplaceOp2 for CopyRows {
         src: &candle_core::CudaStorage,
         ls: &Layout,
     ) -> candle_core::Result<()> {
-        use candle_core::backend::BackendStorage;
-        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-        use candle_core::cuda_backend::WrapErr;
+        self.cuda(dst, ld, &[(src, ls)])
+    }
+}
 
-        let width = self.check(ld, ls)?;
-        let dev = dst.device().clone();
-        let rows = self.rows();
-        let elements = (rows * width) as u64;
-        if elements == 0 {
-            return Ok(());
-        }
-        step_counts::launch();
-        let config = LaunchConfig {
-            grid_dim: (elements.div_ceil(256) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let width = width as u32;
-        macro_rules! launch {
-            ($t:ty, $name:literal) => {{
-                let s = src.as_cuda_slice::<$t>()?.slice(ls.start_offset()..);
-                let mut d = dst
-                    .as_cuda_slice_mut::<$t>()?
-                    .slice_mut(ld.start_offset()..);
-                let func = dev.get_or_load_custom_func(
-                    $name,
-                    "entroll_attention",
-                    super::kernels::ATTENTION_PTX,
-                )?;
-                self.index.with_cuda(0..rows, |from| {
-                    self.index.with_cuda(rows..2 * rows, |to| {
-                        let mut args = func.builder();
-                        args.arg(&elements);
-                        args.arg(&width);
-                        args.arg(from);
-                        args.arg(to);
-                        args.arg(&s);
-                        args.arg(&mut d);
-                        // SAFETY: the arguments match the kernel's in kernels/attention.cu;
-                        // `check` bounds every row read and written.
-                        unsafe { args.launch(config) }.w()?;
-                        Ok(())
-                    })
-                })?;
-            }};
-        }
-        match src.dtype() {
-            DType::F32 => launch!(f32, "entroll_copy_rows_32"),
-            DType::BF16 => launch!(half::bf16, "entroll_copy_rows_16"),
-            DType::F16 => launch!(half::f16, "entroll_copy_rows_16"),
-            other => candle_core::bail!("copy rows: no kernel for {other:?}"),
-        }
-        Ok(())
+impl InplaceOp3 for CopyRows {
+    fn name(&self) -> &'static str {
+        "entroll-copy-rows-to-halves"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        ld: &Layout,
+        keys: &CpuStorage,
+        lk: &Layout,
+        values: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<()> {
+        self.cpu(dst, ld, &[(keys, lk), (values, lv)])
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        dst: &mut candle_core::CudaStorage,
+        ld: &Layout,
+        keys: &candle_core::CudaStorage,
+        lk: &Layout,
+        values: &candle_core::CudaStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<()> {
+        self.cuda(dst, ld, &[(keys, lk), (values, lv)])
     }
 }

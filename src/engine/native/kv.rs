@@ -1,13 +1,15 @@
-//! The native engine's KV cache: per layer, one key and one value tensor of blocks, each block
-//! `[kv_heads, size, head_dim]`, stored as rows of `head_dim`: row
-//! `(block · kv_heads + head) · size + offset` holds one head of one position.
+//! The native engine's KV cache: per layer, one tensor of two halves, keys then values, each
+//! half blocks of `[kv_heads, size, head_dim]` stored as rows of `head_dim`: row
+//! `(block · kv_heads + head) · size + offset` of a half holds one head of one position. One
+//! tensor, so that a layer's new keys and values are written by one launch ([`CopyRows`] with
+//! two sources); attention reads the halves as views.
 //!
 //! Which block holds which positions of which sequence is the batcher's business (block
 //! tables, [`super::plan`]; counts, [`super::blocks`]); this module holds the memory. One
 //! block's keys (and values) for one key/value head are `size · head_dim` contiguous elements,
 //! so attention reads a block of a head in one sweep. With entroll's device kernels
 //! ([`Access::Kernels`]) attention reads the blocks in place and writes are one parallel row
-//! copy per layer ([`CopyRows`]); otherwise candle's scatter writes and gathered reads. The
+//! copy per layer; otherwise candle's scatter writes and gathered reads. The
 //! tensors grow (by doubling, up to the block limit) only when a block beyond them is handed
 //! out, so memory follows the blocks in use, not the longest sequence times the batch.
 
@@ -29,7 +31,7 @@ pub enum Access {
 pub enum Writes {
     /// candle's scatter, with its index `[rows, head_dim]`.
     Scatter(Tensor),
-    /// The row copy: new row `i` to cache row `to[i]`.
+    /// The row copy: new row `i` to row `to[i]` of each half (keys, values).
     Copy(CopyRows),
 }
 
@@ -50,9 +52,9 @@ pub struct CacheShape {
 
 /// Keys and values of every layer, in blocks.
 pub struct KvCache {
-    /// One tensor per layer, or none while no block is held (CUDA cannot allocate 0 bytes).
-    keys: Vec<Tensor>,
-    values: Vec<Tensor>,
+    /// One tensor per layer, `[2 · rows, head_dim]`: keys' rows, then values' (as many); or
+    /// none while no block is held (CUDA cannot allocate 0 bytes).
+    layers: Vec<Tensor>,
     shape: CacheShape,
     /// Blocks the tensors hold.
     capacity: usize,
@@ -65,8 +67,7 @@ impl KvCache {
     /// An empty cache of `shape` on `device`.
     pub fn new(shape: CacheShape, dtype: DType, device: &Device, access: Access) -> Self {
         Self {
-            keys: Vec::new(),
-            values: Vec::new(),
+            layers: Vec::new(),
             shape,
             capacity: 0,
             dtype,
@@ -101,6 +102,11 @@ impl KvCache {
         self.shape.kv_heads * self.shape.block_size
     }
 
+    /// Rows of each half (keys, values) now.
+    fn half_rows(&self) -> usize {
+        self.capacity * self.block_rows()
+    }
+
     /// Grows the tensors to hold blocks `0..blocks`, keeping what they hold.
     pub fn reserve(&mut self, blocks: usize) -> candle_core::Result<()> {
         if blocks <= self.capacity {
@@ -116,28 +122,25 @@ impl KvCache {
             .max(self.capacity * 2)
             .max(4)
             .min(self.shape.max_blocks);
-        let rows = capacity * self.block_rows();
+        let (rows, old_rows) = (capacity * self.block_rows(), self.half_rows());
         let grow = |old: Option<&Tensor>| -> candle_core::Result<Tensor> {
-            let grown = Tensor::zeros((rows, self.shape.head_dim), self.dtype, &self.device)?;
+            let grown = Tensor::zeros((2 * rows, self.shape.head_dim), self.dtype, &self.device)?;
             if let Some(old) = old {
-                grown.slice_set(old, 0, 0)?;
+                grown.slice_set(&old.narrow(0, 0, old_rows)?, 0, 0)?;
+                grown.slice_set(&old.narrow(0, old_rows, old_rows)?, 0, rows)?;
             }
             Ok(grown)
         };
-        let keys = (0..self.shape.layers)
-            .map(|l| grow(self.keys.get(l)))
+        let layers = (0..self.shape.layers)
+            .map(|l| grow(self.layers.get(l)))
             .collect::<candle_core::Result<_>>()?;
-        let values = (0..self.shape.layers)
-            .map(|l| grow(self.values.get(l)))
-            .collect::<candle_core::Result<_>>()?;
-        (self.keys, self.values, self.capacity) = (keys, values, capacity);
+        (self.layers, self.capacity) = (layers, capacity);
         Ok(())
     }
 
     /// Frees the tensors (capacity 0), for when no block is held.
     pub fn clear(&mut self) {
-        self.keys.clear();
-        self.values.clear();
+        self.layers.clear();
         self.capacity = 0;
     }
 
@@ -147,33 +150,44 @@ impl KvCache {
     }
 
     /// Copies positions `0..rows` of block `from` into block `to`, every head of every layer
-    /// (a shared block copied for the sequence about to write into it).
+    /// (a shared block copied for the sequence about to write into it): per layer, one gather
+    /// of the block's key and value rows and one write of them.
     pub fn copy_block(&mut self, from: u32, to: u32, rows: usize) -> candle_core::Result<()> {
         if rows == 0 {
             return Ok(());
         }
+        let half = self.half_rows() as u32;
         let pairs = (0..self.shape.kv_heads).flat_map(|h| (0..rows).map(move |o| (h, o)));
-        let source: Vec<u32> = pairs
-            .clone()
-            .map(|(h, o)| self.row(from, h, o) as u32)
-            .collect();
-        let target: Vec<u32> = pairs.map(|(h, o)| self.row(to, h, o) as u32).collect();
-        let source = Tensor::new(source, &self.device)?;
-        let writes = self.plan_writes(target)?;
-        for t in self.keys.iter().chain(self.values.iter()) {
-            Self::put(t, &writes, &t.index_select(&source, 0)?)?;
+        let rows_of = |block: u32| -> Vec<u32> {
+            let keys: Vec<u32> = pairs
+                .clone()
+                .map(|(h, o)| self.row(block, h, o) as u32)
+                .collect();
+            let values = keys.iter().map(|r| r + half);
+            keys.iter().copied().chain(values).collect()
+        };
+        let source = Tensor::new(rows_of(from), &self.device)?;
+        let writes = self.plan_writes(rows_of(to))?;
+        for t in &self.layers {
+            let picked = t.index_select(&source, 0)?;
+            match &writes {
+                Writes::Copy(copy) => t.inplace_op2(&picked, copy)?,
+                Writes::Scatter(index) => t.scatter_set(index, &picked, 0)?,
+            }
         }
         Ok(())
     }
 
-    /// Keys and values of layer `layer`, `[rows, head_dim]` each (the capacity must be
-    /// positive).
-    pub fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
-        (&self.keys[layer], &self.values[layer])
+    /// Keys and values of layer `layer`, `[rows, head_dim]` each: the halves of its tensor, as
+    /// views (the capacity must be positive).
+    pub fn layer(&self, layer: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let (t, half) = (&self.layers[layer], self.half_rows());
+        Ok((t.narrow(0, 0, half)?, t.narrow(0, half, half)?))
     }
 
-    /// Prepares writing new rows `0..to.len()` (a forward's keys, one row per head of each
-    /// token, [`super::batch::Batch::writes`]) to cache rows `to`.
+    /// Prepares writing rows `0..to.len()` of a source to rows `to`: a forward's keys and
+    /// values (one row per head of each token, [`super::batch::Batch::writes`]) to rows `to` of
+    /// each half ([`KvCache::write`]); a block's gathered rows to rows of a layer's tensor.
     pub fn plan_writes(&self, to: Vec<u32>) -> candle_core::Result<Writes> {
         let n = to.len();
         if n == 0 {
@@ -193,7 +207,9 @@ impl KvCache {
     }
 
     /// Writes `keys` and `values` (`[n, kv_heads · head_dim]` each) of layer `layer` where
-    /// `writes` (from [`KvCache::plan_writes`], `n · kv_heads` rows) says.
+    /// `writes` (from [`KvCache::plan_writes`], `n · kv_heads` rows) says. The row copy writes
+    /// both in one launch and reads them where they lie (lines of a stacked projection's output
+    /// included); candle's scatter needs them contiguous first.
     pub fn write(
         &mut self,
         layer: usize,
@@ -201,31 +217,26 @@ impl KvCache {
         keys: &Tensor,
         values: &Tensor,
     ) -> candle_core::Result<()> {
-        let heads = |t: &Tensor| -> candle_core::Result<Tensor> {
-            let n = t.dim(0)?;
-            t.to_dtype(self.dtype)?
-                .contiguous()?
-                .reshape((n * self.shape.kv_heads, self.shape.head_dim))
-        };
-        Self::put(&self.keys[layer], writes, &heads(keys)?)?;
-        Self::put(&self.values[layer], writes, &heads(values)?)
-    }
-
-    /// Writes the rows of `new` into `tensor` as `writes` says.
-    fn put(tensor: &Tensor, writes: &Writes, new: &Tensor) -> candle_core::Result<()> {
-        let new = new.contiguous()?;
+        let (keys, values) = (keys.to_dtype(self.dtype)?, values.to_dtype(self.dtype)?);
         match writes {
-            Writes::Copy(copy) => tensor.inplace_op2(&new, copy),
-            Writes::Scatter(index) => tensor.scatter_set(index, &new, 0),
+            Writes::Copy(copy) => self.layers[layer].inplace_op3(&keys, &values, copy),
+            Writes::Scatter(index) => {
+                let rows = |t: &Tensor| -> candle_core::Result<Tensor> {
+                    let n = t.dim(0)?;
+                    t.contiguous()?
+                        .reshape((n * self.shape.kv_heads, self.shape.head_dim))
+                };
+                let (k, v) = self.layer(layer)?;
+                k.scatter_set(index, &rows(&keys)?, 0)?;
+                v.scatter_set(index, &rows(&values)?, 0)
+            }
         }
     }
 
     /// Rows `rows` (`u32`) of layer `layer`'s keys and values: `[rows, head_dim]` each.
     pub fn gather(&self, layer: usize, rows: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        Ok((
-            self.keys[layer].index_select(rows, 0)?,
-            self.values[layer].index_select(rows, 0)?,
-        ))
+        let (k, v) = self.layer(layer)?;
+        Ok((k.index_select(rows, 0)?, v.index_select(rows, 0)?))
     }
 }
 
@@ -314,6 +325,83 @@ mod tests {
             assert!(read(&cache, 0, 3, 1).0.iter().all(|&x| x == 0.0));
             assert!(cache.reserve(65).is_err());
         }
+    }
+
+    /// Every element of layer `layer`'s keys and values.
+    fn everything(cache: &KvCache, layer: usize) -> (Vec<f32>, Vec<f32>) {
+        let (k, v) = cache.layer(layer).unwrap();
+        let all = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        (all(k), all(v))
+    }
+
+    #[test]
+    fn keys_and_values_within_a_stacked_projections_lines_are_written_as_contiguous_ones_are() {
+        // A stacked projection's output: each token's line holds its query, key and value
+        // parts; the keys and values are views with the line's stride.
+        let (n, q_width, kv_width) = (5, 7, SHAPE.kv_heads * SHAPE.head_dim);
+        let line = q_width + 2 * kv_width;
+        let data: Vec<f32> = (0..n * line).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let y = Tensor::from_vec(data, (n, line), &Device::Cpu).unwrap();
+        let (k, v) = (
+            y.narrow(1, q_width, kv_width).unwrap(),
+            y.narrow(1, q_width + kv_width, kv_width).unwrap(),
+        );
+        assert!(!k.is_contiguous() && !v.is_contiguous());
+        // Rows scattered over blocks 0..4, in an order unlike the tokens'.
+        let to: Vec<u32> = (0..(n * SHAPE.kv_heads) as u32)
+            .map(|r| (r * 7 + 3) % 32)
+            .collect();
+        let written = |access: Access, k: &Tensor, v: &Tensor| {
+            let mut cache = KvCache::new(SHAPE, DType::F32, &Device::Cpu, access);
+            cache.reserve(4).unwrap();
+            let writes = cache.plan_writes(to.clone()).unwrap();
+            cache.write(1, &writes, k, v).unwrap();
+            everything(&cache, 1)
+        };
+        // The oracle: candle's scatter of contiguous copies.
+        let expected = written(
+            Access::Candle,
+            &k.contiguous().unwrap(),
+            &v.contiguous().unwrap(),
+        );
+        assert!(expected.0.iter().any(|&x| x != 0.0) && expected.0 != expected.1);
+        assert_eq!(written(Access::Kernels, &k, &v), expected);
+        assert_eq!(written(Access::Candle, &k, &v), expected);
+    }
+
+    #[test]
+    fn writes_the_row_copy_cannot_place_are_refused() {
+        let mut cache = KvCache::new(SHAPE, DType::F32, &Device::Cpu, Access::Kernels);
+        cache.reserve(1).unwrap();
+        let half = cache.half_rows() as u32;
+        let t = Tensor::ones(
+            (2, SHAPE.kv_heads * SHAPE.head_dim),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        // A row of the values' half named as a row of a half.
+        let writes = cache.plan_writes(vec![0, 1, 2, half]).unwrap();
+        let error = cache.write(0, &writes, &t, &t).unwrap_err().to_string();
+        assert!(error.contains("beyond"), "{error}");
+        // Keys read down a column: not lines of whole rows.
+        let writes = cache.plan_writes(vec![0, 1, 2, 3]).unwrap();
+        let columns = Tensor::ones(
+            (SHAPE.kv_heads * SHAPE.head_dim, 2),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap()
+        .t()
+        .unwrap();
+        let error = cache
+            .write(0, &writes, &columns, &t)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not lines of rows"), "{error}");
+        // Nothing was written by the refused writes.
+        let (k, v) = everything(&cache, 0);
+        assert!(k.iter().chain(&v).all(|&x| x == 0.0));
     }
 
     #[test]

@@ -288,12 +288,7 @@ impl Transformer {
             let (q, k, v) = layer.qkv(&h)?;
             let q = self.heads(&q, &layer.q_norm, a.heads, &cos, &sin)?;
             let k = self.heads(&k, &layer.k_norm, a.kv_heads, &cos, &sin)?;
-            cache.write(
-                li,
-                &writes,
-                &k.reshape((n, a.kv_width()))?,
-                &v.contiguous()?,
-            )?;
+            cache.write(li, &writes, &k.reshape((n, a.kv_width()))?, &v)?;
             let mixed = attention.attend(li, &q, cache, a)?;
             x = (x + layer.o.forward(&mixed)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, a.rms_eps as f32)?;
