@@ -201,28 +201,30 @@ ENT_HD void att_run(Each each, uint32_t n, uint32_t block, const AttShape& a,
 // lines, lines `stride` elements apart (a contiguous source is per 1, stride width; a layer's
 // keys or values as the projection wrote them, [tokens, kv_heads * width] lines of a wider
 // output, are per kv_heads). Elements `rows * width` and beyond copy the second source the
-// same way (its lines `stride2` apart) into the second half of `dst`, `half` rows on: a
-// layer's keys and values written into its one cache tensor, keys' half then values', in one
-// launch.
+// same way (its own per2 and stride2: the keys may be contiguous and the values not) into the
+// second half of `dst`, `half` rows on: a layer's keys and values written into its one cache
+// tensor, keys' half then values', in one launch.
 struct AttCopy {
   uint64_t rows;     // rows copied from each source
-  uint32_t width;    // elements a row
-  uint32_t per;      // rows of a source's line
+  uint64_t width;    // elements a row
+  uint64_t per;      // rows of a line of the first source
   uint64_t stride;   // elements from one line of the first source to the next
-  uint64_t stride2;  // the same for the second source
+  uint64_t per2;     // the same two for the second source
+  uint64_t stride2;
   uint64_t half;     // rows of dst before the second source's half
 };
 
 template <class T>
 ENT_HD void att_copy_rows(uint64_t e, const AttCopy& c, const uint32_t* from, const uint32_t* to,
                           const T* src, const T* src2, T* dst) {
-  uint64_t i = e / c.width, x = e % c.width, shift = 0, stride = c.stride;
+  uint64_t i = e / c.width, x = e % c.width, shift = 0, per = c.per, stride = c.stride;
   if (i >= c.rows) {
     i -= c.rows;
     src = src2;
     shift = c.half;
+    per = c.per2;
     stride = c.stride2;
   }
   uint64_t r = from[i];
-  dst[(shift + to[i]) * c.width + x] = src[(r / c.per) * stride + (r % c.per) * c.width + x];
+  dst[(shift + to[i]) * c.width + x] = src[(r / per) * stride + (r % per) * c.width + x];
 }

@@ -290,12 +290,14 @@ struct AttCopy {
     /// Rows copied from each source.
     rows: u64,
     /// Elements a row.
-    width: u32,
-    /// Rows side by side in a line of a source.
-    per: u32,
+    width: u64,
+    /// Rows side by side in a line of the first source.
+    per: u64,
     /// Elements from one line of the first source to the next.
     stride: u64,
-    /// The same for the second source.
+    /// Rows side by side in a line of the second source.
+    per2: u64,
+    /// Elements from one line of the second source to the next.
     stride2: u64,
     /// Rows of the destination before the second source's half.
     half: u64,
@@ -359,8 +361,8 @@ impl CopyRows {
 
     /// The copy of `sources` (one, or two into the destination's halves) into `dst`, after
     /// checking that the destination is contiguous rows, that the sources are rows of its
-    /// width lying as the kernel reads them (two alike but for their line strides), and that
-    /// every row named exists.
+    /// width lying as the kernel reads them (two of as many rows, each lying its own way), and
+    /// that every row named exists.
     fn plan(&self, dst: &Layout, sources: &[&Layout]) -> candle_core::Result<AttCopy> {
         let width = *dst.dims().last().unwrap_or(&0);
         if width == 0 || !dst.is_contiguous() {
@@ -370,9 +372,9 @@ impl CopyRows {
             .iter()
             .map(|l| source_lines(l, width))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let (per, stride, src_rows) = lines[0];
-        if lines.iter().any(|&(p, _, r)| (p, r) != (per, src_rows)) {
-            candle_core::bail!("copy rows: two sources of different shapes");
+        let ((per, stride, src_rows), (per2, stride2, _)) = (lines[0], lines[lines.len() - 1]);
+        if lines.iter().any(|&(_, _, r)| r != src_rows) {
+            candle_core::bail!("copy rows: two sources of different numbers of rows");
         }
         let dst_rows = dst.shape().elem_count() / width;
         let half = if sources.len() == 2 { dst_rows / 2 } else { 0 };
@@ -389,10 +391,11 @@ impl CopyRows {
         }
         Ok(AttCopy {
             rows: self.rows() as u64,
-            width: width as u32,
-            per: per as u32,
+            width: width as u64,
+            per: per as u64,
             stride: stride as u64,
-            stride2: lines.last().map_or(stride, |l| l.1) as u64,
+            per2: per2 as u64,
+            stride2: stride2 as u64,
             half: half as u64,
         })
     }
@@ -409,7 +412,7 @@ impl CopyRows {
         let layouts: Vec<&Layout> = sources.iter().map(|s| s.1).collect();
         let c = self.plan(ld, &layouts)?;
         step_counts::launch();
-        let elements = c.rows * c.width as u64 * sources.len() as u64;
+        let elements = c.rows * c.width * sources.len() as u64;
         let (from, to) = (self.from().as_ptr(), self.to().as_ptr());
         let d0 = ld.start_offset();
         let (first, second) = (sources[0], sources[sources.len() - 1]);
@@ -460,7 +463,7 @@ impl CopyRows {
 
         let layouts: Vec<&Layout> = sources.iter().map(|s| s.1).collect();
         let c = self.plan(ld, &layouts)?;
-        let elements = c.rows * c.width as u64 * sources.len() as u64;
+        let elements = c.rows * c.width * sources.len() as u64;
         if elements == 0 {
             return Ok(());
         }

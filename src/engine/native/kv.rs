@@ -337,7 +337,8 @@ mod tests {
     #[test]
     fn keys_and_values_within_a_stacked_projections_lines_are_written_as_contiguous_ones_are() {
         // A stacked projection's output: each token's line holds its query, key and value
-        // parts; the keys and values are views with the line's stride.
+        // parts; the keys and values are views with the line's stride. On a GPU the forward
+        // writes contiguous keys (RoPE's output) beside such values.
         let (n, q_width, kv_width) = (5, 7, SHAPE.kv_heads * SHAPE.head_dim);
         let line = q_width + 2 * kv_width;
         let data: Vec<f32> = (0..n * line).map(|i| i as f32 * 0.25 - 3.0).collect();
@@ -365,8 +366,11 @@ mod tests {
             &v.contiguous().unwrap(),
         );
         assert!(expected.0.iter().any(|&x| x != 0.0) && expected.0 != expected.1);
-        assert_eq!(written(Access::Kernels, &k, &v), expected);
-        assert_eq!(written(Access::Candle, &k, &v), expected);
+        let (ck, cv) = (k.contiguous().unwrap(), v.contiguous().unwrap());
+        for (keys, values) in [(&k, &v), (&ck, &v), (&k, &cv)] {
+            assert_eq!(written(Access::Kernels, keys, values), expected);
+            assert_eq!(written(Access::Candle, keys, values), expected);
+        }
     }
 
     #[test]

@@ -364,6 +364,130 @@ mod tests {
             .collect()
     }
 
+    /// A random two-layer Llama (4 query heads over 2 key/value heads of 8) with its
+    /// projections stacked, as on a GPU, or separate, as on the CPU; the same weights either
+    /// way.
+    fn random_model(stacked: bool) -> Transformer {
+        let a = Architecture {
+            family: "llama".into(),
+            hidden: 32,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+            vocab: 40,
+            rms_eps: 1e-6,
+            rope_theta: 10_000.0,
+            rope_style: RopeStyle::Halves,
+            max_context: 64,
+        };
+        let device = Device::Cpu;
+        let weight = |rows: usize, cols: usize, seed: u64| {
+            Tensor::from_vec(values(rows * cols, seed), (rows, cols), &device).unwrap()
+        };
+        let linear = |rows, cols, seed| {
+            Linear::new(QMatMul::Tensor(weight(rows, cols, seed)), None).unwrap()
+        };
+        let projections = |parts: Vec<Linear>| match stacked {
+            true => Projections::stacked(parts).unwrap(),
+            false => Projections::Separate(parts),
+        };
+        let (h, kv, ffn) = (a.hidden, a.kv_heads * a.head_dim, 48);
+        let ones = || Tensor::ones(h, DType::F32, &device).unwrap();
+        let layers = (0..a.layers as u64)
+            .map(|l| Layer {
+                attn_norm: ones(),
+                qkv: projections(vec![
+                    linear(a.heads * a.head_dim, h, 10 * l + 1),
+                    linear(kv, h, 10 * l + 2),
+                    linear(kv, h, 10 * l + 3),
+                ]),
+                o: linear(h, a.heads * a.head_dim, 10 * l + 4),
+                q_norm: None,
+                k_norm: None,
+                ffn_norm: ones(),
+                gate_up: projections(vec![linear(ffn, h, 10 * l + 5), linear(ffn, h, 10 * l + 6)]),
+                down: linear(h, ffn, 10 * l + 7),
+            })
+            .collect();
+        let (cos, sin) = rope_tables(&a, DType::F32, &device).unwrap();
+        Transformer {
+            embed: weight(a.vocab, h, 100),
+            layers,
+            norm: ones(),
+            lm_head: linear(a.vocab, h, 101),
+            cos,
+            sin,
+            dtype: DType::F32,
+            device,
+            arch: a,
+        }
+    }
+
+    #[test]
+    fn a_forward_over_stacked_projections_with_the_device_kernels_gives_the_separate_logits() {
+        // On a GPU the projections are stacked and the device kernels write each layer's keys
+        // (contiguous) and values (a view into the stacked output) in one copy; the CPU runs
+        // separate projections, so the fast tier alone never writes that way.
+        use super::super::batch::DecodeRow;
+        use super::super::kv::{Access, CacheShape};
+        let shape = CacheShape {
+            layers: 2,
+            kv_heads: 2,
+            head_dim: 8,
+            block_size: 16,
+            max_blocks: 8,
+        };
+        let tables = [vec![3, 1], vec![0, 2]];
+        let run = |stacked: bool, access: Access| -> Vec<f32> {
+            let model = random_model(stacked);
+            let mut cache = KvCache::new(shape, DType::F32, &Device::Cpu, access);
+            let mut logits = Vec::new();
+            // Two prompts of 20 tokens (two blocks each), then a decode step of both.
+            for (s, table) in tables.iter().enumerate() {
+                let prompt = Batch::Prompt {
+                    blocks: table.clone(),
+                    start: 0,
+                    tokens: (0..20).map(|i| ((i * 7 + s * 3) % 40) as u32).collect(),
+                };
+                let out = model.forward(&prompt, &mut cache, &[0, 19]).unwrap();
+                logits.extend(out.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
+            let rows = tables
+                .iter()
+                .map(|table| DecodeRow {
+                    blocks: table.clone(),
+                    position: 20,
+                    token: 5,
+                })
+                .collect();
+            let out = model
+                .forward(&Batch::Decode { rows }, &mut cache, &[0, 1])
+                .unwrap();
+            logits.extend(out.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            logits
+        };
+        // The reference: separate projections, candle's scatter, the CPU attention.
+        let expected = run(false, Access::Candle);
+        assert_eq!(expected.len(), 6 * 40);
+        for (stacked, access) in [
+            (true, Access::Kernels),
+            (false, Access::Kernels),
+            (true, Access::Candle),
+        ] {
+            let got = run(stacked, access);
+            let worst = got
+                .iter()
+                .zip(&expected)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-4,
+                "stacked {stacked}, {access:?}: logits off by {worst}"
+            );
+        }
+    }
+
     #[test]
     fn stacked_projections_give_each_part_s_product() {
         // Three parts of different widths, one without a bias (a zero bias is stacked in).
